@@ -1,0 +1,359 @@
+"""The application side of one FastCGI transport connection, without I/O.
+
+Feed it the bytes the web server sent (split anywhere), get :mod:`fcgi.events`
+back; call the ``send_*`` / ``end_request`` methods and write what
+:meth:`ServerConnection.data_to_send` returns. Management records (request id
+0) are answered here, so drivers never see them.
+
+Rules taken from the FastCGI 1.0 specification:
+
+* an id is active from its BEGIN_REQUEST until *we* send its END_REQUEST;
+  records for inactive ids are ignored (section 3.3);
+* GET_VALUES gets only the names we understand (section 4.1), unknown
+  management types get UNKNOWN_TYPE (section 4.2);
+* without FCGI_KEEP_CONN the application closes the connection once the request
+  is answered (section 3.5), reported here as :attr:`ServerConnection.should_close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from fcgi import events as ev
+from fcgi.errors import LocalProtocolError, ProtocolError
+from fcgi.records import (
+    ABORT_REQUEST,
+    BEGIN_REQUEST,
+    BEGIN_REQUEST_BODY,
+    DATA,
+    END_REQUEST,
+    GET_VALUES,
+    GET_VALUES_RESULT,
+    HEADER,
+    HEADER_LEN,
+    KEEP_CONN,
+    PARAMS,
+    STDERR,
+    STDIN,
+    STDOUT,
+    UNKNOWN_TYPE,
+    VERSION_1,
+    ProtocolStatus,
+    RecordType,
+    Role,
+    decode_pairs,
+    decode_params,
+    encode_end_request,
+    encode_pairs,
+    encode_record,
+    encode_stream,
+    encode_unknown_type,
+)
+
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+
+# Request stages.
+_PARAMS = 0
+_STDIN = 1
+_DATA = 2
+_INPUT_DONE = 3
+_REJECTED = 4
+
+_STDOUT_END = 0
+_STDERR_END = 1
+
+_OUTGOING_TYPES = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE))
+
+
+@dataclass(slots=True)
+class Limits:
+    """What one connection accepts; every default is safe to face the internet with.
+
+    ``max_requests`` is how many ids may be active at once on this connection:
+    1 means no multiplexing (extra ids get CANT_MPX_CONN). ``max_conns`` and
+    ``max_reqs`` are only reported through GET_VALUES and should describe the
+    whole process.
+    """
+
+    max_requests: int = 1
+    max_params: int = 1000
+    max_params_bytes: int = 256 * 1024
+    max_conns: int = 1
+    max_reqs: int = 1
+    roles: Collection[int] = (Role.RESPONDER, Role.AUTHORIZER, Role.FILTER)
+
+
+class _Request:
+    __slots__ = ("keep_conn", "params", "params_size", "role", "stage", "stderr_used")
+
+    def __init__(self, role: int, keep_conn: bool) -> None:
+        self.role = role
+        self.keep_conn = keep_conn
+        self.stage = _PARAMS
+        self.params: list[bytes] = []
+        self.params_size = 0
+        self.stderr_used = False
+
+
+class ServerConnection:
+    """State of one connection from the application's point of view."""
+
+    __slots__ = ("_buffer", "_out", "_requests", "closed_by_peer", "limits", "should_close")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._requests: dict[int, _Request] = {}
+        #: True once an END_REQUEST went out for a request without FCGI_KEEP_CONN.
+        self.should_close = False
+        self.closed_by_peer = False
+
+    # -- input ------------------------------------------------------------
+
+    @property
+    def active_requests(self) -> Collection[int]:
+        return self._requests.keys()
+
+    def keep_conn(self, request_id: int) -> bool:
+        return self._requests[request_id].keep_conn
+
+    def role(self, request_id: int) -> int:
+        return self._requests[request_id].role
+
+    def feed(self, data: bytes) -> list[ev.Event]:
+        """Take bytes from the peer; return the events they complete.
+
+        Raises :class:`ProtocolError` if the stream cannot be parsed any further;
+        the connection should then be closed.
+        """
+        buf = self._buffer
+        if buf:
+            buf += data
+            source: bytes | bytearray = buf
+        else:
+            source = data
+        end = len(source)
+        pos = 0
+        out: list[ev.Event] = []
+        while end - pos >= HEADER_LEN:
+            version, rtype, rid, clen, plen = _unpack_header(source, pos)
+            stop = pos + HEADER_LEN + clen
+            if stop + plen > end:
+                if version != VERSION_1:
+                    raise ProtocolError(f"unsupported FastCGI version {version}")
+                break
+            if version != VERSION_1:
+                raise ProtocolError(f"unsupported FastCGI version {version}")
+            content = source[pos + HEADER_LEN : stop]
+            pos = stop + plen
+            self._record(rtype, rid, content, out)
+        if pos:
+            if source is buf:
+                del buf[:pos]
+            else:
+                buf += source[pos:]
+        elif source is not buf:
+            buf += source
+        return out
+
+    def feed_eof(self) -> None:
+        """The peer closed its side. Raises if it stopped in the middle of a record."""
+        self.closed_by_peer = True
+        if self._buffer:
+            raise ProtocolError(
+                f"connection closed inside a record ({len(self._buffer)} bytes of it received)"
+            )
+
+    def _record(
+        self, rtype: int, rid: int, content: bytes | bytearray, out: list[ev.Event]
+    ) -> None:
+        req = self._requests.get(rid)
+        if req is not None:
+            stage = req.stage
+            if rtype == STDIN:
+                if stage == _STDIN:
+                    if content:
+                        out.append(ev.StdinData(rid, bytes(content)))
+                    else:
+                        req.stage = _DATA if req.role == Role.FILTER else _INPUT_DONE
+                        out.append(ev.StdinEnd(rid))
+                elif stage == _PARAMS:
+                    self._reject(req, rid, "STDIN arrived before the PARAMS stream ended", 400, out)
+                elif stage != _REJECTED and content and req.role != Role.AUTHORIZER:
+                    self._reject(
+                        req, rid, "STDIN record after the end of the STDIN stream", 400, out
+                    )
+                return
+            if rtype == PARAMS:
+                if stage == _PARAMS:
+                    if content:
+                        req.params_size += len(content)
+                        if req.params_size > self.limits.max_params_bytes:
+                            self._reject(
+                                req,
+                                rid,
+                                f"PARAMS larger than {self.limits.max_params_bytes} bytes",
+                                431,
+                                out,
+                            )
+                            return
+                        req.params.append(bytes(content))
+                    else:
+                        self._params_done(req, rid, out)
+                elif stage != _REJECTED:
+                    self._reject(
+                        req, rid, "PARAMS record after the end of the PARAMS stream", 400, out
+                    )
+                return
+            if rtype == DATA:
+                if stage == _DATA:
+                    if content:
+                        out.append(ev.DataChunk(rid, bytes(content)))
+                    else:
+                        req.stage = _INPUT_DONE
+                        out.append(ev.DataEnd(rid))
+                elif stage != _REJECTED and content:
+                    if req.role != Role.FILTER:
+                        self._reject(
+                            req, rid, "DATA record for a request that is not a FILTER", 400, out
+                        )
+                    else:
+                        self._reject(req, rid, "DATA record before the end of STDIN", 400, out)
+                return
+            if rtype == ABORT_REQUEST:
+                out.append(ev.AbortRequest(rid))
+                return
+            if rtype == BEGIN_REQUEST:
+                raise ProtocolError(f"BEGIN_REQUEST for request id {rid}, which is still active")
+        if rtype == BEGIN_REQUEST:
+            self._begin(rid, content, out)
+        elif rtype == GET_VALUES:
+            self._get_values(content)
+        elif rtype > UNKNOWN_TYPE or rtype == 0:
+            self._out.append(encode_unknown_type(rtype))
+        elif rtype in _OUTGOING_TYPES and (rid == 0 or req is not None):
+            raise ProtocolError(
+                f"{RecordType(rtype).name} records go to the web server, not from it"
+            )
+        elif rid == 0:
+            # Application records never use the null request id (section 3.3).
+            raise ProtocolError(f"{RecordType(rtype).name} record with the null request id 0")
+        # Anything else is for an inactive id: ignored, as section 3.3 says.
+
+    def _begin(self, rid: int, content: bytes | bytearray, out: list[ev.Event]) -> None:
+        if rid == 0:
+            raise ProtocolError("BEGIN_REQUEST with the null request id 0")
+        if len(content) != BEGIN_REQUEST_BODY.size:
+            raise ProtocolError(f"BEGIN_REQUEST body of {len(content)} bytes, expected 8")
+        role, flags = BEGIN_REQUEST_BODY.unpack(content)
+        keep_conn = bool(flags & KEEP_CONN)
+        status = -1
+        if role not in self.limits.roles:
+            status = ProtocolStatus.UNKNOWN_ROLE
+        elif len(self._requests) >= self.limits.max_requests:
+            status = (
+                ProtocolStatus.CANT_MPX_CONN
+                if self.limits.max_requests == 1
+                else ProtocolStatus.OVERLOADED
+            )
+        if status >= 0:
+            self._out.append(encode_end_request(rid, 0, status))
+            if not keep_conn and not self._requests:
+                self.should_close = True
+            out.append(ev.RequestRefused(rid, status, role))
+            return
+        self._requests[rid] = _Request(role, keep_conn)
+        out.append(ev.BeginRequest(rid, role, keep_conn))
+
+    def _params_done(self, req: _Request, rid: int, out: list[ev.Event]) -> None:
+        try:
+            params = decode_params(b"".join(req.params))
+        except ProtocolError as exc:
+            self._reject(req, rid, f"malformed PARAMS: {exc}", 400, out)
+            return
+        req.params = []
+        if len(params) > self.limits.max_params:
+            self._reject(req, rid, f"more than {self.limits.max_params} PARAMS", 431, out)
+            return
+        req.stage = _STDIN if req.role != Role.AUTHORIZER else _INPUT_DONE
+        out.append(ev.Params(rid, params))
+
+    def _reject(
+        self, req: _Request, rid: int, reason: str, status: int, out: list[ev.Event]
+    ) -> None:
+        req.stage = _REJECTED
+        req.params = []
+        out.append(ev.RequestRejected(rid, reason, status))
+
+    def _get_values(self, content: bytes | bytearray) -> None:
+        try:
+            names = decode_pairs(content)
+        except ProtocolError as exc:
+            raise ProtocolError(f"bad GET_VALUES: {exc}") from None
+        limits = self.limits
+        known = {
+            b"FCGI_MAX_CONNS": str(limits.max_conns).encode(),
+            b"FCGI_MAX_REQS": str(limits.max_reqs).encode(),
+            b"FCGI_MPXS_CONNS": b"1" if limits.max_requests > 1 else b"0",
+        }
+        answer = [(name, known[name]) for name, _ in names if name in known]
+        self._out.append(encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer)))
+
+    # -- output -----------------------------------------------------------
+
+    def _live(self, request_id: int) -> _Request:
+        req = self._requests.get(request_id)
+        if req is None:
+            raise LocalProtocolError(f"request id {request_id} is not active")
+        return req
+
+    def send_stdout(self, request_id: int, data: bytes) -> None:
+        """Queue response bytes; an empty ``data`` is a no-op (end_request terminates)."""
+        if request_id not in self._requests:
+            raise LocalProtocolError(f"request id {request_id} is not active")
+        if data:
+            if len(data) <= 0xFFFF:
+                n = len(data)
+                pad = -n & 7
+                self._out.append(_pack_header(VERSION_1, STDOUT, request_id, n, pad))
+                self._out.append(data)
+                if pad:
+                    self._out.append(bytes(pad))
+            else:
+                self._out.append(encode_stream(STDOUT, request_id, data))
+
+    def send_stderr(self, request_id: int, data: bytes) -> None:
+        req = self._live(request_id)
+        if data:
+            req.stderr_used = True
+            self._out.append(encode_stream(STDERR, request_id, data))
+
+    def end_request(
+        self,
+        request_id: int,
+        app_status: int = 0,
+        protocol_status: int = ProtocolStatus.REQUEST_COMPLETE,
+    ) -> None:
+        """Terminate the output streams, send END_REQUEST and retire the id."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            raise LocalProtocolError(f"request id {request_id} is not active")
+        out = self._out
+        out.append(_pack_header(VERSION_1, STDOUT, request_id, 0, 0))
+        if req.stderr_used:
+            out.append(_pack_header(VERSION_1, STDERR, request_id, 0, 0))
+        out.append(encode_end_request(request_id, app_status, protocol_status))
+        if not req.keep_conn:
+            self.should_close = True
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, in order."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data

@@ -1,0 +1,55 @@
+"""How a worker tells its supervisor what it is doing.
+
+The sync and trio drivers call these at the few points a process manager cares
+about; the single-process server passes :class:`NoHooks`. Keeping this a narrow
+protocol is what lets the master know processes and not FastCGI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class Answer(Protocol):
+    """A response produced without calling the app (status page, ping)."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class WorkerHooks(Protocol):
+    def connection_accepted(self) -> None:
+        """A transport connection was accepted (counts PHP-FPM's "accepted conn")."""
+
+    def request_started(self, params: Mapping[str, str]) -> None:
+        """PARAMS are complete and the app is about to run."""
+
+    def request_finished(self, status: int) -> None:
+        """The response is fully written; ``status`` is the HTTP status (0 if none)."""
+
+    def intercept(self, params: Mapping[str, str]) -> Answer | None:
+        """Answer this request here instead of calling the app, or return None."""
+
+    def should_stop(self) -> bool:
+        """Checked between requests: True ends the worker after the current one."""
+
+
+class NoHooks:
+    """Hooks of a server that has no master."""
+
+    def connection_accepted(self) -> None:
+        pass
+
+    def request_started(self, params: Mapping[str, str]) -> None:
+        pass
+
+    def request_finished(self, status: int) -> None:
+        pass
+
+    def intercept(self, params: Mapping[str, str]) -> Answer | None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False

@@ -1,0 +1,208 @@
+"""FastCGI 1.0 wire format: record headers, fixed bodies and name-value pairs.
+
+Pure functions over bytes. The connection state machine (:mod:`fcgi.connection`)
+and the client (:mod:`fcgi.client`) are both built on these, so the byte layout
+lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from enum import IntEnum
+
+from fcgi.errors import ProtocolError
+
+VERSION_1 = 1
+HEADER_LEN = 8
+MAX_CONTENT_LEN = 0xFFFF
+#: Largest payload that still needs no padding to stay 8-byte aligned.
+MAX_ALIGNED_CONTENT_LEN = 0xFFF8
+LISTENSOCK_FILENO = 0
+KEEP_CONN = 1
+
+
+class RecordType(IntEnum):
+    BEGIN_REQUEST = 1
+    ABORT_REQUEST = 2
+    END_REQUEST = 3
+    PARAMS = 4
+    STDIN = 5
+    STDOUT = 6
+    STDERR = 7
+    DATA = 8
+    GET_VALUES = 9
+    GET_VALUES_RESULT = 10
+    UNKNOWN_TYPE = 11
+
+
+class Role(IntEnum):
+    RESPONDER = 1
+    AUTHORIZER = 2
+    FILTER = 3
+
+
+class ProtocolStatus(IntEnum):
+    REQUEST_COMPLETE = 0
+    CANT_MPX_CONN = 1
+    OVERLOADED = 2
+    UNKNOWN_ROLE = 3
+
+
+# Plain ints for the hot path: comparing against an IntEnum member costs an
+# attribute lookup on the enum class every time.
+BEGIN_REQUEST = 1
+ABORT_REQUEST = 2
+END_REQUEST = 3
+PARAMS = 4
+STDIN = 5
+STDOUT = 6
+STDERR = 7
+DATA = 8
+GET_VALUES = 9
+GET_VALUES_RESULT = 10
+UNKNOWN_TYPE = 11
+
+HEADER = struct.Struct("!BBHHBx")
+BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
+END_REQUEST_BODY = struct.Struct("!LB3x")
+UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+_LEN4 = struct.Struct("!L")
+
+_PADDING = bytes(8)
+
+
+def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """One record, padded to a multiple of 8 bytes as the spec recommends."""
+    length = len(content)
+    if length > MAX_CONTENT_LEN:
+        raise ValueError(f"record content of {length} bytes exceeds {MAX_CONTENT_LEN}")
+    pad = -length & 7
+    return HEADER.pack(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes) -> bytes:
+    """``data`` as as many records as it needs, without the empty terminator."""
+    length = len(data)
+    if length <= MAX_CONTENT_LEN:
+        return encode_record(record_type, request_id, data) if length else b""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    step = MAX_ALIGNED_CONTENT_LEN
+    header = HEADER.pack(VERSION_1, record_type, request_id, step, 0)
+    for start in range(0, length - step, step):
+        parts.append(header)
+        parts.append(view[start : start + step])
+    tail_start = (length - 1) // step * step
+    parts.append(encode_record(record_type, request_id, bytes(view[tail_start:])))
+    return b"".join(parts)
+
+
+def encode_begin_request(
+    request_id: int, role: int = Role.RESPONDER, keep_conn: bool = False
+) -> bytes:
+    body = BEGIN_REQUEST_BODY.pack(role, KEEP_CONN if keep_conn else 0)
+    return encode_record(BEGIN_REQUEST, request_id, body)
+
+
+def encode_end_request(
+    request_id: int, app_status: int = 0, protocol_status: int = ProtocolStatus.REQUEST_COMPLETE
+) -> bytes:
+    body = END_REQUEST_BODY.pack(app_status & 0xFFFFFFFF, protocol_status)
+    return encode_record(END_REQUEST, request_id, body)
+
+
+def encode_unknown_type(record_type: int) -> bytes:
+    return encode_record(UNKNOWN_TYPE, 0, UNKNOWN_TYPE_BODY.pack(record_type))
+
+
+def _encode_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes((length,))
+    if length > 0x7FFFFFFF:
+        raise ValueError(f"name-value length {length} does not fit in 31 bits")
+    return _LEN4.pack(length | 0x80000000)
+
+
+def encode_pairs(pairs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Name-value pairs with 1-byte lengths up to 127 and 4-byte lengths above."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    out = bytearray()
+    for name, value in items:
+        out += _encode_length(len(name))
+        out += _encode_length(len(value))
+        out += name
+        out += value
+    return bytes(out)
+
+
+def encode_params(
+    request_id: int, params: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]
+) -> bytes:
+    """A whole PARAMS stream, terminator included."""
+    return encode_stream(PARAMS, request_id, encode_pairs(params)) + encode_record(
+        PARAMS, request_id
+    )
+
+
+def _pair_spans(buf: bytes) -> list[int]:
+    """Offsets ``name_start, value_start, value_end`` of each pair, flattened.
+
+    Raises :class:`ProtocolError` if a length runs past the end of ``buf``; it
+    allocates nothing proportional to what the lengths claim.
+    """
+    end = len(buf)
+    pos = 0
+    spans: list[int] = []
+    unpack = _LEN4.unpack_from
+    while pos < end:
+        name_len = buf[pos]
+        if name_len < 0x80:
+            pos += 1
+        elif pos + 4 <= end:
+            name_len = unpack(buf, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            raise ProtocolError("name-value pair truncated inside a 4-byte name length")
+        if pos >= end:
+            raise ProtocolError("name-value pair truncated before its value length")
+        value_len = buf[pos]
+        if value_len < 0x80:
+            pos += 1
+        elif pos + 4 <= end:
+            value_len = unpack(buf, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            raise ProtocolError("name-value pair truncated inside a 4-byte value length")
+        stop = pos + name_len + value_len
+        if stop > end:
+            raise ProtocolError(
+                f"name-value pair claims {name_len}+{value_len} bytes but only {end - pos} remain"
+            )
+        spans += (pos, pos + name_len, stop)
+        pos = stop
+    return spans
+
+
+def decode_pairs(data: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:
+    """Decode a complete name-value pair block into byte strings."""
+    buf = bytes(data)
+    spans = _pair_spans(buf)
+    return [
+        (buf[spans[i] : spans[i + 1]], buf[spans[i + 1] : spans[i + 2]])
+        for i in range(0, len(spans), 3)
+    ]
+
+
+def decode_params(data: bytes) -> dict[str, str]:
+    """Decode a PARAMS block into latin-1 native strings (PEP 3333), last name wins.
+
+    Latin-1 maps each byte to one code point, so the whole block is decoded once
+    and sliced at the byte offsets.
+    """
+    spans = _pair_spans(data)
+    text = data.decode("latin-1")
+    return {
+        text[spans[i] : spans[i + 1]]: text[spans[i + 1] : spans[i + 2]]
+        for i in range(0, len(spans), 3)
+    }
