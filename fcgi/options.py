@@ -1,0 +1,35 @@
+"""Settings one worker process serves with.
+
+The single-process server and every pool worker read the same
+:class:`ServerOptions`; the pool's configuration file (issue: process manager)
+maps onto it, so a knob means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fcgi.connection import Limits
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    #: Seconds a connection may stay silent (idle keep-alive, or a record
+    #: stalled half way) before it is closed with a log line.
+    read_timeout: float = 30.0
+    #: Protocol limits per connection (params count and size, concurrent ids).
+    limits: Limits = field(default_factory=Limits)
+    #: Where the app is mounted. None: trust what the web server sent, with the
+    #: fixes described in fcgi.wsgi.fix_script_name. "" or "/app": force it.
+    script_name: str | None = None
+    #: Request bodies larger than this are spooled to a temporary file when
+    #: they must be buffered; smaller ones stay in memory.
+    spool_threshold: int = 1024 * 1024
+    #: Allowed TCP peers (FCGI_WEB_SERVER_ADDRS / listen_allowed_clients);
+    #: empty means anyone. Unix-socket peers are always allowed.
+    allowed_clients: tuple[str, ...] = ()
+    #: What the environ claims (PEP 3333): a pool worker is multiprocess.
+    multiprocess: bool = False
+    multithread: bool = False
+    #: Send app tracebacks to the web server as FCGI_STDERR too (nginx logs them).
+    stderr_tracebacks: bool = True
