@@ -117,6 +117,11 @@ class ServerConnection:
     def active_requests(self) -> Collection[int]:
         return self._requests.keys()
 
+    @property
+    def mid_record(self) -> bool:
+        """True while part of a record has arrived but not all of it."""
+        return bool(self._buffer)
+
     def keep_conn(self, request_id: int) -> bool:
         return self._requests[request_id].keep_conn
 

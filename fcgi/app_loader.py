@@ -1,0 +1,58 @@
+"""Find the app a user named on the command line: ``module:app`` or ``module:factory()``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any
+
+from fcgi.errors import FastCGIError
+
+
+class AppImportError(FastCGIError):
+    """The app spec could not be turned into a callable; the message says why."""
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attr`` (dotted attrs allowed) and call it if it ends in ``()``.
+
+    The current directory is put on sys.path first, as ``python -m`` would, so
+    ``fcgi serve app:app`` works from the project folder.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not module_name or not sep or not attr:
+        raise AppImportError(f"app {spec!r}: expected MODULE:NAME or MODULE:FACTORY()")
+    call = attr.endswith("()")
+    if call:
+        attr = attr[:-2]
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise AppImportError(f"app {spec!r}: no module named {exc.name!r}") from None
+        raise AppImportError(
+            f"app {spec!r}: importing {module_name} failed:\n{traceback.format_exc()}"
+        ) from None
+    except Exception:
+        raise AppImportError(
+            f"app {spec!r}: importing {module_name} failed:\n{traceback.format_exc()}"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppImportError(f"app {spec!r}: {module_name} has no attribute {attr!r}") from None
+    if call:
+        try:
+            obj = obj()
+        except Exception:
+            raise AppImportError(
+                f"app {spec!r}: calling the factory failed:\n{traceback.format_exc()}"
+            ) from None
+    if not callable(obj):
+        raise AppImportError(f"app {spec!r}: {type(obj).__name__} object is not callable")
+    return obj

@@ -1,0 +1,144 @@
+"""The ``fcgi`` command: ``serve`` an app, send a test ``request``, ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from fcgi import __version__
+from fcgi.app_loader import AppImportError, load_app
+from fcgi.errors import ConfigError
+
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def _octal(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal file mode") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcgi", description="FastCGI server and process manager for Python web apps."
+    )
+    parser.add_argument("--version", action="version", version=f"fcgi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="serve a WSGI app over FastCGI")
+    serve.add_argument(
+        "app", nargs="?", metavar="MODULE:APP", help="module:app or module:factory()"
+    )
+    serve.add_argument(
+        "--bind",
+        "-b",
+        action="append",
+        metavar="ADDR",
+        help="unix:/path, HOST:PORT, [V6]:PORT or fd://N (repeatable); "
+        "default: the socket on fd 0 if a web server passed one, else run once as CGI",
+    )
+    serve.add_argument("--chdir", metavar="DIR", help="change to DIR before importing the app")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="default: info",
+    )
+    serve.add_argument(
+        "--script-name",
+        metavar="PATH",
+        help="mount point of the app (SCRIPT_NAME); default: derived from the web server params",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a connection silent for this long (default: 30)",
+    )
+    serve.add_argument(
+        "--socket-mode",
+        type=_octal,
+        default=0o660,
+        metavar="MODE",
+        help="file mode of unix sockets (default: 0660)",
+    )
+    serve.add_argument("--backlog", type=int, default=511, help="listen backlog (default: 511)")
+    serve.add_argument(
+        "--max-params",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="most FastCGI params per request (default: 1000)",
+    )
+    serve.add_argument(
+        "--max-params-bytes",
+        type=int,
+        default=256 * 1024,
+        metavar="BYTES",
+        help="largest PARAMS stream per request (default: 262144)",
+    )
+    serve.add_argument(
+        "--allowed-clients",
+        default="",
+        metavar="ADDRS",
+        help="comma-separated TCP peers allowed to connect (default: any)",
+    )
+
+    request = commands.add_parser(
+        "request", help="send one request to a FastCGI server and print the response"
+    )
+    from fcgi.client import add_request_arguments
+
+    add_request_arguments(request)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "request":
+        from fcgi.client import request_command
+
+        return request_command(args)
+    if args.command == "serve":
+        return _serve(parser, args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    if not args.app:
+        parser.error("serve needs an app: fcgi serve MODULE:APP")
+    from fcgi.serve import serve
+
+    try:
+        if args.chdir:
+            os.chdir(args.chdir)
+        app = load_app(args.app)
+        serve(
+            app,
+            args.bind,
+            socket_mode=args.socket_mode,
+            backlog=args.backlog,
+            read_timeout=args.read_timeout,
+            script_name=args.script_name,
+            max_params=args.max_params,
+            max_params_bytes=args.max_params_bytes,
+            allowed_clients=args.allowed_clients,
+        )
+    except (ConfigError, AppImportError, OSError) as exc:
+        print(f"fcgi: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""``fcgi.serve()``: the one call that puts an app behind a web server.
+
+Without pool settings it runs the app in this process (the single-process
+server); with ``workers=`` or ``pm=`` it hands over to the process manager.
+Started by a web server with a listening socket on fd 0 (mod_fcgid, lighttpd
+``bin-path``, spawn-fcgi) it serves that socket; started as a plain CGI
+script it answers the one request and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from fcgi.connection import Limits
+from fcgi.errors import ConfigError
+from fcgi.options import ServerOptions
+from fcgi.sockets import inherited_fd0, open_listener, parse_allowed_clients, socket_path
+from fcgi.sync_worker import SyncWorker
+from fcgi.wsgi import WSGIApp
+
+log = logging.getLogger("fcgi.serve")
+
+
+def make_options(
+    *,
+    read_timeout: float = 30.0,
+    script_name: str | None = None,
+    max_params: int = 1000,
+    max_params_bytes: int = 256 * 1024,
+    allowed_clients: Sequence[str] | str = (),
+    multiprocess: bool = False,
+    stderr_tracebacks: bool = True,
+) -> ServerOptions:
+    """Build :class:`ServerOptions` from keyword settings, validating each."""
+    if read_timeout <= 0:
+        raise ConfigError(f"read_timeout must be positive, got {read_timeout}")
+    if max_params < 1 or max_params_bytes < 1:
+        raise ConfigError("max_params and max_params_bytes must be positive")
+    if script_name is not None and script_name and not script_name.startswith("/"):
+        raise ConfigError(f"script_name must be empty or start with '/', got {script_name!r}")
+    allowed = parse_allowed_clients(allowed_clients)
+    env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
+    if env_allowed:
+        allowed += parse_allowed_clients(env_allowed)
+    return ServerOptions(
+        read_timeout=read_timeout,
+        limits=Limits(max_params=max_params, max_params_bytes=max_params_bytes),
+        script_name=script_name,
+        allowed_clients=allowed,
+        multiprocess=multiprocess,
+        stderr_tracebacks=stderr_tracebacks,
+    )
+
+
+def open_listeners(
+    bind: str | Sequence[str] | None, *, mode: int = 0o660, backlog: int = 511
+) -> list[socket.socket]:
+    """Bind every address, or adopt fd 0; an empty list means "run as CGI"."""
+    if isinstance(bind, str):
+        bind = [bind]
+    if not bind:
+        inherited = inherited_fd0()
+        return [inherited] if inherited is not None else []
+    listeners: list[socket.socket] = []
+    try:
+        for spec in bind:
+            listeners.append(open_listener(spec, mode=mode, backlog=backlog))
+    except BaseException:
+        close_listeners(listeners, unlink=True)
+        raise
+    return listeners
+
+
+def close_listeners(listeners: Sequence[socket.socket], *, unlink: bool) -> None:
+    for sock in listeners:
+        path = socket_path(sock) if unlink else None
+        sock.close()
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def serve(
+    app: WSGIApp,
+    bind: str | Sequence[str] | None = None,
+    *,
+    socket_mode: int = 0o660,
+    backlog: int = 511,
+    **settings: Any,
+) -> None:
+    """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
+
+    ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
+    the socket a web server left on fd 0, or plain CGI when there is none.
+    Remaining keywords are :func:`make_options` settings.
+    """
+    options = make_options(**settings)
+    listeners = open_listeners(bind, mode=socket_mode, backlog=backlog)
+    if not listeners:
+        from wsgiref.handlers import CGIHandler
+
+        log.debug("fd 0 is not a listening socket: answering one request as CGI")
+        CGIHandler().run(app)
+        return
+    owned = bind is not None
+    try:
+        run_single(app, listeners, options)
+    finally:
+        close_listeners(listeners, unlink=owned)
+
+
+def run_single(app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions) -> None:
+    """The single-process server: this process is the only worker."""
+    worker = SyncWorker(listeners, app, options)
+
+    def graceful(signum: int, frame: object) -> None:
+        worker.stop()
+
+    previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGQUIT)}
+    names = ", ".join(_listener_name(sock) for sock in listeners)
+    log.info("serving on %s (pid %d, single process)", names, os.getpid())
+    try:
+        worker.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        worker.close()
+    log.info("stopped")
+
+
+def _listener_name(sock: socket.socket) -> str:
+    path = socket_path(sock)
+    if path:
+        return f"unix:{path}"
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host = f"[{name[0]}]" if ":" in name[0] else name[0]
+        return f"{host}:{name[1]}"
+    return f"fd {sock.fileno()}"

@@ -1,0 +1,427 @@
+"""The synchronous worker: one connection and one request at a time.
+
+This is PHP-FPM's model and the default: a request owns the whole process, so
+a crash or a leak stays inside one worker and a master can account for it.
+Because requests run one at a time, extra request ids on a connection are
+refused with CANT_MPX_CONN, and GET_VALUES says FCGI_MPXS_CONNS=0.
+
+The worker waits for connections with epoll (EPOLLEXCLUSIVE, so one waiting
+worker wakes per connection rather than all of them) together with a pipe that
+:meth:`SyncWorker.stop` writes to, which makes stopping safe from a signal
+handler without interrupting a request half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+
+from fcgi import events as ev
+from fcgi.connection import Limits, ServerConnection
+from fcgi.errors import ProtocolError
+from fcgi.hooks import NoHooks, WorkerHooks
+from fcgi.options import ServerOptions
+from fcgi.records import Role
+from fcgi.sockets import peer_allowed
+from fcgi.wsgi import (
+    ClientGone,
+    ErrorStream,
+    InputStream,
+    WSGIApp,
+    build_environ,
+    content_length,
+    error_response,
+    run_app,
+)
+
+log = logging.getLogger("fcgi.worker")
+
+_RECV_SIZE = 256 * 1024
+#: Most bytes read and thrown away while closing a connection whose request
+#: body the app did not read (so the web server sees our answer, not a reset).
+_MAX_DRAIN = 64 * 1024 * 1024
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _PeerClosed(Exception):
+    pass
+
+
+def _describe_peer(peer: object, sock: socket.socket) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+        return f"{host}:{peer[1]}"
+    try:
+        name = sock.getsockname()
+    except OSError:
+        name = ""
+    return f"unix:{name}" if name else "unix socket"
+
+
+class _Connection:
+    """One accepted transport connection being served by a sync worker."""
+
+    __slots__ = ("conn", "peer", "pending", "served", "sock")
+
+    def __init__(self, sock: socket.socket, peer: str, limits: Limits) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.conn = ServerConnection(limits)
+        self.pending: deque[ev.Event] = deque()
+        self.served = 0
+
+    def pump(self) -> None:
+        """Read once from the peer and queue the events it completes."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            raise _Timeout from None
+        except OSError as exc:
+            raise _PeerClosed(exc.strerror or str(exc)) from None
+        if not data:
+            self.conn.feed_eof()
+            raise _PeerClosed("the web server closed the connection")
+        self.pending.extend(self.conn.feed(data))
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            try:
+                self.sock.sendall(data)
+            except BlockingIOError:
+                raise ClientGone("timed out writing to the web server") from None
+            except OSError as exc:
+                raise ClientGone(exc.strerror or str(exc)) from None
+
+
+class _RequestInput:
+    """Demultiplexes FCGI_STDIN and FCGI_DATA for the one request being served."""
+
+    __slots__ = ("aborted", "c", "data", "data_done", "rid", "stdin", "stdin_done")
+
+    def __init__(self, c: _Connection, rid: int, role: int) -> None:
+        self.c = c
+        self.rid = rid
+        self.stdin: deque[bytes] = deque()
+        self.data: deque[bytes] = deque()
+        self.stdin_done = role == Role.AUTHORIZER
+        self.data_done = role != Role.FILTER
+        self.aborted = False
+
+    def _dispatch(self) -> None:
+        pending = self.c.pending
+        rid = self.rid
+        while pending:
+            event = pending.popleft()
+            if event.request_id != rid:
+                continue  # refused ids: already answered by the connection
+            kind = type(event)
+            if kind is ev.StdinData:
+                self.stdin.append(event.data)  # type: ignore[attr-defined]
+            elif kind is ev.StdinEnd:
+                self.stdin_done = True
+            elif kind is ev.DataChunk:
+                self.data.append(event.data)  # type: ignore[attr-defined]
+            elif kind is ev.DataEnd:
+                self.data_done = True
+            elif kind is ev.AbortRequest:
+                log.info("request %d from %s aborted by the web server", rid, self.c.peer)
+                self._end_input()
+            elif kind is ev.RequestRejected:
+                log.warning("request from %s: %s", self.c.peer, event.reason)  # type: ignore[attr-defined]
+                self._end_input()
+
+    def _end_input(self) -> None:
+        self.aborted = True
+        self.stdin_done = self.data_done = True
+
+    def read_stdin(self) -> bytes:
+        while not self.stdin:
+            if self.stdin_done:
+                return b""
+            self._pump()
+        return self.stdin.popleft()
+
+    def read_data(self) -> bytes:
+        while not self.data:
+            if self.data_done:
+                return b""
+            self._pump()
+        return self.data.popleft()
+
+    def _pump(self) -> None:
+        if self.c.pending:
+            self._dispatch()
+            return
+        try:
+            self.c.pump()
+        except (_PeerClosed, _Timeout, ProtocolError) as exc:
+            log.warning("request body from %s cut short: %s", self.c.peer, exc or "read timeout")
+            self._end_input()
+            return
+        self._dispatch()
+
+
+class SyncWorker:
+    """Serve FastCGI connections on ``listeners`` until stopped."""
+
+    def __init__(
+        self,
+        listeners: Sequence[socket.socket],
+        app: WSGIApp,
+        options: ServerOptions | None = None,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.app = app
+        self.options = options or ServerOptions()
+        self.hooks: WorkerHooks = hooks or NoHooks()
+        # One request at a time: say so to the web server and refuse extra ids.
+        self.limits = replace(self.options.limits, max_requests=1, max_reqs=1, max_conns=1)
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        seconds = int(self.options.read_timeout)
+        micros = int((self.options.read_timeout - seconds) * 1_000_000)
+        self._timeval = struct.pack("ll", seconds, micros)
+
+    # -- control ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current request and return. Signal-safe."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- main loop -----------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        poller = select.epoll()
+        by_fd: dict[int, socket.socket] = {}
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        for sock in self.listeners:
+            sock.setblocking(False)
+            by_fd[sock.fileno()] = sock
+            poller.register(sock.fileno(), select.EPOLLIN | exclusive)
+        poller.register(self._wake_r, select.EPOLLIN)
+        try:
+            while not self._stopping:
+                for fd, _ in poller.poll():
+                    if fd == self._wake_r:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 64)
+                        continue
+                    try:
+                        sock, peer = by_fd[fd].accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            log.error("accept failed: %s", exc.strerror)
+                            continue
+                        raise
+                    self._serve(sock, peer)
+                    if self._stopping or self.hooks.should_stop():
+                        return
+        finally:
+            poller.close()
+
+    # -- one connection ------------------------------------------------------
+
+    def _serve(self, sock: socket.socket, peer: object) -> None:
+        hooks = self.hooks
+        hooks.connection_accepted()
+        if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
+            log.warning("refused connection from %s: not an allowed client", peer)
+            sock.close()
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
+        c = _Connection(sock, _describe_peer(peer, sock), self.limits)
+        unread_body = False
+        waiter: select.poll | None = None
+        try:
+            while True:
+                if not c.pending:
+                    if c.conn.should_close:
+                        break
+                    if c.served and not c.conn.active_requests:
+                        # Idle between requests on a kept connection: the one
+                        # place besides accept() where stop() must get through.
+                        if waiter is None:
+                            waiter = self._idle_waiter(sock)
+                        if not self._wait_readable(waiter):
+                            break
+                    c.pump()
+                    continue
+                event = c.pending.popleft()
+                kind = type(event)
+                if kind is ev.Params:
+                    unread_body = self._request(c, event)  # type: ignore[arg-type]
+                    c.served += 1
+                    if self._stopping or hooks.should_stop():
+                        break
+                elif kind is ev.RequestRejected:
+                    self._reject(c, event)  # type: ignore[arg-type]
+                    c.served += 1
+                elif kind is ev.RequestRefused:
+                    log.warning(
+                        "refused request id %d from %s: protocol status %d (role %d)",
+                        event.request_id,
+                        c.peer,
+                        event.protocol_status,  # type: ignore[attr-defined]
+                        event.role,  # type: ignore[attr-defined]
+                    )
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
+            unread_body = False
+        except _Timeout:
+            if c.conn.active_requests or c.conn.mid_record:
+                log.warning(
+                    "closing connection from %s: stalled for %gs in the middle of a request",
+                    c.peer,
+                    self.options.read_timeout,
+                )
+            else:
+                log.info(
+                    "closing idle connection from %s after %gs", c.peer, self.options.read_timeout
+                )
+            unread_body = False
+        except _PeerClosed as exc:
+            if c.conn.active_requests:
+                log.info("connection from %s closed mid-request: %s", c.peer, exc)
+            unread_body = False
+        except ClientGone as exc:
+            log.info("web server %s went away while we answered: %s", c.peer, exc)
+            unread_body = False
+        finally:
+            self._close(sock, unread_body)
+
+    def _idle_waiter(self, sock: socket.socket) -> select.poll:
+        waiter = select.poll()
+        waiter.register(sock.fileno(), select.POLLIN)
+        waiter.register(self._wake_r, select.POLLIN)
+        return waiter
+
+    def _wait_readable(self, waiter: select.poll) -> bool:
+        """Wait for the next request on a kept connection; False to close it."""
+        if self._stopping:
+            return False
+        ready = waiter.poll(self.options.read_timeout * 1000)
+        if not ready:
+            raise _Timeout
+        return not self._stopping
+
+    def _request(self, c: _Connection, event: ev.Params) -> bool:
+        """Serve one request; return True if its body was left unread."""
+        rid = event.request_id
+        params = event.params
+        conn = c.conn
+        hooks = self.hooks
+        role = conn.role(rid)
+        hooks.request_started(params)
+        answer = hooks.intercept(params)
+        source = _RequestInput(c, rid, role)
+        status = 0
+        if answer is not None:
+            head = [f"Status: {answer.status}\r\n"]
+            head += [f"{name}: {value}\r\n" for name, value in answer.headers]
+            conn.send_stdout(rid, "".join(head).encode("latin-1") + b"\r\n" + answer.body)
+            conn.end_request(rid)
+            c.flush()
+            status = int(answer.status[:3])
+        else:
+            status = self._run_app(c, rid, role, params, source)
+        hooks.request_finished(status)
+        return not source.stdin_done
+
+    def _run_app(
+        self,
+        c: _Connection,
+        rid: int,
+        role: int,
+        params: dict[str, str],
+        source: _RequestInput,
+    ) -> int:
+        conn = c.conn
+        options = self.options
+
+        def send(data: bytes, flush: bool) -> None:
+            conn.send_stdout(rid, data)
+            if flush:
+                c.flush()
+
+        def stderr(data: bytes) -> None:
+            conn.send_stderr(rid, data)
+
+        errors = ErrorStream(stderr if options.stderr_tracebacks else None)
+        wsgi_input = InputStream(source.read_stdin, content_length(params))
+        environ = build_environ(
+            params,
+            wsgi_input,
+            errors,
+            mount=options.script_name,
+            multithread=options.multithread,
+            multiprocess=options.multiprocess,
+        )
+        if role == Role.FILTER:
+            environ["fcgi.data"] = InputStream(
+                source.read_data, _int_param(params, "FCGI_DATA_LENGTH")
+            )
+        environ["fcgi.role"] = Role(role).name
+        status, app_status = run_app(
+            self.app, environ, send, stderr if options.stderr_tracebacks else None
+        )
+        errors.flush()
+        conn.end_request(rid, app_status)
+        c.flush()
+        return status
+
+    def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
+        log.warning("rejected request from %s: %s", c.peer, event.reason)
+        reasons = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+        reason = reasons.get(event.http_status, "Bad Request")
+        c.conn.send_stdout(event.request_id, error_response(event.http_status, reason))
+        c.conn.end_request(event.request_id, 1)
+        c.flush()
+
+    def _close(self, sock: socket.socket, unread_body: bool) -> None:
+        if unread_body:
+            # Closing with unread input makes the kernel send a reset, which
+            # can destroy the answer in flight. Half-close, then drain.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < _MAX_DRAIN:
+                    chunk = sock.recv(_RECV_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        sock.close()
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    try:
+        return int(params[name])
+    except (KeyError, ValueError):
+        return None

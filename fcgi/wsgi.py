@@ -1,0 +1,448 @@
+"""PEP 3333 glue: environ from FastCGI params, wsgi.input, start_response, output.
+
+Nothing here touches a socket. A driver hands :func:`run_app` a ``send``
+callable and gets back the HTTP status; the same code serves the sync worker
+and the trio worker's threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import IO, Any, Protocol
+
+log = logging.getLogger("fcgi.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+OptExcInfo = ExcInfo | tuple[None, None, None]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = ...,
+        /,
+    ) -> Callable[[bytes], object]: ...
+
+
+WSGIEnviron = dict[str, Any]
+WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+#: ``send(data, flush)``: queue ``data`` as STDOUT; ``flush=False`` lets the
+#: driver coalesce it with END_REQUEST into one write.
+Send = Callable[[bytes, bool], None]
+
+
+class ClientGone(Exception):
+    """Raised by a driver's ``send`` when the web server went away mid-response."""
+
+
+# -- wsgi.input -----------------------------------------------------------------
+
+
+class InputStream:
+    """The request body, read from the web server as the app asks for it.
+
+    ``fill`` returns the next chunk of FCGI_STDIN, or b"" at the end of the
+    stream (or when the web server gave up). At most ``limit`` bytes are ever
+    returned, so an app cannot read past CONTENT_LENGTH, and a body shorter than
+    declared ends in EOF rather than a hang.
+    """
+
+    __slots__ = ("_buf", "_eof", "_fill", "_remaining")
+
+    def __init__(self, fill: Callable[[], bytes], limit: int | None = None) -> None:
+        self._fill = fill
+        self._buf = bytearray()
+        self._eof = False
+        self._remaining = limit if limit is not None else -1
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._fill()
+        if not chunk:
+            self._eof = True
+            return False
+        if self._remaining >= 0:
+            if len(chunk) >= self._remaining:
+                chunk = chunk[: self._remaining]
+                self._eof = True
+            self._remaining -= len(chunk)
+        self._buf += chunk
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        buf = self._buf
+        if size is None or size < 0:
+            while self._more():
+                pass
+            data = bytes(buf)
+            buf.clear()
+            return data
+        while len(buf) < size and self._more():
+            pass
+        data = bytes(buf[:size])
+        del buf[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        buf = self._buf
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl >= 0:
+                end = nl + 1
+                break
+            if size is not None and 0 <= size <= len(buf):
+                end = size
+                break
+            start = len(buf)
+            if not self._more():
+                end = len(buf)
+                break
+        if size is not None and 0 <= size < end:
+            end = size
+        data = bytes(buf[:end])
+        del buf[:end]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def drain(self) -> None:
+        """Consume what the app left unread, so the connection can be reused."""
+        self._buf.clear()
+        while self._more():
+            self._buf.clear()
+
+
+class ErrorStream:
+    """``wsgi.errors``: lines go to the log and, optionally, to FCGI_STDERR."""
+
+    __slots__ = ("_pending", "_sink")
+
+    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+        self._sink = sink
+        self._pending = ""
+
+    def write(self, s: str) -> int:
+        self._pending += s
+        if "\n" in self._pending:
+            self.flush()
+        return len(s)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        text, self._pending = self._pending, ""
+        if not text:
+            return
+        for line in text.rstrip("\n").split("\n"):
+            log.warning("app: %s", line)
+        if self._sink is not None:
+            self._sink(text.encode("utf-8", "backslashreplace"))
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file in record-sized blocks, then close it."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 0xFFF8) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while block := read(self.blksize):
+            yield block
+
+
+# -- environ ----------------------------------------------------------------------
+
+
+def fix_script_name(environ: dict[str, Any], mount: str | None) -> None:
+    """Make SCRIPT_NAME + PATH_INFO describe the request the way PEP 3333 means.
+
+    With ``mount`` set (``--script-name``), SCRIPT_NAME is the mount point and
+    PATH_INFO what follows it. Without it, a non-empty PATH_INFO from the web
+    server is trusted (nginx with ``fastcgi_split_path_info``, Apache mod_fcgid);
+    a missing or empty PATH_INFO means the web server put the whole path in
+    SCRIPT_NAME (nginx's stock ``fastcgi_params``, lighttpd with the app at "/"),
+    so the app is taken to be mounted at the root: SCRIPT_NAME "" and PATH_INFO
+    the path.
+    """
+    script = environ.get("SCRIPT_NAME", "")
+    path_info = environ.get("PATH_INFO", "")
+    if mount is None:
+        if path_info:
+            return
+        if not script:
+            script = _request_path(environ)
+        environ["SCRIPT_NAME"] = ""
+        environ["PATH_INFO"] = script
+        return
+    mount = mount.rstrip("/")
+    full = script + path_info if (script or path_info) else _request_path(environ)
+    if full == mount or full.startswith(mount + "/"):
+        full = full[len(mount) :]
+    environ["SCRIPT_NAME"] = mount
+    environ["PATH_INFO"] = full
+
+
+def _request_path(environ: Mapping[str, Any]) -> str:
+    from urllib.parse import unquote_to_bytes
+
+    uri = environ.get("REQUEST_URI", "")
+    path = uri.split("?", 1)[0]
+    return unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
+
+
+_BASE_ENVIRON: dict[str, Any] = {
+    "wsgi.version": (1, 0),
+    "wsgi.run_once": False,
+    "wsgi.file_wrapper": FileWrapper,
+    "SCRIPT_NAME": "",
+    "QUERY_STRING": "",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+}
+
+
+def build_environ(
+    params: Mapping[str, str],
+    wsgi_input: InputStream,
+    errors: ErrorStream,
+    *,
+    mount: str | None = None,
+    multithread: bool = False,
+    multiprocess: bool = False,
+) -> WSGIEnviron:
+    environ: WSGIEnviron = dict(_BASE_ENVIRON)
+    environ.update(params)
+    environ["wsgi.input"] = wsgi_input
+    environ["wsgi.errors"] = errors
+    environ["wsgi.multithread"] = multithread
+    environ["wsgi.multiprocess"] = multiprocess
+    https = environ.get("HTTPS", "").lower()
+    if https in ("on", "1") or environ.get("REQUEST_SCHEME") == "https":
+        environ["wsgi.url_scheme"] = "https"
+    else:
+        environ["wsgi.url_scheme"] = "http"
+    if "REQUEST_METHOD" not in environ:
+        environ["REQUEST_METHOD"] = "GET"
+    if "SERVER_NAME" not in environ:
+        environ["SERVER_NAME"] = environ.get("HTTP_HOST", "localhost").split(":")[0]
+    if "SERVER_PORT" not in environ:
+        environ["SERVER_PORT"] = "443" if environ["wsgi.url_scheme"] == "https" else "80"
+    if not environ.get("CONTENT_LENGTH"):
+        environ.pop("CONTENT_LENGTH", None)
+    if not environ.get("CONTENT_TYPE"):
+        environ.pop("CONTENT_TYPE", None)
+    if mount is not None or not environ.get("PATH_INFO"):
+        fix_script_name(environ, mount)
+    return environ
+
+
+def content_length(params: Mapping[str, str]) -> int | None:
+    value = params.get("CONTENT_LENGTH")
+    if not value:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+# -- the response ------------------------------------------------------------------
+
+_STATUS_RE = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+
+_ERROR_BODY = b"<h1>500 Internal Server Error</h1>\n"
+_ERROR_RESPONSE = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/html\r\n"
+    b"Content-Length: " + str(len(_ERROR_BODY)).encode() + b"\r\n\r\n" + _ERROR_BODY
+)
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A minimal CGI response for errors found before the app ran."""
+    body = f"{status} {reason}\n".encode("latin-1")
+    return (
+        f"Status: {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
+
+
+class _Response:
+    """One response's start_response/write state."""
+
+    __slots__ = ("head", "headers_sent", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.head: bytes | None = None
+        self.headers_sent = False
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None and exc_info[0] is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.head is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        self.head = _encode_head(status, headers)
+        self.status = int(status[:3])
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: data goes out before it returns."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self.emit(data, True)
+
+    def emit(self, data: bytes, flush: bool) -> None:
+        if not self.headers_sent:
+            if self.head is None:
+                raise AssertionError("the app returned body data before calling start_response")
+            self.headers_sent = True
+            data = self.head + data
+        if data:
+            self.send(data, flush)
+
+
+def _encode_head(status: str, headers: list[tuple[str, str]]) -> bytes:
+    if type(status) is not str or not _STATUS_RE.match(status):
+        raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+    if type(headers) is not list:
+        raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+    lines = ["Status: ", status, "\r\n"]
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise TypeError(f"header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or not _TOKEN_RE.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if type(value) is not str or "\n" in value or "\r" in value:
+            raise ValueError(f"invalid value for header {name}: {value!r}")
+        if name.lower() in _HOP_BY_HOP:
+            raise ValueError(f"hop-by-hop header {name} is not allowed from a WSGI app")
+        lines += (name, ": ", value, "\r\n")
+    lines.append("\r\n")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"header text is not latin-1: {exc}") from None
+
+
+def run_app(
+    app: WSGIApp,
+    environ: WSGIEnviron,
+    send: Send,
+    stderr: Callable[[bytes], None] | None = None,
+) -> tuple[int, int]:
+    """Run one request through ``app``; return (HTTP status, FastCGI appStatus).
+
+    Everything the app raises is logged here and turned into a 500 when no
+    header was sent yet; after that, the response just ends early and the
+    appStatus says so. :class:`ClientGone` from ``send`` propagates after the
+    iterable's close() has run. ``stderr`` also receives app tracebacks
+    (FCGI_STDERR, which nginx writes to its error log).
+    """
+    response = _Response(send)
+    result: Iterable[bytes] | None = None
+    try:
+        result = app(environ, response.start_response)
+        if type(result) is list or type(result) is tuple:
+            _send_sequence(response, result)
+        else:
+            emit = response.emit
+            for chunk in result:
+                if chunk:
+                    emit(chunk, True)
+            if not response.headers_sent:
+                emit(b"", False)
+    except ClientGone:
+        raise
+    except Exception:
+        _app_failed(environ, response, stderr)
+        return response.status or 500, 1
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("close() of the response iterable raised")
+    return response.status, 0
+
+
+def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+    """A list response is known whole: send it in one piece with a Content-Length."""
+    for chunk in chunks:
+        if type(chunk) is not bytes:
+            raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if not response.headers_sent and response.head is not None:
+        head = response.head
+        if b"\r\ncontent-length:" not in head.lower():
+            response.head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
+    response.emit(body, False)
+
+
+def _app_failed(
+    environ: Mapping[str, Any], response: _Response, stderr: Callable[[bytes], None] | None
+) -> None:
+    where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
+    trace = traceback.format_exc()
+    log.error("app raised while serving %s\n%s", where, trace.rstrip())
+    if stderr is not None:
+        stderr(f"fcgi: app raised while serving {where}\n{trace}".encode("utf-8", "replace"))
+    if not response.headers_sent:
+        response.headers_sent = True
+        response.status = 500
+        response.send(_ERROR_RESPONSE, False)
