@@ -20,6 +20,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -48,6 +49,9 @@ _RECV_SIZE = 256 * 1024
 #: Most bytes read and thrown away while closing a connection whose request
 #: body the app did not read (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
+#: Kept-alive connections one worker holds between requests; past this the
+#: oldest is closed (the web server opens a new one when it needs it).
+_MAX_PARKED = 64
 
 
 class _Timeout(Exception):
@@ -58,34 +62,55 @@ class _PeerClosed(Exception):
     pass
 
 
-def _describe_peer(peer: object, sock: socket.socket) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
-    try:
-        name = sock.getsockname()
-    except OSError:
-        name = ""
-    return f"unix:{name}" if name else "unix socket"
+_ROLE_NAMES = {role.value: role.name for role in Role}
+_AUTHORIZER = int(Role.AUTHORIZER)
+_FILTER = int(Role.FILTER)
+
+
+class _Peer:
+    """Who is on the other end; formatted only when a log line needs it."""
+
+    __slots__ = ("address", "sock")
+
+    def __init__(self, address: object, sock: socket.socket) -> None:
+        self.address = address
+        self.sock = sock
+
+    def __str__(self) -> str:
+        peer = self.address
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+            return f"{host}:{peer[1]}"
+        try:
+            name = self.sock.getsockname()
+        except OSError:
+            name = ""
+        return f"unix:{name}" if name else "unix socket"
 
 
 class _Connection:
     """One accepted transport connection being served by a sync worker."""
 
-    __slots__ = ("conn", "peer", "pending", "served", "sock")
+    __slots__ = ("conn", "peer", "pending", "registered", "served", "sock")
 
-    def __init__(self, sock: socket.socket, peer: str, limits: Limits) -> None:
+    def __init__(self, sock: socket.socket, peer: _Peer, limits: Limits) -> None:
         self.sock = sock
         self.peer = peer
         self.conn = ServerConnection(limits)
         self.pending: deque[ev.Event] = deque()
         self.served = 0
+        self.registered = False
 
-    def pump(self) -> None:
-        """Read once from the peer and queue the events it completes."""
+    def pump(self, wait: bool = True) -> bool:
+        """Read once from the peer and queue the events it completes.
+
+        With ``wait=False`` nothing blocks: False means no data was there.
+        """
         try:
-            data = self.sock.recv(_RECV_SIZE)
+            data = self.sock.recv(_RECV_SIZE, 0 if wait else socket.MSG_DONTWAIT)
         except BlockingIOError:
+            if not wait:
+                return False
             raise _Timeout from None
         except OSError as exc:
             raise _PeerClosed(exc.strerror or str(exc)) from None
@@ -94,6 +119,7 @@ class _Connection:
             raise _PeerClosed("the web server closed the connection")
         self.pending.extend(self.conn.feed(data))
         self.flush()
+        return True
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -116,8 +142,8 @@ class _RequestInput:
         self.rid = rid
         self.stdin: deque[bytes] = deque()
         self.data: deque[bytes] = deque()
-        self.stdin_done = role == Role.AUTHORIZER
-        self.data_done = role != Role.FILTER
+        self.stdin_done = role == _AUTHORIZER
+        self.data_done = role != _FILTER
         self.aborted = False
 
     def _dispatch(self) -> None:
@@ -147,6 +173,12 @@ class _RequestInput:
         self.aborted = True
         self.stdin_done = self.data_done = True
 
+    def settle(self) -> bool:
+        """Take in what already arrived; True if the web server sent all its input."""
+        if self.c.pending:
+            self._dispatch()
+        return self.stdin_done and self.data_done
+
     def read_stdin(self) -> bytes:
         while not self.stdin:
             if self.stdin_done:
@@ -175,7 +207,13 @@ class _RequestInput:
 
 
 class SyncWorker:
-    """Serve FastCGI connections on ``listeners`` until stopped."""
+    """Serve FastCGI connections on ``listeners`` until stopped.
+
+    Connections kept open with FCGI_KEEP_CONN are parked in the same epoll set
+    as the listeners between requests, so a worker serves whichever of its
+    connections has a request ready instead of sitting on one idle connection
+    while the web server sends the next request down another.
+    """
 
     def __init__(
         self,
@@ -189,12 +227,17 @@ class SyncWorker:
         self.options = options or ServerOptions()
         self.hooks: WorkerHooks = hooks or NoHooks()
         # One request at a time: say so to the web server and refuse extra ids.
-        self.limits = replace(self.options.limits, max_requests=1, max_reqs=1, max_conns=1)
+        self.limits = replace(
+            self.options.limits, max_requests=1, max_reqs=1, max_conns=_MAX_PARKED + 1
+        )
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         seconds = int(self.options.read_timeout)
         micros = int((self.options.read_timeout - seconds) * 1_000_000)
         self._timeval = struct.pack("ll", seconds, micros)
+        self._poller: select.epoll | None = None
+        #: Kept connections waiting for their next request, by fd, oldest first.
+        self._parked: dict[int, tuple[_Connection, float]] = {}
 
     # -- control ------------------------------------------------------------
 
@@ -216,62 +259,109 @@ class SyncWorker:
     # -- main loop -----------------------------------------------------------
 
     def serve_forever(self) -> None:
-        poller = select.epoll()
-        by_fd: dict[int, socket.socket] = {}
+        poller = self._poller = select.epoll()
+        listeners: dict[int, socket.socket] = {}
         exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
         for sock in self.listeners:
             sock.setblocking(False)
-            by_fd[sock.fileno()] = sock
+            listeners[sock.fileno()] = sock
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
+        parked = self._parked
         try:
             while not self._stopping:
-                for fd, _ in poller.poll():
+                timeout = -1.0
+                if parked:
+                    oldest = next(iter(parked.values()))[1]
+                    timeout = max(0.0, oldest + self.options.read_timeout - time.monotonic())
+                for fd, _ in poller.poll(timeout):
                     if fd == self._wake_r:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 64)
-                        continue
-                    try:
-                        sock, peer = by_fd[fd].accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    except OSError as exc:
-                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                            log.error("accept failed: %s", exc.strerror)
-                            continue
-                        raise
-                    self._serve(sock, peer)
+                    elif fd in listeners:
+                        self._accept(listeners[fd])
+                    elif fd in parked:
+                        self._drive(parked.pop(fd)[0], readable=True)
                     if self._stopping or self.hooks.should_stop():
                         return
+                if parked:
+                    self._expire_parked()
         finally:
+            for c, _ in list(parked.values()):
+                self._close(c, False)
+            parked.clear()
             poller.close()
+            self._poller = None
 
-    # -- one connection ------------------------------------------------------
-
-    def _serve(self, sock: socket.socket, peer: object) -> None:
-        hooks = self.hooks
-        hooks.connection_accepted()
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.error("accept failed: %s", exc.strerror)
+                return
+            raise
+        self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)
             sock.close()
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
-        c = _Connection(sock, _describe_peer(peer, sock), self.limits)
+        self._drive(_Connection(sock, _Peer(peer, sock), self.limits))
+
+    def _park(self, c: _Connection) -> None:
+        """Keep ``c`` for its next request without waiting on it here."""
+        parked = self._parked
+        fd = c.sock.fileno()
+        if not c.registered:
+            assert self._poller is not None
+            self._poller.register(fd, select.EPOLLIN)
+            c.registered = True
+        parked[fd] = (c, time.monotonic())
+        if len(parked) > _MAX_PARKED:
+            oldest_fd = next(iter(parked))
+            log.debug("closing the oldest of %d kept connections", len(parked))
+            self._close(parked.pop(oldest_fd)[0], False)
+
+    def _expire_parked(self) -> None:
+        limit = time.monotonic() - self.options.read_timeout
+        parked = self._parked
+        while parked:
+            fd, (c, since) = next(iter(parked.items()))
+            if since > limit:
+                break
+            del parked[fd]
+            log.info("closing idle connection from %s after %gs", c.peer, self.options.read_timeout)
+            self._close(c, False)
+
+    # -- one connection ------------------------------------------------------
+
+    def _drive(self, c: _Connection, readable: bool = False) -> None:
+        """Serve ``c`` until it must wait for a new request, then park or close it.
+
+        ``readable``: epoll just said the parked connection has input (or EOF).
+        """
         unread_body = False
-        waiter: select.poll | None = None
         try:
             while True:
                 if not c.pending:
                     if c.conn.should_close:
                         break
-                    if c.served and not c.conn.active_requests:
-                        # Idle between requests on a kept connection: the one
-                        # place besides accept() where stop() must get through.
-                        if waiter is None:
-                            waiter = self._idle_waiter(sock)
-                        if not self._wait_readable(waiter):
+                    boundary = not c.conn.active_requests and not c.conn.mid_record
+                    if boundary and not readable:
+                        # Wait in epoll, not here: a silent peer must not hold
+                        # the worker. A new connection usually has its request
+                        # waiting already, so look once before parking it.
+                        if self._stopping:
                             break
+                        if c.served or not c.pump(wait=False):
+                            self._park(c)
+                            return
+                        continue
+                    readable = False
                     c.pump()
                     continue
                 event = c.pending.popleft()
@@ -279,7 +369,7 @@ class SyncWorker:
                 if kind is ev.Params:
                     unread_body = self._request(c, event)  # type: ignore[arg-type]
                     c.served += 1
-                    if self._stopping or hooks.should_stop():
+                    if self._stopping or self.hooks.should_stop():
                         break
                 elif kind is ev.RequestRejected:
                     self._reject(c, event)  # type: ignore[arg-type]
@@ -292,6 +382,7 @@ class SyncWorker:
                         event.protocol_status,  # type: ignore[attr-defined]
                         event.role,  # type: ignore[attr-defined]
                     )
+                    c.served += 1
         except ProtocolError as exc:
             log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
             unread_body = False
@@ -314,23 +405,7 @@ class SyncWorker:
         except ClientGone as exc:
             log.info("web server %s went away while we answered: %s", c.peer, exc)
             unread_body = False
-        finally:
-            self._close(sock, unread_body)
-
-    def _idle_waiter(self, sock: socket.socket) -> select.poll:
-        waiter = select.poll()
-        waiter.register(sock.fileno(), select.POLLIN)
-        waiter.register(self._wake_r, select.POLLIN)
-        return waiter
-
-    def _wait_readable(self, waiter: select.poll) -> bool:
-        """Wait for the next request on a kept connection; False to close it."""
-        if self._stopping:
-            return False
-        ready = waiter.poll(self.options.read_timeout * 1000)
-        if not ready:
-            raise _Timeout
-        return not self._stopping
+        self._close(c, unread_body)
 
     def _request(self, c: _Connection, event: ev.Params) -> bool:
         """Serve one request; return True if its body was left unread."""
@@ -353,7 +428,7 @@ class SyncWorker:
         else:
             status = self._run_app(c, rid, role, params, source)
         hooks.request_finished(status)
-        return not source.stdin_done
+        return not source.settle()
 
     def _run_app(
         self,
@@ -384,11 +459,11 @@ class SyncWorker:
             multithread=options.multithread,
             multiprocess=options.multiprocess,
         )
-        if role == Role.FILTER:
+        if role == _FILTER:
             environ["fcgi.data"] = InputStream(
                 source.read_data, _int_param(params, "FCGI_DATA_LENGTH")
             )
-        environ["fcgi.role"] = Role(role).name
+        environ["fcgi.role"] = _ROLE_NAMES[role]
         status, app_status = run_app(
             self.app, environ, send, stderr if options.stderr_tracebacks else None
         )
@@ -405,7 +480,8 @@ class SyncWorker:
         c.conn.end_request(event.request_id, 1)
         c.flush()
 
-    def _close(self, sock: socket.socket, unread_body: bool) -> None:
+    def _close(self, c: _Connection, unread_body: bool) -> None:
+        sock = c.sock
         if unread_body:
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.
