@@ -374,6 +374,16 @@ class SyncWorker:
                 elif kind is ev.RequestRejected:
                     self._reject(c, event)  # type: ignore[arg-type]
                     c.served += 1
+                elif kind is ev.AbortRequest:
+                    # Aborted before its PARAMS ended: the app never ran, but
+                    # the web server still waits for END_REQUEST (section 5.4).
+                    if event.request_id in c.conn.active_requests:
+                        log.info(
+                            "request %d from %s aborted before it started", event.request_id, c.peer
+                        )
+                        c.conn.end_request(event.request_id)
+                        c.flush()
+                        c.served += 1
                 elif kind is ev.RequestRefused:
                     log.warning(
                         "refused request id %d from %s: protocol status %d (role %d)",
