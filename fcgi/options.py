@@ -33,3 +33,13 @@ class ServerOptions:
     multithread: bool = False
     #: Send app tracebacks to the web server as FCGI_STDERR too (nginx logs them).
     stderr_tracebacks: bool = True
+    #: Which interface the app speaks: "auto" (detect), "wsgi" or "asgi".
+    interface: str = "auto"
+    #: Trio worker: threads running WSGI apps at once (ASGI apps need none).
+    threads: int = 10
+    #: Trio worker: most connections served at once; one more is closed at once
+    #: with a log line. Reported as FCGI_MAX_CONNS.
+    max_conns: int = 256
+    #: Trio worker: most requests in progress at once over all connections; one
+    #: more gets END_REQUEST OVERLOADED. Reported as FCGI_MAX_REQS.
+    max_reqs: int = 256

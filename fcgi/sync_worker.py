@@ -45,7 +45,7 @@ from fcgi.wsgi import (
 
 log = logging.getLogger("fcgi.worker")
 
-_RECV_SIZE = 256 * 1024
+_RECV_SIZE = 64 * 1024
 #: Most bytes read and thrown away while closing a connection whose request
 #: body the app did not read (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
@@ -101,16 +101,11 @@ class _Connection:
         self.served = 0
         self.registered = False
 
-    def pump(self, wait: bool = True) -> bool:
-        """Read once from the peer and queue the events it completes.
-
-        With ``wait=False`` nothing blocks: False means no data was there.
-        """
+    def pump(self) -> None:
+        """Read once from the peer and queue the events it completes."""
         try:
-            data = self.sock.recv(_RECV_SIZE, 0 if wait else socket.MSG_DONTWAIT)
+            data = self.sock.recv(_RECV_SIZE)
         except BlockingIOError:
-            if not wait:
-                return False
             raise _Timeout from None
         except OSError as exc:
             raise _PeerClosed(exc.strerror or str(exc)) from None
@@ -119,7 +114,6 @@ class _Connection:
             raise _PeerClosed("the web server closed the connection")
         self.pending.extend(self.conn.feed(data))
         self.flush()
-        return True
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -287,11 +281,22 @@ class SyncWorker:
                 if parked:
                     self._expire_parked()
         finally:
-            for c, _ in list(parked.values()):
-                self._close(c, False)
-            parked.clear()
+            self._close_parked()
             poller.close()
             self._poller = None
+
+    def _close_parked(self) -> None:
+        """Serve what kept connections already sent, then close them all."""
+        parked = self._parked
+        poller = self._poller
+        if parked and poller is not None:
+            for fd, _ in poller.poll(0):
+                entry = parked.pop(fd, None)
+                if entry is not None:
+                    self._drive(entry[0], readable=True)
+        for c, _ in list(parked.values()):
+            self._close(c, False)
+        parked.clear()
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -350,17 +355,17 @@ class SyncWorker:
                 if not c.pending:
                     if c.conn.should_close:
                         break
-                    boundary = not c.conn.active_requests and not c.conn.mid_record
-                    if boundary and not readable:
-                        # Wait in epoll, not here: a silent peer must not hold
-                        # the worker. A new connection usually has its request
-                        # waiting already, so look once before parking it.
+                    between = c.served and not c.conn.active_requests and not c.conn.mid_record
+                    if between and not readable:
+                        # A kept connection waits for its next request in
+                        # epoll, so the worker can serve others meanwhile. A
+                        # new connection is served to its first request here,
+                        # as PHP-FPM does: parked, its request could wait
+                        # behind this worker's next one while others are idle.
                         if self._stopping:
                             break
-                        if c.served or not c.pump(wait=False):
-                            self._park(c)
-                            return
-                        continue
+                        self._park(c)
+                        return
                     readable = False
                     c.pump()
                     continue

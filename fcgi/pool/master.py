@@ -1,0 +1,806 @@
+"""The master: one loop that keeps every pool at the right size and answers signals.
+
+Read top to bottom, :meth:`Master.run` is the whole story::
+
+    open sockets (or take systemd's) -> install signal handlers -> fork workers
+    loop:
+        wait for a signal, a worker's output, a status connection, an
+            ondemand connection, or the next heartbeat
+        handle queued signals            (stop, reload, reopen, +/- worker)
+        reap dead children               (log, account, replace)
+        heartbeat                        (timeouts, slowlog, pool sizes, figures)
+    until stopping and no child is left
+
+Signal handlers only queue the signal number; ``signal.set_wakeup_fd`` wakes
+the ``select`` so the loop does the work outside the handler. The master never
+runs a thread or an event loop, so ``fork()`` is always safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from enum import IntEnum
+from types import FrameType
+
+from fcgi.errors import ConfigError
+from fcgi.pool import systemd
+from fcgi.pool.config import MasterConfig, PoolConfig
+from fcgi.pool.listen_queue import total_listen_queue
+from fcgi.pool.running_pool import Child, Reload, RunningPool
+from fcgi.pool.scaling import dynamic_decision, static_decision
+from fcgi.pool.scoreboard import Slot, SlotState
+from fcgi.pool.status import PageAnswer, collect_from_board, ping_answer, render
+from fcgi.pool.status_server import StatusServer
+from fcgi.pool.worker_output import OutputPipe
+from fcgi.pool.worker_process import (
+    EXIT_BOOT_ERROR,
+    BootError,
+    WorkerSpec,
+    load_pool_app,
+    run_worker,
+)
+
+log = logging.getLogger("fcgi.pool")
+
+#: PHP-FPM's idle-server maintenance period.
+HEARTBEAT = 1.0
+#: Loop period while a child is starting (readiness is seen this fast).
+FAST_TICK = 0.05
+#: Fast stop: how long children get between SIGINT and SIGKILL.
+FAST_STOP_GRACE = 1.0
+
+
+class State(IntEnum):
+    RUNNING = 0
+    STOPPING = 1  # graceful
+    TERMINATING = 2  # fast
+
+
+class Master:
+    def __init__(self, config: MasterConfig) -> None:
+        self.config = config
+        self.pools: list[RunningPool] = []
+        self.state = State.RUNNING
+        self.exit_code = 0
+        self.signals: deque[int] = deque()
+        self.outputs: dict[int, OutputPipe] = {}
+        self.status_servers: list[StatusServer] = []
+        self.owned_paths: list[str] = []
+        self.stop_deadline: float | None = None
+        self.next_heartbeat = 0.0
+        self.next_systemd_status = 0.0
+        self.announced_ready = False
+        self.crash_times: deque[float] = deque()
+        self._wake_r = -1
+        self._wake_w = -1
+
+    # == the loop ==================================================================
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code. Raises ConfigError before forking."""
+        self._open_sockets()
+        try:
+            self._preload_apps()
+            self._install_signals()
+            self._write_pid_file()
+            names = ", ".join(
+                f"{p.name} ({p.config.pm}, {', '.join(p.config.listen)})" for p in self.pools
+            )
+            log.info("master %d starting pools: %s", os.getpid(), names)
+            for pool in self.pools:
+                self._maintain(pool, time.monotonic(), initial=True)
+            while not self._finished():
+                self._wait()
+                self._handle_signals()
+                self._reap()
+                now = time.monotonic()
+                self._fast_checks(now)
+                if now >= self.next_heartbeat:
+                    self.next_heartbeat = now + HEARTBEAT
+                    self._heartbeat(now)
+        finally:
+            self._cleanup()
+        log.info("master %d exiting with code %d", os.getpid(), self.exit_code)
+        return self.exit_code
+
+    def _finished(self) -> bool:
+        if self.state == State.RUNNING:
+            return False
+        return not any(pool.children for pool in self.pools)
+
+    def _wait(self) -> None:
+        readers: list[int] = [self._wake_r, *self.outputs]
+        for server in self.status_servers:
+            readers += server.fds()
+        watched: dict[int, RunningPool] = {}
+        if self.state == State.RUNNING:
+            for pool in self.pools:
+                if self._wants_accept_watch(pool):
+                    for sock in pool.listeners:
+                        watched[sock.fileno()] = pool
+        readers += watched
+        timeout = max(0.0, self.next_heartbeat - time.monotonic())
+        if self._anything_starting():
+            timeout = min(timeout, FAST_TICK)
+        if any(c.kill_at is not None for p in self.pools for c in p.children.values()):
+            timeout = min(timeout, 0.1)
+        if self.stop_deadline is not None:
+            timeout = min(timeout, 0.1)
+        timeout = min(timeout, self._timeout_check_period())
+        try:
+            ready, _, _ = select.select(readers, [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in ready:
+            if fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    while os.read(self._wake_r, 512):
+                        pass
+            elif fd in self.outputs:
+                pipe = self.outputs[fd]
+                if not pipe.drain():
+                    del self.outputs[fd]
+                    pipe.close()
+            elif fd in watched:
+                self._on_connection_waiting(watched[fd])
+            else:
+                for server in self.status_servers:
+                    server.on_readable(fd)
+
+    def _timeout_check_period(self) -> float:
+        period = HEARTBEAT
+        for pool in self.pools:
+            for limit in (
+                pool.config.request_terminate_timeout,
+                pool.config.request_slowlog_timeout,
+            ):
+                if limit > 0:
+                    period = min(period, max(0.05, limit / 4))
+        return period
+
+    def _anything_starting(self) -> bool:
+        return any(not c.ready for p in self.pools for c in p.children.values())
+
+    # == signals ====================================================================
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGCHLD,
+        ):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum != signal.SIGCHLD:
+            self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.popleft()
+            name = signal.Signals(sig).name
+            if sig in (signal.SIGTERM, signal.SIGQUIT):
+                if self.state == State.RUNNING:
+                    log.info("%s: graceful stop (finishing in-flight requests)", name)
+                    self._stop(graceful=True)
+                elif sig == signal.SIGTERM and self.state == State.STOPPING:
+                    log.info("second SIGTERM: fast stop")
+                    self._stop(graceful=False)
+            elif sig == signal.SIGINT:
+                if self.state != State.TERMINATING:
+                    log.info("SIGINT: fast stop")
+                    self._stop(graceful=False)
+            elif sig in (signal.SIGHUP, signal.SIGUSR2):
+                if self.state == State.RUNNING:
+                    log.info("%s: graceful reload", name)
+                    systemd.notify("RELOADING=1")
+                    for pool in self.pools:
+                        self._begin_reload(pool)
+            elif sig == signal.SIGUSR1:
+                log.info("SIGUSR1: reopening log files")
+                self._reopen_logs()
+                self._signal_all(signal.SIGUSR1)
+            elif sig in (signal.SIGTTIN, signal.SIGTTOU):
+                self._resize(+1 if sig == signal.SIGTTIN else -1)
+
+    def _signal_all(self, sig: int) -> None:
+        for pool in self.pools:
+            for child in pool.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, sig)
+
+    def _stop(self, graceful: bool) -> None:
+        systemd.notify("STOPPING=1")
+        now = time.monotonic()
+        if graceful:
+            self.state = State.STOPPING
+            grace = self.config.process_control_timeout
+            self.stop_deadline = now + grace if grace > 0 else None
+            for pool in self.pools:
+                for child in list(pool.children.values()):
+                    child.retiring = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGTERM)
+        else:
+            self.state = State.TERMINATING
+            self.stop_deadline = now + FAST_STOP_GRACE
+            self._signal_all(signal.SIGINT)
+
+    def _resize(self, delta: int) -> None:
+        for pool in self.pools:
+            if pool.config.pm != "static":
+                log.info("[pool %s] SIGTTIN/SIGTTOU only resize static pools", pool.name)
+                continue
+            target = max(1, min(pool.target + delta, pool.n_slots // 2))
+            log.info("[pool %s] workers: %d -> %d", pool.name, pool.target, target)
+            pool.target = target
+            self._maintain(pool, time.monotonic())
+
+    # == children ===================================================================
+
+    def _spawn(self, pool: RunningPool, generation: int | None = None) -> Child | None:
+        now = time.monotonic()
+        index = pool.board.free_index()
+        if index is None:
+            log.error("[pool %s] no free scoreboard slot; not spawning", pool.name)
+            return None
+        gen = pool.generation if generation is None else generation
+        pool.board.write_slot(index, Slot(state=SlotState.STARTING, generation=gen))
+        pipes: list[OutputPipe] = []
+        if pool.config.catch_workers_output:
+            pipes = [OutputPipe(pool.name, "stdout"), OutputPipe(pool.name, "stderr")]
+        spec = WorkerSpec(
+            config=pool.config,
+            board=pool.board,
+            index=index,
+            generation=gen,
+            listeners=pool.listeners,
+            app=pool.app,
+            close_fds=self._master_only_fds(pool),
+            stdout_fd=pipes[0].write_fd if pipes else None,
+            stderr_fd=pipes[1].write_fd if pipes else None,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            for pipe in pipes:
+                os.close(pipe.read_fd)
+            run_worker(spec)
+        child = Child(pid=pid, index=index, generation=gen, spawned=now, outputs=pipes)
+        for pipe in pipes:
+            pipe.pid = pid
+            pipe.close_write_end()
+            self.outputs[pipe.read_fd] = pipe
+        pool.children[pid] = child
+        log.debug("[pool %s] spawned child %d (generation %d)", pool.name, pid, gen)
+        return child
+
+    def _master_only_fds(self, pool: RunningPool) -> list[int]:
+        fds = [self._wake_r, self._wake_w, *self.outputs]
+        for server in self.status_servers:
+            fds += server.fds()
+        for other in self.pools:
+            if other is not pool:
+                fds += [s.fileno() for s in other.listeners]
+        return [fd for fd in fds if fd >= 0]
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for pool in self.pools:
+                child = pool.children.pop(pid, None)
+                if child is not None:
+                    self._child_exited(pool, child, status)
+                    break
+            else:
+                log.debug("reaped unknown child %d", pid)
+
+    def _child_exited(self, pool: RunningPool, child: Child, status: int) -> None:
+        now = time.monotonic()
+        for pipe in child.outputs:
+            if pipe.read_fd in self.outputs:
+                pipe.drain()
+                del self.outputs[pipe.read_fd]
+            pipe.close()
+        slot = pool.account_exit(child)
+        lived = now - child.spawned
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            how = f"exited on signal {sig} ({signal.Signals(sig).name})"
+            crashed = not child.killed
+        else:
+            code = os.WEXITSTATUS(status)
+            how = f"exited with code {code}"
+            crashed = code != 0
+        what = f"[pool {pool.name}] child {child.pid} {how} after {lived:.3f} s"
+        if child.killed or (child.retiring and not crashed):
+            log.info("%s", what)
+        elif slot.state == SlotState.BUSY:
+            log.warning("%s, during %s %s", what, slot.method, slot.uri)
+        elif crashed:
+            log.warning("%s", what)
+        else:
+            log.info("%s", what)
+        if self.state != State.RUNNING:
+            return
+        booted = child.ready or slot.state not in (SlotState.STARTING, SlotState.FREE)
+        if not booted:
+            self._boot_failed(pool, child, status)
+        elif crashed:
+            self._count_crash(now)
+        self._maintain(pool, now)
+
+    def _boot_failed(self, pool: RunningPool, child: Child, status: int) -> None:
+        now = time.monotonic()
+        reload = pool.reload
+        if reload is not None and child.generation == reload.generation:
+            log.error(
+                "[pool %s] reload failed: the new workers cannot start (see above); "
+                "the old workers keep serving",
+                pool.name,
+            )
+            for other in list(pool.children.values()):
+                if other.generation == reload.generation:
+                    pool.retire(other, now, self.config.process_control_timeout)
+            pool.reload = None
+            systemd.notify("READY=1")
+            return
+        if not pool.ever_ready:
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+            log.critical("[pool %s] workers cannot start (exit code %d); stopping", pool.name, code)
+            self.exit_code = EXIT_BOOT_ERROR
+            self._stop(graceful=True)
+            return
+        pool.spawn_blocked_until = now + pool.boot_backoff
+        log.error(
+            "[pool %s] a new worker could not start; retrying in %.1f s",
+            pool.name,
+            pool.boot_backoff,
+        )
+        pool.boot_backoff = min(pool.boot_backoff * 2, 30.0)
+
+    def _count_crash(self, now: float) -> None:
+        threshold = self.config.emergency_restart_threshold
+        if not threshold:
+            return
+        self.crash_times.append(now)
+        interval = self.config.emergency_restart_interval
+        while self.crash_times and now - self.crash_times[0] > interval:
+            self.crash_times.popleft()
+        if len(self.crash_times) >= threshold:
+            log.critical(
+                "%d workers crashed within %g s (emergency_restart_threshold): "
+                "restarting every pool",
+                len(self.crash_times),
+                interval,
+            )
+            self.crash_times.clear()
+            for pool in self.pools:
+                self._begin_reload(pool)
+
+    # == reload =====================================================================
+
+    def _begin_reload(self, pool: RunningPool) -> None:
+        if pool.reload is not None:
+            pool.reload_pending = True
+            return
+        if pool.app is not None:
+            log.warning(
+                "[pool %s] preload_app: the app was imported by the master, so workers "
+                "restart with the code loaded at start; restart the master for new code",
+                pool.name,
+            )
+        pool.reload = Reload(generation=pool.generation + 1, started=time.monotonic())
+        self._spawn(pool, pool.reload.generation)
+
+    def _advance_reload(self, pool: RunningPool, now: float) -> None:
+        reload = pool.reload
+        if reload is None:
+            return
+        gen = reload.generation
+        new = [c for c in pool.children.values() if c.generation == gen and not c.retiring]
+        if reload.phase == "probe":
+            if not any(c.ready for c in new):
+                return
+            reload.phase = "replace"
+            old_live = [c for c in pool.live_children() if c.generation != gen]
+            if pool.config.pm == "static":
+                want = pool.target
+            elif pool.config.pm == "dynamic":
+                want = max(pool.config.effective_start_servers, len(old_live))
+            else:
+                want = len(old_live)
+            want = min(max(want, 1), pool.config.max_children)
+            for _ in range(want - len(new)):
+                self._spawn(pool, gen)
+            return
+        if not all(c.ready for c in new):
+            return
+        grace = self.config.process_control_timeout
+        old = [c for c in pool.children.values() if c.generation != gen and not c.retiring]
+        for child in old:
+            pool.retire(child, now, grace)
+        pool.generation = gen
+        pool.reload = None
+        log.info(
+            "[pool %s] reload complete in %.3f s: generation %d serving, %d old workers finishing",
+            pool.name,
+            now - reload.started,
+            gen,
+            len(old),
+        )
+        if all(p.reload is None for p in self.pools):
+            systemd.notify("READY=1\nSTATUS=Reloaded")
+        if pool.reload_pending:
+            pool.reload_pending = False
+            self._begin_reload(pool)
+
+    # == heartbeat ==================================================================
+
+    def _fast_checks(self, now: float) -> None:
+        """Every loop turn: readiness, reload progress, request timeouts, kill deadlines."""
+        for pool in self.pools:
+            pool.note_ready()
+            self._advance_reload(pool, now)
+            self._check_requests(pool, now)
+            for child in list(pool.children.values()):
+                if child.kill_at is not None and now >= child.kill_at and not child.killed:
+                    log.warning(
+                        "[pool %s] child %d still running %.1f s after it was told to stop; "
+                        "killing it",
+                        pool.name,
+                        child.pid,
+                        self.config.process_control_timeout,
+                    )
+                    pool.kill(child)
+        for server in self.status_servers:
+            server.expire(now)
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            self.stop_deadline = None
+            for pool in self.pools:
+                for child in list(pool.children.values()):
+                    if not child.killed:
+                        log.warning(
+                            "[pool %s] child %d did not stop in time; killing it",
+                            pool.name,
+                            child.pid,
+                        )
+                        pool.kill(child)
+        if (
+            not self.announced_ready
+            and self.state == State.RUNNING
+            and all(pool.ever_ready or pool.config.pm == "ondemand" for pool in self.pools)
+        ):
+            self.announced_ready = True
+            log.info("master %d ready", os.getpid())
+            systemd.notify(f"READY=1\nSTATUS=Ready to handle connections\nMAINPID={os.getpid()}")
+
+    def _check_requests(self, pool: RunningPool, now: float) -> None:
+        cfg = pool.config
+        terminate = cfg.request_terminate_timeout
+        slowlog = cfg.request_slowlog_timeout
+        if not terminate and not slowlog:
+            return
+        for child in list(pool.children.values()):
+            if child.killed:
+                continue
+            slot = pool.slot_of(child)
+            if slot.state != SlotState.BUSY:
+                continue
+            elapsed = now - slot.request_start_mono
+            seq = slot.request_seq
+            if terminate and elapsed > terminate and child.terminated_seq != seq:
+                child.terminated_seq = seq
+                log.warning(
+                    "[pool %s] child %d, method %s, uri %s: execution timed out "
+                    "(%.3f s > request_terminate_timeout %g s), terminating",
+                    pool.name,
+                    child.pid,
+                    slot.method,
+                    slot.uri,
+                    elapsed,
+                    terminate,
+                )
+                pool.kill(child)
+            elif slowlog and elapsed > slowlog and child.slowlogged_seq != seq:
+                child.slowlogged_seq = seq
+                pool.header.slow_requests += 1
+                pool.board.write_header(pool.header)
+                log.warning(
+                    "[pool %s] child %d, method %s, uri %s: executing too slow (%.3f s), logging",
+                    pool.name,
+                    child.pid,
+                    slot.method,
+                    slot.uri,
+                    elapsed,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGUSR2)
+
+    def _heartbeat(self, now: float) -> None:
+        for pool in self.pools:
+            pool.sample_header()
+            if self.state == State.RUNNING:
+                self._maintain(pool, now)
+        if self.config.systemd_interval and now >= self.next_systemd_status:
+            self.next_systemd_status = now + self.config.systemd_interval
+            if self.announced_ready:
+                systemd.notify("STATUS=" + self._status_line())
+
+    def _status_line(self) -> str:
+        active = idle = requests = slow = 0
+        for pool in self.pools:
+            c = pool.census()
+            active += c.busy
+            idle += c.idle
+            requests += pool.header.requests_base + sum(
+                pool.slot_of(ch).requests for ch in pool.children.values()
+            )
+            slow += pool.header.slow_requests
+        return f"Processes active: {active}, idle: {idle}, Requests: {requests}, slow: {slow}"
+
+    def _maintain(self, pool: RunningPool, now: float, initial: bool = False) -> None:
+        """Bring the pool to its size: replace the dead, add spares, retire the idle."""
+        if self.state != State.RUNNING or pool.reload is not None:
+            return
+        if now < pool.spawn_blocked_until:
+            return
+        cfg = pool.config
+        census = pool.census()
+        grace = self.config.process_control_timeout
+        if cfg.pm == "static":
+            decision = static_decision(census, pool.target)
+        elif cfg.pm == "dynamic":
+            if initial:
+                decision = static_decision(census, cfg.effective_start_servers)
+            else:
+                decision = dynamic_decision(census, cfg, pool.spawn_rate)
+                pool.spawn_rate = decision.next_rate
+        else:
+            self._retire_idle_ondemand(pool, now, grace)
+            return
+        if decision.full:
+            if not pool.full_warned:
+                pool.full_warned = True
+                pool.header.max_children_reached += 1
+                pool.board.write_header(pool.header)
+                log.warning(
+                    "[pool %s] server reached max_children setting (%d), consider raising it",
+                    pool.name,
+                    cfg.max_children,
+                )
+        else:
+            pool.full_warned = False
+        if decision.busy_warning:
+            log.warning(
+                "[pool %s] seems busy (you may need to increase start_servers, or "
+                "min/max_spare_servers), spawning %d children, there are %d idle, "
+                "and %d total children",
+                pool.name,
+                decision.spawn,
+                census.idle,
+                census.total,
+            )
+        for _ in range(decision.spawn):
+            self._spawn(pool)
+        if decision.retire_idle:
+            victims = pool.idle_children_oldest_first()[: decision.retire_idle]
+            if len(victims) < decision.retire_idle and cfg.pm == "static":
+                busy = [c for c in pool.live_children() if c not in victims]
+                victims += busy[: decision.retire_idle - len(victims)]
+            for child in victims:
+                log.debug("[pool %s] retiring idle child %d", pool.name, child.pid)
+                pool.retire(child, now, grace)
+
+    def _retire_idle_ondemand(self, pool: RunningPool, now: float, grace: float) -> None:
+        limit = pool.config.process_idle_timeout
+        for child in pool.live_children():
+            slot = pool.slot_of(child)
+            if slot.state == SlotState.IDLE and now - pool.idle_since(child, slot) > limit:
+                log.debug("[pool %s] child %d idle for %g s: retiring", pool.name, child.pid, limit)
+                pool.retire(child, now, grace)
+
+    # == ondemand ===================================================================
+
+    def _wants_accept_watch(self, pool: RunningPool) -> bool:
+        if pool.config.pm != "ondemand" or pool.reload is not None:
+            return False
+        if time.monotonic() < pool.spawn_blocked_until:
+            return False
+        census = pool.census()
+        if census.idle or census.starting:
+            return False
+        if census.total >= pool.config.max_children:
+            return not pool.full_warned
+        return True
+
+    def _on_connection_waiting(self, pool: RunningPool) -> None:
+        census = pool.census()
+        if census.idle or census.starting:
+            return
+        if census.total >= pool.config.max_children:
+            if not pool.full_warned:
+                pool.full_warned = True
+                pool.header.max_children_reached += 1
+                pool.board.write_header(pool.header)
+                log.warning(
+                    "[pool %s] server reached max_children setting (%d), consider raising it",
+                    pool.name,
+                    pool.config.max_children,
+                )
+            return
+        pool.full_warned = False
+        self._spawn(pool)
+
+    # == sockets, logs, files =======================================================
+
+    def _open_sockets(self) -> None:
+        from fcgi.sockets import open_listener, parse_bind
+
+        inherited = {systemd.socket_address(s): s for s in systemd.listen_fds()}
+        try:
+            for cfg in self.config.pools:
+                listeners = []
+                for spec in cfg.listen:
+                    key = str(parse_bind(spec))
+                    sock = inherited.pop(key, None)
+                    if sock is None:
+                        sock = open_listener(
+                            spec,
+                            mode=cfg.listen_mode,
+                            backlog=cfg.listen_backlog,
+                            owner=cfg.listen_owner,
+                            group=cfg.listen_group,
+                        )
+                        self._remember_path(sock)
+                    else:
+                        log.info("[pool %s] using socket %s passed by systemd", cfg.name, key)
+                    listeners.append(sock)
+                pool = RunningPool(cfg, listeners)
+                self.pools.append(pool)
+                if cfg.status_listen:
+                    sock = open_listener(
+                        cfg.status_listen,
+                        mode=cfg.listen_mode,
+                        owner=cfg.listen_owner,
+                        group=cfg.listen_group,
+                    )
+                    self._remember_path(sock)
+                    self.status_servers.append(StatusServer(sock, self._status_responder(pool)))
+        except BaseException:
+            self._close_sockets()
+            raise
+        for key, sock in inherited.items():
+            log.warning("socket %s passed by systemd matches no pool's listen; closing it", key)
+            sock.close()
+
+    def _remember_path(self, sock: socket.socket) -> None:
+        from fcgi.sockets import socket_path
+
+        path = socket_path(sock)
+        if path:
+            self.owned_paths.append(path)
+
+    def _status_responder(self, pool: RunningPool) -> StatusResponder:
+        return StatusResponder(pool)
+
+    def _close_sockets(self) -> None:
+        for server in self.status_servers:
+            server.close()
+            server.listener.close()
+        for pool in self.pools:
+            for sock in pool.listeners:
+                sock.close()
+        for path in self.owned_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _preload_apps(self) -> None:
+        for pool in self.pools:
+            if pool.config.app_object is not None:
+                pool.app = pool.config.app_object
+            elif pool.config.preload_app:
+                log.info("[pool %s] preloading %s in the master", pool.name, pool.config.app)
+                try:
+                    pool.app = load_pool_app(pool.config.app)
+                except BootError as exc:
+                    raise ConfigError(f"[pool {pool.name}] {exc}") from None
+
+    def _reopen_logs(self) -> None:
+        from fcgi.pool.logs import reopen_log_files
+
+        reopen_log_files()
+
+    def _write_pid_file(self) -> None:
+        if self.config.pid_file:
+            with open(self.config.pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+            signal.SIGTTIN,
+            signal.SIGTTOU,
+            signal.SIGCHLD,
+        ):
+            signal.signal(sig, signal.SIG_DFL)
+        for pool in self.pools:
+            for child in pool.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+            for child in pool.children.values():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
+            pool.children.clear()
+        for pipe in self.outputs.values():
+            pipe.close()
+        self.outputs.clear()
+        self._close_sockets()
+        for pool in self.pools:
+            pool.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if self.config.pid_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.pid_file)
+
+
+class StatusResponder:
+    """The status_listen page of one pool, made by the master from the scoreboard."""
+
+    def __init__(self, pool: RunningPool) -> None:
+        self.pool = pool
+
+    def __call__(self, params: dict[str, str]) -> PageAnswer:
+        cfg: PoolConfig = self.pool.config
+        path = (params.get("REQUEST_URI") or params.get("SCRIPT_NAME", "")).split("?", 1)[0]
+        if cfg.ping_path is not None and path == cfg.ping_path:
+            return ping_answer(cfg.ping_response)
+        queue = total_listen_queue(self.pool.listeners)
+        return render(
+            collect_from_board(cfg, self.pool.board, queue), params.get("QUERY_STRING", "")
+        )
+
+
+def run_master(config: MasterConfig) -> int:
+    """Run the pools of ``config`` until stopped; return the process exit code.
+
+    Raises :class:`~fcgi.errors.ConfigError` (nothing forked yet) for a socket
+    that cannot be bound or an app that cannot be preloaded.
+    """
+    from fcgi.pool.logs import setup_logging
+
+    setup_logging(config)
+    return Master(config).run()

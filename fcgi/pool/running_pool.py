@@ -1,0 +1,171 @@
+"""One pool as the master runs it: its sockets, scoreboard, children and reload state.
+
+The master (:mod:`fcgi.pool.master`) owns the loop and the forking; this class
+holds what belongs to a single pool and the decisions that only need its own
+state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fcgi.pool.config import PoolConfig
+from fcgi.pool.listen_queue import total_listen_queue
+from fcgi.pool.scaling import Census
+from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
+from fcgi.pool.worker_output import OutputPipe
+
+
+@dataclass(slots=True)
+class Child:
+    pid: int
+    index: int
+    generation: int
+    spawned: float
+    #: Told to finish and exit (graceful); not counted as capacity any more.
+    retiring: bool = False
+    #: When a retiring child gets SIGKILL (None: wait for it as long as it takes).
+    kill_at: float | None = None
+    killed: bool = False
+    #: It passed the STARTING state at least once (app imported, driver built).
+    ready: bool = False
+    slowlogged_seq: int = 0
+    terminated_seq: int = 0
+    outputs: list[OutputPipe] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Reload:
+    generation: int
+    started: float
+    #: "probe": one new worker must come up before anything else happens;
+    #: "replace": the rest of the new generation is starting.
+    phase: str = "probe"
+
+
+class RunningPool:
+    def __init__(self, config: PoolConfig, listeners: list[socket.socket]) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.n_slots = 2 * config.max_children + 16
+        self.board = Scoreboard(self.n_slots)
+        self.header = Header(start_time=time.time())
+        self.board.write_header(self.header)
+        self.children: dict[int, Child] = {}
+        self.generation = 0
+        #: Static pools: how many workers (SIGTTIN / SIGTTOU move it).
+        self.target = config.max_children
+        self.spawn_rate = 1
+        self.ever_ready = False
+        self.spawn_blocked_until = 0.0
+        self.boot_backoff = 0.5
+        self.reload: Reload | None = None
+        self.reload_pending = False
+        self.full_warned = False
+        self.app: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- reading the scoreboard -------------------------------------------------
+
+    def slot_of(self, child: Child) -> Slot:
+        return self.board.read_slot(child.index)
+
+    def live_children(self) -> list[Child]:
+        return [c for c in self.children.values() if not c.retiring]
+
+    def census(self, generation: int | None = None) -> Census:
+        census = Census()
+        for child in self.live_children():
+            if generation is not None and child.generation != generation:
+                continue
+            state = self.slot_of(child).state
+            if state == SlotState.IDLE:
+                census.idle += 1
+            elif state == SlotState.BUSY:
+                census.busy += 1
+            else:
+                census.starting += 1
+        return census
+
+    def note_ready(self) -> list[Child]:
+        """Mark children that got past STARTING; return the ones new since last time."""
+        fresh = []
+        for child in self.children.values():
+            if not child.ready and self.slot_of(child).state not in (
+                SlotState.STARTING,
+                SlotState.FREE,
+            ):
+                child.ready = True
+                self.ever_ready = True
+                self.boot_backoff = 0.5
+                fresh.append(child)
+        return fresh
+
+    def idle_children_oldest_first(self) -> list[Child]:
+        idle = []
+        for child in self.live_children():
+            slot = self.slot_of(child)
+            if slot.state == SlotState.IDLE:
+                idle.append((slot.started, child))
+        idle.sort(key=lambda item: item[0])
+        return [child for _, child in idle]
+
+    def idle_since(self, child: Child, slot: Slot) -> float:
+        """CLOCK_MONOTONIC time the child last finished something."""
+        if slot.requests == 0:
+            return child.spawned
+        return slot.request_start_mono + slot.last_duration
+
+    def sample_header(self) -> None:
+        """Heartbeat: listen queue from the kernel and high-water marks."""
+        queue = total_listen_queue(self.listeners)
+        h = self.header
+        if queue is not None:
+            h.listen_queue = queue.queued
+            h.listen_queue_len = queue.backlog
+            h.max_listen_queue = max(h.max_listen_queue, queue.queued)
+        busy = sum(1 for c in self.children.values() if self.slot_of(c).state == SlotState.BUSY)
+        h.max_active = max(h.max_active, busy)
+        h.generation = self.generation
+        self.board.write_header(h)
+
+    def account_exit(self, child: Child) -> Slot:
+        """Fold a dead child's counters into the header and free its slot."""
+        slot = self.slot_of(child)
+        self.header.accepted_base += slot.accepted
+        self.header.requests_base += slot.requests
+        self.board.write_header(self.header)
+        self.board.write_slot(child.index, Slot())
+        return slot
+
+    # -- stopping children ---------------------------------------------------------
+
+    def retire(self, child: Child, now: float, grace: float) -> None:
+        """Ask a child to finish its request and exit (SIGTERM is graceful for workers)."""
+        if child.retiring:
+            return
+        child.retiring = True
+        child.kill_at = now + grace if grace > 0 else None
+        _signal(child.pid, signal.SIGTERM)
+
+    def kill(self, child: Child) -> None:
+        child.retiring = True
+        child.killed = True
+        _signal(child.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.board.close()
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)

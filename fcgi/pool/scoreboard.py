@@ -1,0 +1,232 @@
+"""The shared-memory scoreboard: what every worker of a pool is doing, right now.
+
+One anonymous shared mapping per pool, created by the master before it forks,
+so every worker inherits it. It holds a header written only by the master
+(pool-wide counters) and one fixed-size slot per worker, written only by the
+worker that owns it (the master writes a slot only while no process owns it).
+A single writer per region means no lock: each write is bracketed by a
+sequence counter that is odd while the write is in progress, and readers retry
+until they see the same even value before and after (a seqlock).
+
+No message crosses a pipe per request: the worker packs its slot (one
+``struct.pack_into``, well under a microsecond of work) and the master reads
+all slots at each heartbeat.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, fields
+from enum import IntEnum
+
+MAGIC = 0x46434750  # "FCGP"
+
+
+class SlotState(IntEnum):
+    FREE = 0
+    #: Forked, importing the app: not yet able to accept.
+    STARTING = 1
+    #: Waiting in accept() (or for the next request on a kept connection).
+    IDLE = 2
+    #: Running a request.
+    BUSY = 3
+    #: Told to stop; finishing what it has.
+    STOPPING = 4
+
+
+STATE_NAMES = {
+    SlotState.FREE: "Free",
+    SlotState.STARTING: "Starting",
+    SlotState.IDLE: "Idle",
+    SlotState.BUSY: "Running",
+    SlotState.STOPPING: "Finishing",
+}
+
+METHOD_LEN = 16
+URI_LEN = 480
+
+
+@dataclass(slots=True)
+class Slot:
+    """One worker's line on the scoreboard (decoded)."""
+
+    state: int = SlotState.FREE
+    pid: int = 0
+    generation: int = 0
+    #: Wall-clock time the process started.
+    started: float = 0.0
+    requests: int = 0
+    accepted: int = 0
+    #: Requests begun so far; identifies "the current request" across reads.
+    request_seq: int = 0
+    request_start: float = 0.0
+    #: CLOCK_MONOTONIC (system wide, so comparable between processes).
+    request_start_mono: float = 0.0
+    last_duration: float = 0.0
+    #: CPU use of the last request, percent of one core.
+    last_cpu: float = 0.0
+    #: Peak RSS of the process, bytes, as of the end of the last request.
+    last_memory: int = 0
+    content_length: int = 0
+    last_status: int = 0
+    method: str = ""
+    uri: str = ""
+
+
+_SLOT = struct.Struct(f"<IBxxxiIdQQQddddQqH{METHOD_LEN}s{URI_LEN}s")
+SLOT_SIZE = (_SLOT.size + 63) // 64 * 64
+
+
+@dataclass(slots=True)
+class Header:
+    """Pool-wide figures; written by the master only."""
+
+    start_time: float = 0.0
+    #: Connections accepted / requests served by workers that have exited.
+    accepted_base: int = 0
+    requests_base: int = 0
+    listen_queue: int = 0
+    max_listen_queue: int = 0
+    listen_queue_len: int = 0
+    max_active: int = 0
+    max_children_reached: int = 0
+    slow_requests: int = 0
+    #: Current generation (bumped by every reload).
+    generation: int = 0
+
+
+_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQI")
+HEADER_SIZE = 128
+assert _HEADER.size <= HEADER_SIZE
+
+
+class Scoreboard:
+    """A fixed number of slots in memory shared by the master and its workers."""
+
+    def __init__(self, n_slots: int) -> None:
+        self.n_slots = n_slots
+        self._map = mmap.mmap(-1, HEADER_SIZE + n_slots * SLOT_SIZE, flags=mmap.MAP_SHARED)
+        self.write_header(Header())
+
+    def close(self) -> None:
+        self._map.close()
+
+    # -- header -----------------------------------------------------------
+
+    def write_header(self, header: Header) -> None:
+        seq = struct.unpack_from("<I", self._map, 8)[0]
+        struct.pack_into("<I", self._map, 8, seq + 1)
+        _HEADER.pack_into(
+            self._map,
+            0,
+            MAGIC,
+            self.n_slots,
+            seq + 1,
+            header.start_time,
+            header.accepted_base,
+            header.requests_base,
+            header.listen_queue,
+            header.max_listen_queue,
+            header.listen_queue_len,
+            header.max_active,
+            header.max_children_reached,
+            header.slow_requests,
+            header.generation,
+        )
+        struct.pack_into("<I", self._map, 8, seq + 2)
+
+    def read_header(self) -> Header:
+        for _ in range(1000):
+            values = _HEADER.unpack_from(self._map, 0)
+            seq = values[2]
+            if seq & 1 == 0 and struct.unpack_from("<I", self._map, 8)[0] == seq:
+                break
+        return Header(*values[3:])
+
+    # -- slots ------------------------------------------------------------
+
+    def _offset(self, index: int) -> int:
+        if not 0 <= index < self.n_slots:
+            raise IndexError(index)
+        return HEADER_SIZE + index * SLOT_SIZE
+
+    def write_slot(self, index: int, slot: Slot) -> None:
+        off = self._offset(index)
+        m = self._map
+        seq = struct.unpack_from("<I", m, off)[0] | 1
+        struct.pack_into("<I", m, off, seq)
+        _SLOT.pack_into(
+            m,
+            off,
+            seq,
+            slot.state,
+            slot.pid,
+            slot.generation,
+            slot.started,
+            slot.requests,
+            slot.accepted,
+            slot.request_seq,
+            slot.request_start,
+            slot.request_start_mono,
+            slot.last_duration,
+            slot.last_cpu,
+            slot.last_memory,
+            slot.content_length,
+            slot.last_status,
+            slot.method.encode("latin-1", "replace")[:METHOD_LEN],
+            slot.uri.encode("latin-1", "replace")[:URI_LEN],
+        )
+        struct.pack_into("<I", m, off, seq + 1)
+
+    def read_slot(self, index: int) -> Slot:
+        off = self._offset(index)
+        m = self._map
+        for _ in range(1000):
+            values = _SLOT.unpack_from(m, off)
+            seq = values[0]
+            if seq & 1 == 0 and struct.unpack_from("<I", m, off)[0] == seq:
+                break
+        method = values[15].rstrip(b"\0").decode("latin-1")
+        uri = values[16].rstrip(b"\0").decode("latin-1")
+        return Slot(
+            state=values[1],
+            pid=values[2],
+            generation=values[3],
+            started=values[4],
+            requests=values[5],
+            accepted=values[6],
+            request_seq=values[7],
+            request_start=values[8],
+            request_start_mono=values[9],
+            last_duration=values[10],
+            last_cpu=values[11],
+            last_memory=values[12],
+            content_length=values[13],
+            last_status=values[14],
+            method=method,
+            uri=uri,
+        )
+
+    def set_state(self, index: int, state: int) -> None:
+        slot = self.read_slot(index)
+        slot.state = state
+        self.write_slot(index, slot)
+
+    def slots(self) -> list[tuple[int, Slot]]:
+        """Every slot in use, with its index."""
+        out = []
+        for i in range(self.n_slots):
+            slot = self.read_slot(i)
+            if slot.state != SlotState.FREE:
+                out.append((i, slot))
+        return out
+
+    def free_index(self) -> int | None:
+        for i in range(self.n_slots):
+            if struct.unpack_from("<IB", self._map, self._offset(i))[1] == SlotState.FREE:
+                return i
+        return None
+
+
+assert [f.name for f in fields(Slot)][:2] == ["state", "pid"]

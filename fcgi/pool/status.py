@@ -1,0 +1,338 @@
+"""The status and ping pages, rendered from the scoreboard.
+
+Field names are PHP-FPM's (``reference/fpm/status.xml``) so existing habits,
+scripts and exporters carry over; the payload adds the configured limits so a
+dashboard needs no second source. Formats, chosen by the query string as in
+PHP-FPM: text (default), ``?json``, ``?openmetrics``, ``?html``; ``&full`` adds
+one block per worker.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fcgi.pool.config import PoolConfig
+from fcgi.pool.listen_queue import ListenQueue
+from fcgi.pool.scoreboard import STATE_NAMES, Header, Scoreboard, Slot, SlotState
+
+NO_CACHE = [
+    ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ("Cache-Control", "no-cache, no-store, must-revalidate, max-age=0"),
+]
+
+
+@dataclass(slots=True)
+class PageAnswer:
+    """A response made without the app (satisfies :class:`fcgi.hooks.Answer`)."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class WorkerStatus:
+    pid: int
+    state: str
+    start_time: float
+    requests: int
+    request_duration_us: int
+    request_method: str
+    request_uri: str
+    content_length: int
+    last_request_cpu: float
+    last_request_memory: int
+    generation: int
+
+
+@dataclass(slots=True)
+class PoolStatus:
+    pool: str
+    process_manager: str
+    start_time: float
+    now: float
+    accepted_conn: int
+    listen_queue: int
+    max_listen_queue: int
+    listen_queue_len: int
+    idle_processes: int
+    active_processes: int
+    total_processes: int
+    max_active_processes: int
+    max_children_reached: int
+    slow_requests: int
+    limits: dict[str, int | float]
+    workers: list[WorkerStatus] = field(default_factory=list)
+
+    @property
+    def start_since(self) -> int:
+        return int(self.now - self.start_time)
+
+
+def collect(
+    config: PoolConfig,
+    header: Header,
+    slots: Sequence[Slot],
+    queue: ListenQueue | None,
+    now: float | None = None,
+) -> PoolStatus:
+    """Put together the pool's figures from one read of the scoreboard."""
+    now = time.time() if now is None else now
+    mono = time.monotonic()
+    idle = sum(1 for s in slots if s.state == SlotState.IDLE)
+    active = sum(1 for s in slots if s.state == SlotState.BUSY)
+    lq = queue.queued if queue else header.listen_queue
+    workers = []
+    for s in slots:
+        if s.state == SlotState.BUSY:
+            duration = max(0.0, mono - s.request_start_mono)
+            cpu, memory = 0.0, 0
+        else:
+            duration, cpu, memory = s.last_duration, s.last_cpu, s.last_memory
+        workers.append(
+            WorkerStatus(
+                pid=s.pid,
+                state=STATE_NAMES.get(SlotState(s.state), "Unknown"),
+                start_time=s.started,
+                requests=s.requests,
+                request_duration_us=int(duration * 1e6),
+                request_method=s.method or "-",
+                request_uri=s.uri or "-",
+                content_length=s.content_length,
+                last_request_cpu=s.last_cpu if s.state != SlotState.BUSY else cpu,
+                last_request_memory=memory,
+                generation=s.generation,
+            )
+        )
+    return PoolStatus(
+        pool=config.name,
+        process_manager=config.pm,
+        start_time=header.start_time,
+        now=now,
+        accepted_conn=header.accepted_base + sum(s.accepted for s in slots),
+        listen_queue=lq,
+        max_listen_queue=max(header.max_listen_queue, lq),
+        listen_queue_len=queue.backlog if queue else header.listen_queue_len,
+        idle_processes=idle,
+        active_processes=active,
+        total_processes=len(slots),
+        max_active_processes=max(header.max_active, active),
+        max_children_reached=header.max_children_reached,
+        slow_requests=header.slow_requests,
+        limits={
+            "max_children": config.max_children,
+            "start_servers": config.effective_start_servers,
+            "min_spare_servers": config.min_spare_servers,
+            "max_spare_servers": config.max_spare_servers,
+            "max_requests": config.max_requests,
+            "process_idle_timeout": config.process_idle_timeout,
+            "request_terminate_timeout": config.request_terminate_timeout,
+            "request_slowlog_timeout": config.request_slowlog_timeout,
+            "max_memory": config.max_memory,
+        },
+        workers=workers,
+    )
+
+
+def collect_from_board(
+    config: PoolConfig, board: Scoreboard, queue: ListenQueue | None
+) -> PoolStatus:
+    return collect(config, board.read_header(), [s for _, s in board.slots()], queue)
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def _date(ts: float) -> str:
+    return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(ts))
+
+
+def _pool_rows(st: PoolStatus) -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = [
+        ("pool", st.pool),
+        ("process manager", st.process_manager),
+        ("start time", _date(st.start_time)),
+        ("start since", st.start_since),
+        ("accepted conn", st.accepted_conn),
+        ("listen queue", st.listen_queue),
+        ("max listen queue", st.max_listen_queue),
+        ("listen queue len", st.listen_queue_len),
+        ("idle processes", st.idle_processes),
+        ("active processes", st.active_processes),
+        ("total processes", st.total_processes),
+        ("max active processes", st.max_active_processes),
+        ("max children reached", st.max_children_reached),
+        ("slow requests", st.slow_requests),
+    ]
+    rows += [(name.replace("_", " "), value) for name, value in st.limits.items()]
+    return rows
+
+
+def _worker_rows(w: WorkerStatus, now: float) -> list[tuple[str, object]]:
+    return [
+        ("pid", w.pid),
+        ("state", w.state),
+        ("start time", _date(w.start_time)),
+        ("start since", int(now - w.start_time)),
+        ("requests", w.requests),
+        ("request duration", w.request_duration_us),
+        ("request method", w.request_method),
+        ("request uri", w.request_uri),
+        ("content length", w.content_length),
+        ("user", "-"),
+        ("script", "-"),
+        ("last request cpu", f"{w.last_request_cpu:.2f}"),
+        ("last request memory", w.last_request_memory),
+    ]
+
+
+def render_text(st: PoolStatus, full: bool) -> str:
+    width = 22
+
+    def block(rows: list[tuple[str, object]]) -> str:
+        return "".join(f"{name + ':':<{width}}{value}\n" for name, value in rows)
+
+    out = block(_pool_rows(st))
+    if full:
+        for w in st.workers:
+            out += "\n************************\n" + block(_worker_rows(w, st.now))
+    return out
+
+
+def render_json(st: PoolStatus, full: bool) -> str:
+    doc: dict[str, object] = {
+        "pool": st.pool,
+        "process manager": st.process_manager,
+        "start time": int(st.start_time),
+        "start since": st.start_since,
+        "accepted conn": st.accepted_conn,
+        "listen queue": st.listen_queue,
+        "max listen queue": st.max_listen_queue,
+        "listen queue len": st.listen_queue_len,
+        "idle processes": st.idle_processes,
+        "active processes": st.active_processes,
+        "total processes": st.total_processes,
+        "max active processes": st.max_active_processes,
+        "max children reached": st.max_children_reached,
+        "slow requests": st.slow_requests,
+        "limits": dict(st.limits),
+    }
+    if full:
+        doc["processes"] = [
+            {
+                "pid": w.pid,
+                "state": w.state,
+                "start time": int(w.start_time),
+                "start since": int(st.now - w.start_time),
+                "requests": w.requests,
+                "request duration": w.request_duration_us,
+                "request method": w.request_method,
+                "request uri": w.request_uri,
+                "content length": w.content_length,
+                "user": "-",
+                "script": "-",
+                "last request cpu": round(w.last_request_cpu, 2),
+                "last request memory": w.last_request_memory,
+                "generation": w.generation,
+            }
+            for w in st.workers
+        ]
+    return json.dumps(doc)
+
+
+def _om_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_openmetrics(st: PoolStatus, full: bool) -> str:
+    """OpenMetrics 1.0 text (what Prometheus scrapes), metric names ``fcgi_*``."""
+    pool = f'pool="{_om_label(st.pool)}"'
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, value: object, labels: str = pool) -> None:
+        lines.append(f"# TYPE fcgi_{name} {kind}")
+        lines.append(f"# HELP fcgi_{name} {help_}")
+        suffix = "_total" if kind == "counter" else ""
+        lines.append(f"fcgi_{name}{suffix}{{{labels}}} {value}")
+
+    metric("up", "gauge", "Whether the pool answers.", 1)
+    metric("start_time", "gauge", "Unix time the pool started.", int(st.start_time))
+    metric("start_since", "counter", "Seconds since the pool started.", st.start_since)
+    metric("accepted_connections", "counter", "Connections accepted.", st.accepted_conn)
+    metric("listen_queue", "gauge", "Connections waiting in the kernel queue.", st.listen_queue)
+    metric("max_listen_queue", "counter", "Largest listen queue seen.", st.max_listen_queue)
+    metric("listen_queue_length", "gauge", "Size of the listen backlog.", st.listen_queue_len)
+    metric("idle_processes", "gauge", "Idle workers.", st.idle_processes)
+    metric("active_processes", "gauge", "Workers running a request.", st.active_processes)
+    metric("total_processes", "gauge", "Workers.", st.total_processes)
+    metric("max_active_processes", "counter", "Most busy workers at once.", st.max_active_processes)
+    metric("max_children_reached", "counter", "Times the pool was full.", st.max_children_reached)
+    metric("slow_requests", "counter", "Requests over request_slowlog_timeout.", st.slow_requests)
+    for name, value in st.limits.items():
+        metric(f"config_{name}", "gauge", f"Configured {name}.", value)
+    if full:
+        lines.append("# TYPE fcgi_process_requests counter")
+        lines.append("# HELP fcgi_process_requests Requests served by the worker.")
+        for w in st.workers:
+            labels = f'{pool},pid="{w.pid}",state="{w.state}"'
+            lines.append(f"fcgi_process_requests_total{{{labels}}} {w.requests}")
+        lines.append("# TYPE fcgi_process_request_duration gauge")
+        lines.append("# HELP fcgi_process_request_duration Current or last request, microseconds.")
+        for w in st.workers:
+            lines.append(
+                f'fcgi_process_request_duration{{{pool},pid="{w.pid}"}} {w.request_duration_us}'
+            )
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(st: PoolStatus, full: bool) -> str:
+    def table(rows: list[tuple[str, object]]) -> str:
+        cells = "".join(
+            f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>"
+            for name, value in rows
+        )
+        return f"<table>{cells}</table>\n"
+
+    body = table(_pool_rows(st))
+    if full:
+        names = [name for name, _ in _worker_rows(st.workers[0], st.now)] if st.workers else []
+        head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+        rows = "".join(
+            "<tr>"
+            + "".join(f"<td>{html.escape(str(v))}</td>" for _, v in _worker_rows(w, st.now))
+            + "</tr>"
+            for w in st.workers
+        )
+        body += f"<table><tr>{head}</tr>{rows}</table>\n"
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>pool {html.escape(st.pool)}</title></head><body>\n{body}</body></html>\n"
+    )
+
+
+def render(st: PoolStatus, query: str) -> PageAnswer:
+    """The status page for ``query`` (``json``, ``html``, ``openmetrics``, ``full``...)."""
+    words = {part.split("=", 1)[0] for part in query.split("&") if part}
+    full = "full" in words
+    if "json" in words:
+        ctype, text = "application/json", render_json(st, full)
+    elif "openmetrics" in words:
+        ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        text = render_openmetrics(st, full)
+    elif "html" in words:
+        ctype, text = "text/html; charset=utf-8", render_html(st, full)
+    else:
+        ctype, text = "text/plain; charset=utf-8", render_text(st, full)
+    body = text.encode()
+    return PageAnswer("200 OK", [("Content-Type", ctype), *NO_CACHE], body)
+
+
+def ping_answer(response: str) -> PageAnswer:
+    return PageAnswer(
+        "200 OK", [("Content-Type", "text/plain; charset=utf-8"), *NO_CACHE], response.encode()
+    )

@@ -1,0 +1,133 @@
+"""``status_listen``: a socket the master answers itself, with the status and ping pages.
+
+Workers answer ``status_path`` on the pool's own socket, which is no help when
+every worker is busy, the moment the page matters most. This socket is served
+by the master's loop, non-blocking, a connection at a time per readiness event
+and with a short deadline, so a stuck client cannot hold the master.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from fcgi import events as ev
+from fcgi.connection import ServerConnection
+from fcgi.errors import FastCGIError
+from fcgi.pool.status import PageAnswer
+
+log = logging.getLogger("fcgi.pool")
+
+DEADLINE = 5.0
+
+Responder = Callable[[dict[str, str]], PageAnswer]
+
+
+class _StatusConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conn = ServerConnection()
+        self.deadline = time.monotonic() + DEADLINE
+
+
+class StatusServer:
+    """Accepts on ``listener``; ``respond(params)`` makes the page."""
+
+    def __init__(self, listener: socket.socket, respond: Responder) -> None:
+        self.listener = listener
+        self.respond = respond
+        listener.setblocking(False)
+        self.connections: dict[int, _StatusConnection] = {}
+
+    def fds(self) -> list[int]:
+        return [self.listener.fileno(), *self.connections]
+
+    def on_readable(self, fd: int) -> None:
+        if fd == self.listener.fileno():
+            self._accept()
+        elif fd in self.connections:
+            self._read(self.connections[fd])
+
+    def expire(self, now: float) -> None:
+        for c in list(self.connections.values()):
+            if now > c.deadline:
+                self._close(c)
+
+    def close(self) -> None:
+        for c in list(self.connections.values()):
+            self._close(c)
+
+    def _accept(self) -> None:
+        for _ in range(16):
+            try:
+                sock, _peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("status_listen: accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            self.connections[sock.fileno()] = _StatusConnection(sock)
+
+    def _read(self, c: _StatusConnection) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(c)
+            return
+        if not data:
+            self._close(c)
+            return
+        try:
+            events = c.conn.feed(data)
+        except FastCGIError as exc:
+            log.warning("status_listen: closing connection: %s", exc)
+            self._close(c)
+            return
+        for event in events:
+            if isinstance(event, ev.Params):
+                self._answer(c, event.request_id, event.params)
+                if c.conn.should_close or c.sock.fileno() < 0:
+                    break
+            elif isinstance(event, ev.RequestRejected):
+                c.conn.send_stdout(event.request_id, b"Status: 400 Bad Request\r\n\r\n")
+                c.conn.end_request(event.request_id)
+        self._flush(c)
+        if c.conn.should_close:
+            self._close(c)
+
+    def _answer(self, c: _StatusConnection, rid: int, params: dict[str, str]) -> None:
+        try:
+            answer = self.respond(params)
+        except Exception:
+            log.exception("status_listen: building the page failed")
+            answer = PageAnswer("500 Internal Server Error", [], b"")
+        head = f"Status: {answer.status}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in answer.headers
+        )
+        body = b"" if params.get("REQUEST_METHOD") == "HEAD" else answer.body
+        c.conn.send_stdout(rid, head.encode("latin-1") + b"\r\n" + body)
+        c.conn.end_request(rid)
+
+    def _flush(self, c: _StatusConnection) -> None:
+        data = c.conn.data_to_send()
+        if not data:
+            return
+        try:
+            c.sock.setblocking(True)
+            c.sock.settimeout(max(0.1, c.deadline - time.monotonic()))
+            c.sock.sendall(data)
+            c.sock.setblocking(False)
+        except OSError:
+            self._close(c)
+
+    def _close(self, c: _StatusConnection) -> None:
+        fd = c.sock.fileno()
+        self.connections.pop(fd, None)
+        with contextlib.suppress(OSError):
+            c.sock.close()

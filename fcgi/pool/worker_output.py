@@ -1,0 +1,73 @@
+"""``catch_workers_output``: a worker's stdout and stderr, line by line, into the master log.
+
+Each stream is a pipe whose write end becomes the worker's fd 1 or 2 and whose
+read end the master polls. Lines are logged with the pool and pid, as
+PHP-FPM's "child 123 said into stderr", without PHP-FPM's 1024-byte cut (the
+limit here is :data:`LINE_LIMIT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+log = logging.getLogger("fcgi.pool")
+
+LINE_LIMIT = 16384
+
+
+class OutputPipe:
+    """The master's end of one worker stream."""
+
+    def __init__(self, pool: str, stream: str) -> None:
+        self.pool = pool
+        self.stream = stream
+        self.pid = 0
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.read_fd, False)
+        self._partial = b""
+
+    def child_side(self) -> int:
+        """Called in the master after fork: the write end belongs to the child now."""
+        fd, self.write_fd = self.write_fd, -1
+        return fd
+
+    def close_write_end(self) -> None:
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def drain(self) -> bool:
+        """Log what is there; return False once the worker closed its end."""
+        while True:
+            try:
+                data = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._emit(self._partial, final=True)
+                self._partial = b""
+                return False
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._emit(line)
+            if len(self._partial) > LINE_LIMIT:
+                self._emit(self._partial)
+                self._partial = b""
+
+    def _emit(self, line: bytes, final: bool = False) -> None:
+        if not line and final:
+            return
+        text = line[:LINE_LIMIT].decode("utf-8", "replace").rstrip("\r")
+        log.info("[pool %s] child %d said into %s: %s", self.pool, self.pid, self.stream, text)
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.read_fd = self.write_fd = -1

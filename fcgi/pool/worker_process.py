@@ -1,0 +1,236 @@
+"""What a forked worker does, from the instant after fork() to os._exit().
+
+The master forks from a state with no threads and no event loop, so the child
+starts clean: it resets the master's signal handling, drops privileges, moves
+to ``chdir``, trims the environment, imports the app (unless the master
+preloaded it), builds its own driver and serves until told to stop.
+
+Worker signals (sent by the master; not meant for people):
+
+* SIGTERM, SIGQUIT: graceful: stop accepting, finish the current request, exit 0.
+* SIGINT: exit now.
+* SIGUSR1: reopen the access log.
+* SIGUSR2: append the running request's Python stack to the slowlog.
+
+Exit codes: 0 normal, 3 the app could not be loaded (the master must not keep
+respawning it blindly), anything else is a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import importlib
+import logging
+import os
+import pwd
+import random
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, NoReturn, Protocol
+
+from fcgi.hooks import WorkerHooks
+from fcgi.options import ServerOptions
+from fcgi.pool.access_log import AccessLog
+from fcgi.pool.config import PoolConfig
+from fcgi.pool.scoreboard import Scoreboard
+from fcgi.pool.worker_hooks import ScoreboardHooks
+
+log = logging.getLogger("fcgi.pool")
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3
+
+
+class Driver(Protocol):
+    """What the pool needs of a worker driver (SyncWorker satisfies it)."""
+
+    def serve_forever(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+DriverFactory = Callable[[Sequence[socket.socket], Any, ServerOptions, WorkerHooks], Driver]
+
+
+@dataclass(slots=True)
+class WorkerSpec:
+    """Everything the master hands to a child at fork time."""
+
+    config: PoolConfig
+    board: Scoreboard
+    index: int
+    generation: int
+    listeners: list[socket.socket]
+    #: The app, when the master preloaded it.
+    app: Any = None
+    #: Master-only descriptors the child must close (signal pipe, other pools...).
+    close_fds: list[int] = field(default_factory=list)
+    #: Write ends of the stdout/stderr capture pipes (catch_workers_output).
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
+
+
+class BootError(Exception):
+    """The worker cannot start serving (bad app, bad user...)."""
+
+
+def run_worker(spec: WorkerSpec) -> NoReturn:
+    """Entry point in the child right after fork; never returns."""
+    code = 1
+    try:
+        code = _serve(spec)
+    except BootError as exc:
+        log.error("[pool %s] child %d cannot start: %s", spec.config.name, os.getpid(), exc)
+        code = EXIT_BOOT_ERROR
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.critical(
+            "[pool %s] child %d crashed:\n%s",
+            spec.config.name,
+            os.getpid(),
+            traceback.format_exc(),
+        )
+        code = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+        os._exit(code)
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(0))
+
+
+def _redirect_output(spec: WorkerSpec) -> None:
+    for src, dst in ((spec.stdout_fd, 1), (spec.stderr_fd, 2)):
+        if src is not None:
+            os.dup2(src, dst)
+            os.close(src)
+    if spec.stdout_fd is not None or spec.stderr_fd is not None:
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Become ``user`` (and ``group``, default the user's group). Raises BootError."""
+    if user is None and group is None:
+        return
+    try:
+        pw = pwd.getpwnam(user) if user is not None and not user.isdigit() else None
+        uid = pw.pw_uid if pw else (int(user) if user is not None else os.getuid())
+        if group is not None:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        else:
+            gid = pw.pw_gid if pw else os.getgid()
+    except KeyError as exc:
+        raise BootError(f"unknown user or group {exc.args[0]!r}") from None
+    try:
+        if os.getuid() == 0 and pw is not None:
+            os.initgroups(pw.pw_name, gid)
+        elif os.getuid() == 0:
+            os.setgroups([])
+        if gid != os.getgid():
+            os.setgid(gid)
+        if uid != os.getuid():
+            os.setuid(uid)
+    except OSError as exc:
+        raise BootError(f"cannot switch to user {user!r} group {group!r}: {exc}") from None
+
+
+def prepare_environment(config: PoolConfig) -> None:
+    if config.clear_env:
+        keep = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+        os.environ.clear()
+        os.environ.update(keep)
+    os.environ.update(config.env)
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            raise BootError(f"chdir {config.chdir!r}: {exc.strerror}") from None
+
+
+def load_driver_factory(path: str) -> DriverFactory:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise BootError(f"worker_class {path!r}: {exc}") from None
+    factory: DriverFactory = obj
+    return factory
+
+
+def load_pool_app(spec: str) -> Any:
+    from fcgi.app_loader import AppImportError, load_app
+
+    try:
+        return load_app(spec)
+    except AppImportError as exc:
+        raise BootError(str(exc)) from None
+
+
+def _serve(spec: WorkerSpec) -> int:
+    config = spec.config
+    _reset_signals()
+    for fd in spec.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _redirect_output(spec)
+    random.seed()
+    access_log = None
+    if config.access_log:
+        try:
+            access_log = AccessLog(config.access_log, config.access_format)
+        except OSError as exc:
+            raise BootError(f"access_log {config.access_log!r}: {exc.strerror}") from None
+    hooks = ScoreboardHooks(
+        config, spec.board, spec.index, spec.generation, spec.listeners, access_log
+    )
+    driver: Driver | None = None
+
+    def graceful(signum: int, frame: FrameType | None) -> None:
+        hooks.request_stop()
+        if driver is not None:
+            driver.stop()
+
+    def reopen(signum: int, frame: FrameType | None) -> None:
+        if access_log is not None:
+            with contextlib.suppress(OSError):
+                access_log.reopen()
+
+    def slowlog(signum: int, frame: FrameType | None) -> None:
+        hooks.dump_stack(frame)
+
+    signal.signal(signal.SIGTERM, graceful)
+    signal.signal(signal.SIGQUIT, graceful)
+    signal.signal(signal.SIGUSR1, reopen)
+    signal.signal(signal.SIGUSR2, slowlog)
+
+    drop_privileges(config.user, config.group)
+    prepare_environment(config)
+    app = spec.app if spec.app is not None else load_pool_app(config.app)
+    factory = load_driver_factory(config.worker_class)
+    driver = factory(spec.listeners, app, config.server_options(), hooks)
+    if hooks.stop_requested:
+        return EXIT_OK
+    hooks.ready()
+    driver.serve_forever()
+    if hooks.stop_reason and not hooks.signalled:
+        log.info("[pool %s] child %d exiting: %s", config.name, os.getpid(), hooks.stop_reason)
+    return EXIT_OK

@@ -1,0 +1,42 @@
+"""Graceful reload (SIGHUP / SIGUSR2): new code takes over, nothing fails."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from test_pool_support import Load, PoolMaster, wait_for, write_app
+
+
+def test_sighup_reload_under_load_switches_code_with_no_failed_request(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "3"]) as m:
+        m.wait_ready(3)
+        load = Load(m.address, concurrency=6)
+        try:
+            for version in ("2", "3", "4"):
+                write_app(tmp_path, version)
+                m.signal(signal.SIGHUP)
+                wait_for(
+                    lambda v=version: f"version={v}".encode() in m.request("/").body,  # type: ignore[misc]
+                    what=f"version {version}",
+                )
+                m.wait_log(f"generation {int(version) - 1} serving")
+        finally:
+            load.stop()
+        assert load.failed == [], load.failed[:5]
+        assert load.ok > 0
+        pids = m.worker_pids()
+        assert len(pids) == 3
+        assert all(b"version=4" in m.request("/").body for _ in range(6))
+
+
+def test_reload_with_broken_code_keeps_the_old_workers(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+        m.wait_ready(2)
+        before = m.worker_pids()
+        write_app(tmp_path, "2", broken=True)
+        m.signal(signal.SIGUSR2)
+        m.wait_log("reload failed")
+        assert "this version cannot be imported" in m.log()
+        assert m.worker_pids() == before
+        assert b"version=1" in m.request("/").body
