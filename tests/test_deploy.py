@@ -1,0 +1,298 @@
+"""The deploy/ files that are not web-server sites, each run for real.
+
+* deploy/systemd/fcgi-app.socket + fcgi-app.service: socket activation.  No
+  systemd here, so the test plays its part: it creates the socket the .socket
+  unit describes, and starts the .service's ExecStart in its WorkingDirectory
+  the way systemd does: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID set to
+  the pid of the process that runs ExecStart (a small wrapper sets it to its
+  own pid, then execs).  The .service binds ``fd://3``.
+* deploy/supervisord/fcgi-app.conf: a real supervisord (from PyPI) runs it.
+* deploy/docker/HEALTHCHECK: its CMD, run against a live and a dead socket.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from frontends import deploy_app, render_deploy, wait_pid_gone
+from webservers import (
+    DEPLOY_DIR,
+    START_TIMEOUT,
+    Backend,
+    ServerError,
+    backend_env,
+    fcgi_serve_command,
+    read_text,
+    stop_process,
+    wait_until_accepting,
+)
+
+#: Runs ``argv[2:]`` with the socket from fd ``argv[1]`` on fd 3 and the
+#: LISTEN_* variables systemd would set for it.
+SYSTEMD_EXEC = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDNAMES"] = "fcgi-app.socket"
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def fcgi_request(address: str, target: str) -> subprocess.CompletedProcess[bytes]:
+    """``fcgi request ADDR TARGET`` from this work tree."""
+    return subprocess.run(
+        [sys.executable, "-m", "fcgi", "request", "--timeout", "30", address, target],
+        capture_output=True,
+        env=backend_env(),
+        timeout=120,
+    )
+
+
+def unit_file(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+class Service:
+    """One start of the .service's ExecStart with the activation socket."""
+
+    def __init__(self, argv: list[str], cwd: str, listener: socket.socket, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", SYSTEMD_EXEC, str(listener.fileno()), *argv],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                pass_fds=[listener.fileno()],
+                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                start_new_session=True,
+            )
+
+    def stop(self) -> int | None:
+        return stop_process(self.proc)
+
+
+def systemd_setup(tmp_path: Path) -> tuple[socket.socket, configparser.SectionProxy]:
+    """Render both units; create the socket as systemd would from the .socket unit."""
+    sock_path = tmp_path / "app.sock"
+    app_dir = deploy_app(tmp_path / "app")
+    values = {"socket": str(sock_path), "app_dir": str(app_dir), "python": sys.executable}
+    socket_unit = unit_file(render_deploy("systemd/fcgi-app.socket", values, tmp_path / "s"))
+    service_unit = unit_file(render_deploy("systemd/fcgi-app.service", values, tmp_path / "v"))
+    listen = socket_unit["Socket"]["ListenStream"]
+    assert listen == str(sock_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(listen)
+    os.chmod(listen, int(socket_unit["Socket"]["SocketMode"], 8))
+    listener.listen(int(socket_unit["Socket"]["Backlog"]))
+    # systemd stops a service with its KillSignal; Service.stop sends SIGTERM.
+    assert service_unit["Service"]["KillSignal"] == "SIGTERM"
+    return listener, service_unit["Service"]
+
+
+def start_service(
+    service: configparser.SectionProxy, listener: socket.socket, log: Path, n: int
+) -> Service:
+    """Start ExecStart, check one request through the activation socket."""
+    running = Service(shlex.split(service["ExecStart"]), service["WorkingDirectory"], listener, log)
+    address = listener.getsockname()
+    result = fcgi_request(f"unix:{address}", f"/start{n}/echo?n={n}")
+    if result.returncode != 0:
+        running.stop()
+    assert result.returncode == 0, f"{result!r}\n{read_text(log)}"
+    data = json.loads(result.stdout)
+    assert data["pid"] == running.proc.pid, read_text(log)  # exec'd in place
+    assert data["QUERY_STRING"] == f"n={n}", read_text(log)
+    assert data["PATH_INFO"] == f"/start{n}/echo", read_text(log)
+    return running
+
+
+def test_systemd_socket_activation(tmp_path: Path) -> None:
+    """The .service serves the socket systemd passes and stops cleanly on SIGTERM."""
+    listener, service = systemd_setup(tmp_path)
+    log = tmp_path / "service.log"
+    try:
+        running = start_service(service, listener, log, 0)
+        assert running.stop() == 0, read_text(log)
+        assert "INFO fcgi.serve: stopped" in read_text(log), read_text(log)
+    finally:
+        listener.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fcgi bug: on exit `fcgi serve --bind fd://3` unlinks the unix socket's path, "
+    "which belongs to systemd (close_listeners(unlink=True) for any --bind)",
+)
+def test_systemd_restart_keeps_activation_socket(tmp_path: Path) -> None:
+    """A restart reuses systemd's socket: the service must leave the path alone."""
+    listener, service = systemd_setup(tmp_path)
+    sock_path = Path(listener.getsockname())
+    log = tmp_path / "service.log"
+    try:
+        for n in range(2):
+            running = start_service(service, listener, log, n)
+            assert running.stop() == 0, read_text(log)
+            assert sock_path.exists(), (
+                f"the service removed the activation socket {sock_path} on exit\n{read_text(log)}"
+            )
+    finally:
+        listener.close()
+
+
+def find_supervisord() -> list[str]:
+    found = shutil.which("supervisord")
+    if found:
+        return [found]
+    probe = subprocess.run([sys.executable, "-c", "import supervisor"], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "supervisor.supervisord"]
+    pytest.fail("supervisord is not installed (pip install supervisor)", pytrace=False)
+
+
+def test_supervisord_program(tmp_path: Path) -> None:
+    sock_path = tmp_path / "app.sock"
+    app_dir = deploy_app(tmp_path / "app")
+    program = render_deploy(
+        "supervisord/fcgi-app.conf",
+        {
+            "python": sys.executable,
+            "app_dir": str(app_dir),
+            "socket": str(sock_path),
+            "log_dir": str(tmp_path),
+        },
+        tmp_path / "fcgi-app.conf",
+    )
+    conf = render_deploy(
+        "supervisord/supervisord-test.conf",
+        {"prefix": str(tmp_path), "program": str(program)},
+        tmp_path / "supervisord.conf",
+    )
+    app_log = tmp_path / "fcgi-app.log"
+
+    def logs() -> str:
+        return (
+            f"--- supervisord.log:\n{read_text(tmp_path / 'supervisord.log')}\n"
+            f"--- supervisord stderr:\n{read_text(tmp_path / 'stderr')}\n"
+            f"--- fcgi-app.log:\n{read_text(app_log)}"
+        )
+
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            [*find_supervisord(), "-n", "-c", str(conf)],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        try:
+            wait_until_accepting(socket.AF_UNIX, str(sock_path), proc, logs, "supervisord program")
+        except ServerError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        result = fcgi_request(f"unix:{sock_path}", "/via/supervisord/echo")
+        assert result.returncode == 0, f"{result!r}\n{logs()}"
+        pid = json.loads(result.stdout)["pid"]
+        ppid = int(re.search(r"^PPid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])  # type: ignore[index]
+        assert ppid == proc.pid, f"app pid {pid} is not supervisord's child\n{logs()}"
+
+        ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf)]
+        # RUNNING once the program stayed up for startsecs (a hang guard, not a threshold).
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            status = subprocess.run([*ctl, "status", "fcgi-app"], capture_output=True, text=True)
+            if "RUNNING" in status.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert "RUNNING" in status.stdout, f"{status!r}\n{logs()}"
+        stopped = subprocess.run([*ctl, "stop", "fcgi-app"], capture_output=True, text=True)
+        assert "stopped" in stopped.stdout, f"{stopped!r}\n{logs()}"
+        assert wait_pid_gone(pid), logs()
+        # SIGTERM from supervisord: fcgi's graceful exit, an expected exit code.
+        assert "INFO fcgi.serve: stopped" in read_text(app_log), logs()
+        assert "exited: fcgi-app (exit status 0; expected)" in read_text(
+            tmp_path / "supervisord.log"
+        ) or "stopped: fcgi-app (exit status 0)" in read_text(tmp_path / "supervisord.log"), logs()
+        assert not sock_path.exists(), f"fcgi left its socket behind\n{logs()}"
+    finally:
+        code = stop_process(proc)
+    assert code == 0, logs()
+
+
+def healthcheck_command(address: str) -> list[str]:
+    """The HEALTHCHECK's CMD, with the image's socket path replaced by ours and
+    the ``fcgi`` command by this work tree's."""
+    text = (DEPLOY_DIR / "docker" / "HEALTHCHECK").read_text()
+    match = re.search(r"^HEALTHCHECK\b.*?\bCMD (\[.*\])\s*$", text, re.M | re.S)
+    assert match, "deploy/docker/HEALTHCHECK has no exec-form CMD"
+    argv: list[str] = json.loads(match[1])
+    assert argv[0] == "fcgi" and "unix:/run/app.sock" in argv, argv
+    return [
+        *(sys.executable, "-m", "fcgi"),
+        *(address if arg == "unix:/run/app.sock" else arg for arg in argv[1:]),
+    ]
+
+
+def test_docker_healthcheck(tmp_path: Path) -> None:
+    sock = tmp_path / "app.sock"
+    backend = Backend(
+        command=fcgi_serve_command("frontend_app:app", f"unix:{sock}"),
+        bind=f"unix:{sock}",
+        workdir=tmp_path,
+        env=backend_env(),
+    )
+    command = healthcheck_command(f"unix:{sock}")
+    try:
+        backend.start()
+        healthy = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
+        assert healthy.returncode == 0, f"{healthy!r}\n{backend.diagnostics()}"
+        assert healthy.stdout == b"pong\n", f"{healthy!r}\n{backend.diagnostics()}"
+    finally:
+        backend.stop()
+    assert backend.exit_status == 0, backend.diagnostics()
+    unhealthy = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
+    assert unhealthy.returncode != 0, repr(unhealthy)
+
+
+def test_docker_healthcheck_fails_on_5xx(tmp_path: Path) -> None:
+    """An app that answers /ping with a 5xx makes the container unhealthy too."""
+    sock = tmp_path / "app.sock"
+    backend = Backend(
+        command=fcgi_serve_command("frontend_app:app", f"unix:{sock}"),
+        bind=f"unix:{sock}",
+        workdir=tmp_path,
+        env=backend_env(),
+    )
+    command = healthcheck_command(f"unix:{sock}")
+    command[-1] = "/ping/../fail"  # routes to the raising handler
+    try:
+        backend.start()
+        result = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
+        assert result.returncode != 0, f"{result!r}\n{backend.diagnostics()}"
+        # The backend is fine after that.
+        ok = subprocess.run(
+            healthcheck_command(f"unix:{sock}"), capture_output=True, env=backend_env()
+        )
+        assert ok.returncode == 0, f"{ok!r}\n{backend.diagnostics()}"
+    finally:
+        backend.stop()
