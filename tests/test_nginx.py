@@ -195,3 +195,24 @@ def test_without_keep_conn_connections_are_closed(site: Nginx) -> None:
         time.sleep(0.05)
     assert not backend.connections(), site.explain()
     assert_next_request_ok(site)
+
+
+def test_keep_conn_with_concurrent_clients_and_one_process(keepalive_site: Nginx) -> None:
+    """More kept connections than workers: none waits for another's idle connection.
+
+    nginx opens a new FastCGI connection whenever all its cached ones are busy;
+    a single process holding one idle kept connection must still serve the
+    others (it parks idle connections instead of waiting on one of them).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(i: int) -> HTTPResponse:
+        return keepalive_site.request("GET", f"/stream?client={i}")
+
+    for _ in range(3):
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(fetch, range(6)))
+        for response in responses:
+            assert response.status == 200, keepalive_site.explain(response)
+            assert response.body == b"".join(apps.STREAM_CHUNKS), keepalive_site.explain(response)
+    assert_next_request_ok(keepalive_site)

@@ -676,7 +676,8 @@ class Master:
                             owner=cfg.listen_owner,
                             group=cfg.listen_group,
                         )
-                        self._remember_path(sock)
+                        if parse_bind(spec).kind == "unix":
+                            self._remember_path(sock)
                     else:
                         log.info("[pool %s] using socket %s passed by systemd", cfg.name, key)
                     listeners.append(sock)
@@ -689,7 +690,8 @@ class Master:
                         owner=cfg.listen_owner,
                         group=cfg.listen_group,
                     )
-                    self._remember_path(sock)
+                    if parse_bind(cfg.status_listen).kind == "unix":
+                        self._remember_path(sock)
                     self.status_servers.append(StatusServer(sock, self._status_responder(pool)))
         except BaseException:
             self._close_sockets()
