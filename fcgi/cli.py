@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from fcgi import __version__
 from fcgi.app_loader import AppImportError, load_app
-from fcgi.errors import ConfigError
+from fcgi.errors import ConfigError, FastCGIError
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
@@ -89,6 +89,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated TCP peers allowed to connect (default: any)",
     )
 
+    serve.add_argument(
+        "--worker",
+        choices=["sync", "trio"],
+        default="sync",
+        help="sync: one request at a time (default); trio: many connections and "
+        "requests at once (ASGI apps always get it)",
+    )
+    serve.add_argument(
+        "--interface",
+        choices=["auto", "wsgi", "asgi"],
+        default="auto",
+        help="the app's interface (default: detect)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=10,
+        metavar="N",
+        help="trio worker: threads running WSGI requests at once (default: 10)",
+    )
+    serve.add_argument(
+        "--max-conns",
+        type=int,
+        default=256,
+        metavar="N",
+        help="trio worker: most connections at once (default: 256)",
+    )
+    serve.add_argument(
+        "--max-reqs",
+        type=int,
+        default=256,
+        metavar="N",
+        help="trio worker: most requests in progress at once (default: 256)",
+    )
+
+    from fcgi.pool.arguments import add_pool_arguments
+
+    add_pool_arguments(serve)
+
+    check = commands.add_parser(
+        "check-config", help="validate a TOML configuration file and print the effective settings"
+    )
+    check.add_argument("file", metavar="FILE")
+
     request = commands.add_parser(
         "request", help="send one request to a FastCGI server and print the response"
     )
@@ -107,11 +151,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return request_command(args)
     if args.command == "serve":
         return _serve(parser, args)
+    if args.command == "check-config":
+        from fcgi.pool.arguments import check_config_command
+
+        return check_config_command(args.file)
     parser.error(f"unknown command {args.command}")
     return 2
 
 
+def _wants_pool(args: argparse.Namespace) -> bool:
+    """Any process-manager flag (or a config file) means: run the master."""
+    if args.workers is not None or args.config:
+        return True
+    return any(value is not None for name, value in vars(args).items() if name.startswith("pool_"))
+
+
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if _wants_pool(args):
+        return _serve_pool(args)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     if not args.app:
         parser.error("serve needs an app: fcgi serve MODULE:APP")
@@ -131,13 +188,32 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             max_params=args.max_params,
             max_params_bytes=args.max_params_bytes,
             allowed_clients=args.allowed_clients,
+            worker=args.worker,
+            interface=args.interface,
+            threads=args.threads,
+            max_conns=args.max_conns,
+            max_reqs=args.max_reqs,
         )
     except (ConfigError, AppImportError, OSError) as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return 2
+    except FastCGIError as exc:  # the app failed to start (ASGI lifespan startup)
+        print(f"fcgi: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _serve_pool(args: argparse.Namespace) -> int:
+    from fcgi.pool.arguments import config_from_args
+    from fcgi.pool.master import run_master
+
+    try:
+        return run_master(config_from_args(args))
+    except ConfigError as exc:
+        print(f"fcgi: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

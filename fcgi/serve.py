@@ -19,6 +19,7 @@ from typing import Any
 
 from fcgi.connection import Limits
 from fcgi.errors import ConfigError
+from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.sockets import inherited_fd0, open_listener, parse_allowed_clients, socket_path
 from fcgi.sync_worker import SyncWorker
@@ -36,6 +37,10 @@ def make_options(
     allowed_clients: Sequence[str] | str = (),
     multiprocess: bool = False,
     stderr_tracebacks: bool = True,
+    interface: str = "auto",
+    threads: int = 10,
+    max_conns: int = 256,
+    max_reqs: int = 256,
 ) -> ServerOptions:
     """Build :class:`ServerOptions` from keyword settings, validating each."""
     if read_timeout <= 0:
@@ -44,6 +49,8 @@ def make_options(
         raise ConfigError("max_params and max_params_bytes must be positive")
     if script_name is not None and script_name and not script_name.startswith("/"):
         raise ConfigError(f"script_name must be empty or start with '/', got {script_name!r}")
+    if threads < 1 or max_conns < 1 or max_reqs < 1:
+        raise ConfigError("threads, max_conns and max_reqs must be positive")
     allowed = parse_allowed_clients(allowed_clients)
     env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
     if env_allowed:
@@ -55,6 +62,10 @@ def make_options(
         allowed_clients=allowed,
         multiprocess=multiprocess,
         stderr_tracebacks=stderr_tracebacks,
+        interface=interface,
+        threads=threads,
+        max_conns=max_conns,
+        max_reqs=max_reqs,
     )
 
 
@@ -92,16 +103,24 @@ def serve(
     *,
     socket_mode: int = 0o660,
     backlog: int = 511,
+    worker: str = "sync",
     **settings: Any,
 ) -> None:
     """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
 
     ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
     the socket a web server left on fd 0, or plain CGI when there is none.
-    Remaining keywords are :func:`make_options` settings.
+    ``worker`` is "sync" (one request at a time) or "trio" (concurrent; the
+    only one for ASGI apps, chosen automatically for them). Remaining keywords
+    are :func:`make_options` settings.
     """
     options = make_options(**settings)
+    interface = resolve_interface(app, options.interface)
+    options.interface = interface
+    worker = choose_worker(worker, interface)
     listeners = open_listeners(bind, mode=socket_mode, backlog=backlog)
+    if not listeners and interface == "asgi":
+        raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
     if not listeners:
         from wsgiref.handlers import CGIHandler
 
@@ -110,27 +129,34 @@ def serve(
         return
     owned = bind is not None
     try:
-        run_single(app, listeners, options)
+        run_single(app, listeners, options, worker=worker)
     finally:
         close_listeners(listeners, unlink=owned)
 
 
-def run_single(app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions) -> None:
+def run_single(
+    app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions, worker: str = "sync"
+) -> None:
     """The single-process server: this process is the only worker."""
-    worker = SyncWorker(listeners, app, options)
+    if worker == "trio":
+        from fcgi.trio_worker import TrioWorker
+
+        server: SyncWorker | TrioWorker = TrioWorker(listeners, app, options)
+    else:
+        server = SyncWorker(listeners, app, options)
 
     def graceful(signum: int, frame: object) -> None:
-        worker.stop()
+        server.stop()
 
     previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGQUIT)}
     names = ", ".join(_listener_name(sock) for sock in listeners)
-    log.info("serving on %s (pid %d, single process)", names, os.getpid())
+    log.info("serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker)
     try:
-        worker.serve_forever()
+        server.serve_forever()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        worker.close()
+        server.close()
     log.info("stopped")
 
 

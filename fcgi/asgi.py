@@ -1,0 +1,453 @@
+"""ASGI 3 on FastCGI: the HTTP scope from PARAMS, one request cycle, and lifespan.
+
+Nothing here touches a socket: the trio worker hands :class:`ASGIResponder` a
+:class:`fcgi.spool.SpooledBody` with the request body and an async ``write``
+for STDOUT, and runs :class:`Lifespan` once per worker process.
+
+The response goes out CGI-style, like the WSGI one: ``Status: 200 OK`` and the
+headers, sent with the first piece of body so a short response is one record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import logging
+import re
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+import trio
+
+from fcgi.errors import FastCGIError
+from fcgi.spool import SpooledBody
+from fcgi.wsgi import ClientGone, content_length, fix_script_name
+
+log = logging.getLogger("fcgi.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: ``write(data)``: queue STDOUT for this request; raises ClientGone.
+Write = Callable[[bytes], Awaitable[None]]
+
+ASGI_VERSION = "3.0"
+HTTP_SPEC_VERSION = "2.4"
+LIFESPAN_SPEC_VERSION = "2.0"
+#: How long an app may take to return after answering lifespan.shutdown.
+LIFESPAN_EXIT_GRACE = 5.0
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send`` once the web server gave up on the request (ASGI spec 2.4)."""
+
+
+class LifespanFailure(FastCGIError):
+    """The app's lifespan startup failed; the worker must not serve."""
+
+
+# -- the scope -----------------------------------------------------------------------
+
+
+def _text(native: str) -> str:
+    """A PEP 3333 "native string" (bytes as latin-1) back to the text it encodes."""
+    return native.encode("latin-1").decode("utf-8", "replace")
+
+
+def _http_version(protocol: str) -> str:
+    version = protocol.partition("/")[2]
+    if version in ("1.0", "1.1"):
+        return version
+    if version in ("2", "2.0"):
+        return "2"
+    if version in ("3", "3.0"):
+        return "3"
+    return "1.1"
+
+
+def _port(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def build_scope(
+    params: Mapping[str, str],
+    *,
+    mount: str | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Scope:
+    """The ASGI ``http`` scope of a FastCGI request.
+
+    ``root_path`` and ``path`` follow the same SCRIPT_NAME / PATH_INFO rules as
+    the WSGI environ (:func:`fcgi.wsgi.fix_script_name`): ``root_path`` is the
+    mount point and ``path`` the whole path, mount point included, as ASGI asks.
+    """
+    cgi = {
+        "SCRIPT_NAME": params.get("SCRIPT_NAME", ""),
+        "PATH_INFO": params.get("PATH_INFO", ""),
+        "REQUEST_URI": params.get("REQUEST_URI", ""),
+    }
+    if mount is not None or not cgi["PATH_INFO"]:
+        fix_script_name(cgi, mount)
+    root_path = _text(cgi["SCRIPT_NAME"])
+    path = root_path + _text(cgi["PATH_INFO"])
+    uri = params.get("REQUEST_URI")
+    if uri:
+        raw_path = uri.split("?", 1)[0].encode("latin-1")
+    else:
+        raw_path = quote(path, safe="/:@!$&'()*+,;=~").encode("ascii")
+
+    headers: list[tuple[bytes, bytes]] = []
+    for name, value in params.items():
+        if name.startswith("HTTP_"):
+            if name in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                continue  # CONTENT_TYPE / CONTENT_LENGTH below are authoritative
+            header = name[5:].lower().replace("_", "-").encode("latin-1")
+            headers.append((header, value.encode("latin-1")))
+    for name, header_name in (
+        ("CONTENT_TYPE", b"content-type"),
+        ("CONTENT_LENGTH", b"content-length"),
+    ):
+        value = params.get(name) or params.get("HTTP_" + name, "")
+        if value:
+            headers.append((header_name, value.encode("latin-1")))
+
+    https = (
+        params.get("HTTPS", "").lower() in ("on", "1") or params.get("REQUEST_SCHEME") == "https"
+    )
+    scheme = "https" if https else "http"
+    remote = params.get("REMOTE_ADDR")
+    server_port = _port(params.get("SERVER_PORT"))
+    server_host = params.get("SERVER_ADDR") or params.get("SERVER_NAME")
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
+        "http_version": _http_version(params.get("SERVER_PROTOCOL", "HTTP/1.1")),
+        "method": (params.get("REQUEST_METHOD") or "GET").upper(),
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": params.get("QUERY_STRING", "").encode("latin-1"),
+        "root_path": root_path,
+        "headers": headers,
+        "client": (remote, _port(params.get("REMOTE_PORT")) or 0) if remote else None,
+        "server": (server_host, server_port) if server_host and server_port else None,
+        "extensions": {"fastcgi": {"params": params}},
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
+
+
+# -- one request ---------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_VALUE_RE = re.compile(rb"[\r\n\x00]")
+_ERROR_BODY = b"<h1>500 Internal Server Error</h1>\n"
+_ERROR_RESPONSE = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/html\r\n"
+    b"Content-Length: " + str(len(_ERROR_BODY)).encode() + b"\r\n\r\n" + _ERROR_BODY
+)
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
+    """The CGI response head, and whether the app gave a Content-Length."""
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ValueError(f"invalid status {status!r} in http.response.start")
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    parts = [b"Status: %d %s\r\n" % (status, reason.encode("latin-1"))]
+    has_length = False
+    for item in headers or ():  # type: ignore[attr-defined]
+        name, value = item
+        if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+            raise TypeError(f"header {item!r}: ASGI header names and values are bytes")
+        if not _TOKEN_RE.match(name):
+            raise ValueError(f"invalid header name {bytes(name)!r}")
+        if _BAD_VALUE_RE.search(value):
+            raise ValueError(f"invalid value for header {bytes(name)!r}: {bytes(value)!r}")
+        if name.lower() == b"content-length":
+            has_length = True
+        parts += (bytes(name), b": ", bytes(value), b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), has_length
+
+
+class ASGIResponder:
+    """Runs one ASGI HTTP request cycle; :meth:`disconnect` is the abort path."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        body: SpooledBody,
+        write: Write,
+        *,
+        stderr: Write | None = None,
+        body_timeout: float = 30.0,
+        where: str = "",
+    ) -> None:
+        self.app = app
+        self.scope = scope
+        self.body = body
+        self.write = write
+        self.stderr = stderr
+        self.body_timeout = body_timeout
+        self.where = where or f"{scope.get('method')} {scope.get('path')}"
+        #: HTTP status the app chose (0 before http.response.start).
+        self.status = 0
+        self.gone: str | None = None
+        self._remaining = content_length(scope["extensions"]["fastcgi"]["params"])
+        self._body_done = False
+        self._head: bytes | None = None
+        self._head_has_length = False
+        self._head_sent = False
+        self._complete = False
+        self._finished = trio.Event()
+
+    def disconnect(self, reason: str) -> None:
+        """The web server went away: receive() says http.disconnect, send() raises."""
+        if self.gone is None:
+            self.gone = reason
+        self._finished.set()
+        self.body.end()
+
+    @property
+    def response_started(self) -> bool:
+        return self._head_sent
+
+    # -- the callables the app gets -------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.gone is not None or self._complete:
+            await trio.lowlevel.checkpoint()
+            return dict(_DISCONNECT)
+        if not self._body_done:
+            with trio.move_on_after(self.body_timeout) as waited:
+                chunk = await self.body.receive()
+            if self.gone is not None:
+                return dict(_DISCONNECT)
+            if waited.cancelled_caught:
+                log.warning(
+                    "%s: request body stalled for %gs; treating it as ended",
+                    self.where,
+                    self.body_timeout,
+                )
+                self.body.end()
+                chunk = b""
+            if self._remaining is not None:
+                if len(chunk) >= self._remaining:
+                    chunk = chunk[: self._remaining]
+                    self.body.end()
+                    self._body_done = True
+                self._remaining -= len(chunk)
+            if not chunk or self.body.exhausted:
+                self._body_done = True
+            return {"type": "http.request", "body": chunk, "more_body": not self._body_done}
+        await self._finished.wait()
+        return dict(_DISCONNECT)
+
+    async def send(self, message: Message) -> None:
+        if self.gone is not None:
+            await trio.lowlevel.checkpoint()
+            raise ClientDisconnected(self.gone)
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if self._head is not None:
+                raise RuntimeError("http.response.start sent twice")
+            self._head, self._head_has_length = _encode_head(
+                message.get("status"), message.get("headers", ())
+            )
+            self.status = message["status"]
+            await trio.lowlevel.checkpoint()
+        elif kind == "http.response.body":
+            if self._head is None:
+                raise RuntimeError("http.response.body sent before http.response.start")
+            if self._complete:
+                raise RuntimeError("http.response.body sent after the response was complete")
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise TypeError(f"http.response.body body must be bytes, not {type(body).__name__}")
+            data = bytes(body)
+            if not self._head_sent:
+                head = self._head
+                if not more and not self._head_has_length and self._may_add_length():
+                    head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(data)
+                data = head + data
+                self._head_sent = True
+            if not more:
+                self._complete = True
+                self._finished.set()
+            if data:
+                try:
+                    await self.write(data)
+                except ClientGone as exc:
+                    self.disconnect(str(exc) or "the web server went away")
+                    raise ClientDisconnected(self.gone) from None
+            else:
+                await trio.lowlevel.checkpoint()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} for an http scope")
+
+    def _may_add_length(self) -> bool:
+        return (
+            self.scope["method"] != "HEAD" and self.status not in (204, 304) and self.status >= 200
+        )
+
+    # -- the cycle -------------------------------------------------------------------
+
+    async def run(self) -> tuple[int, int]:
+        """Run the app; return (HTTP status, FastCGI appStatus)."""
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except Exception:
+            if self.gone is not None:
+                log.info(
+                    "%s: app stopped after the web server went away: %s", self.where, self.gone
+                )
+                return self.status, 1
+            await self._failed()
+            return self.status or 500, 1
+        if self.gone is not None:
+            return self.status, 1
+        if not self._head_sent:
+            if self._head is None:
+                log.error("%s: the app returned without sending http.response.start", self.where)
+                await self._write_error()
+                return 500, 1
+            # Started but no body message: an empty body.
+            await self.send({"type": "http.response.body", "body": b""})
+        elif not self._complete:
+            log.warning("%s: the app returned before the end of its response body", self.where)
+            return self.status, 1
+        return self.status, 0
+
+    async def _failed(self) -> None:
+        trace = traceback.format_exc()
+        log.error("app raised while serving %s\n%s", self.where, trace.rstrip())
+        if self.stderr is not None:
+            text = f"fcgi: app raised while serving {self.where}\n{trace}"
+            try:
+                await self.stderr(text.encode("utf-8", "replace"))
+            except ClientGone:
+                return
+        if not self._head_sent:
+            await self._write_error()
+
+    async def _write_error(self) -> None:
+        self._head_sent = True
+        self._complete = True
+        self.status = 500
+        with contextlib.suppress(ClientGone):
+            await self.write(_ERROR_RESPONSE)
+
+
+# -- lifespan ------------------------------------------------------------------------
+
+
+class Lifespan:
+    """The ASGI lifespan protocol, run once per worker process.
+
+    :meth:`startup` starts the app's lifespan task in ``nursery`` and waits for
+    its answer; :meth:`shutdown` asks it to stop and waits again. An app that
+    does not speak lifespan (it raises or returns before reading the startup
+    message) is served without it, as the spec says.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        #: Shared with every request scope (shallow copies), per the lifespan spec.
+        self.state: dict[str, Any] = {}
+        self.supported = False
+        self._to_app_send, self._to_app_recv = trio.open_memory_channel[Message](1)
+        self._from_app_send, self._from_app_recv = trio.open_memory_channel[Message](10)
+        self._receive_called = False
+        self._scope = trio.CancelScope()
+        self._exited = trio.Event()
+
+    async def _receive(self) -> Message:
+        self._receive_called = True
+        return await self._to_app_recv.receive()
+
+    async def _send(self, message: Message) -> None:
+        await self._from_app_send.send(message)
+
+    async def _run_app(self) -> None:
+        scope: Scope = {
+            "type": "lifespan",
+            "asgi": {"version": ASGI_VERSION, "spec_version": LIFESPAN_SPEC_VERSION},
+            "state": self.state,
+        }
+        outcome: Message = {"type": "fcgi.app_exited", "error": None}
+        with self._scope:
+            try:
+                await self.app(scope, self._receive, self._send)
+            except Exception as exc:
+                outcome["error"] = exc
+                outcome["trace"] = traceback.format_exc()
+            finally:
+                self._exited.set()
+        with trio.CancelScope(shield=True):
+            # Capacity 10 and at most 3 messages matter: this never blocks for long.
+            with trio.move_on_after(1):
+                await self._from_app_send.send(outcome)
+
+    async def startup(self, nursery: trio.Nursery) -> None:
+        """Raise :class:`LifespanFailure` if the app says startup failed."""
+        nursery.start_soon(self._run_app)
+        await self._to_app_send.send({"type": "lifespan.startup"})
+        reply = await self._from_app_recv.receive()
+        kind = reply.get("type")
+        if kind == "lifespan.startup.complete":
+            self.supported = True
+            log.debug("lifespan startup complete")
+            return
+        if kind == "lifespan.startup.failed":
+            self._scope.cancel()
+            message = reply.get("message") or "(no message)"
+            raise LifespanFailure(f"the app's lifespan startup failed: {message}")
+        if kind == "fcgi.app_exited":
+            error = reply.get("error")
+            if error is None:
+                log.info("the app does not use lifespan (it returned without answering startup)")
+                return
+            if not self._receive_called:
+                log.info("the app does not support lifespan (%s: %s)", type(error).__name__, error)
+                return
+            raise LifespanFailure(
+                f"the app raised during lifespan startup:\n{reply.get('trace', error)}".rstrip()
+            )
+        self._scope.cancel()
+        raise LifespanFailure(f"unexpected ASGI message {kind!r} during lifespan startup")
+
+    async def shutdown(self) -> None:
+        """Ask the app to shut down and wait for it; failures are logged, not raised."""
+        if not self.supported or self._exited.is_set():
+            self._scope.cancel()
+            return
+        await self._to_app_send.send({"type": "lifespan.shutdown"})
+        reply = await self._from_app_recv.receive()
+        kind = reply.get("type")
+        if kind == "lifespan.shutdown.complete":
+            log.debug("lifespan shutdown complete")
+        elif kind == "lifespan.shutdown.failed":
+            log.error("the app's lifespan shutdown failed: %s", reply.get("message") or "")
+        elif kind == "fcgi.app_exited" and reply.get("error") is not None:
+            log.error("the app raised during lifespan shutdown:\n%s", reply.get("trace", ""))
+        else:
+            log.warning("unexpected ASGI message %r during lifespan shutdown", kind)
+        with trio.move_on_after(LIFESPAN_EXIT_GRACE):
+            await self._exited.wait()
+        self._scope.cancel()

@@ -1,0 +1,159 @@
+"""A request body in transit: pushed by the connection, pulled by the app.
+
+The trio worker reads a connection for every request on it at once, so it
+cannot stop reading because one app is slow to consume its body: that would
+stall the other ids on the connection. :class:`SpooledBody` takes whatever
+arrives without blocking, keeps up to ``threshold`` bytes in memory and spills
+the rest to an anonymous temporary file, so memory stays bounded however large
+the body and however slow the reader.
+
+Pushing is synchronous (the reader task never waits here); pulling is a trio
+checkpoint that waits for data or the end of the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import deque
+
+import trio
+
+#: Largest piece :meth:`SpooledBody.receive` returns from the spill file.
+READ_SIZE = 64 * 1024
+
+
+class SpooledBody:
+    """A one-way byte pipe, memory up to ``threshold``, a temporary file beyond."""
+
+    __slots__ = (
+        "_ended",
+        "_fd",
+        "_lot",
+        "_memory",
+        "_memory_size",
+        "_read_pos",
+        "_write_pos",
+        "received",
+        "threshold",
+    )
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self._memory: deque[bytes] = deque()
+        self._memory_size = 0
+        self._fd = -1
+        self._read_pos = 0
+        self._write_pos = 0
+        self._ended = False
+        self._lot = trio.lowlevel.ParkingLot()
+        #: Bytes pushed so far.
+        self.received = 0
+
+    # -- producer side ---------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """Append ``data``; never blocks. Ignored once the stream has ended."""
+        if self._ended or not data:
+            return
+        self.received += len(data)
+        if self._read_pos < self._write_pos:
+            # Part of the body is already on disk: later bytes go after it.
+            self._spill(data)
+        elif self._memory_size + len(data) <= self.threshold:
+            self._memory.append(data)
+            self._memory_size += len(data)
+        else:
+            self._spill(data)
+        self._lot.unpark_all()
+
+    def end(self) -> None:
+        """No more data will come (end of stream, abort, or connection lost)."""
+        self._ended = True
+        self._lot.unpark_all()
+
+    def _spill(self, data: bytes) -> None:
+        if self._fd < 0:
+            self._fd = _anonymous_file()
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, self._write_pos)
+            self._write_pos += written
+            view = view[written:]
+
+    # -- consumer side ---------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """True once :meth:`end` was called (data may still be waiting to be read)."""
+        return self._ended
+
+    @property
+    def exhausted(self) -> bool:
+        """True when the stream ended and every byte of it was read."""
+        return self._ended and not self._memory and self._read_pos == self._write_pos
+
+    @property
+    def spilled(self) -> bool:
+        """True if any part of the body went to the temporary file."""
+        return self._fd >= 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet read, wherever they are."""
+        return self._memory_size + self._write_pos - self._read_pos
+
+    def receive_nowait(self) -> bytes | None:
+        """The next piece, b"" at the end of the stream, or None if nothing is ready."""
+        if self._memory:
+            data = self._memory.popleft()
+            self._memory_size -= len(data)
+            return data
+        if self._read_pos < self._write_pos:
+            size = min(READ_SIZE, self._write_pos - self._read_pos)
+            data = os.pread(self._fd, size, self._read_pos)
+            if not data:  # the file was truncated under us: nothing sane left
+                self._read_pos = self._write_pos
+                return b""
+            self._read_pos += len(data)
+            if self._read_pos == self._write_pos:
+                # Caught up with the file: reuse it from the start next time.
+                self._read_pos = self._write_pos = 0
+                os.ftruncate(self._fd, 0)
+            return data
+        if self._ended:
+            return b""
+        return None
+
+    async def receive(self) -> bytes:
+        """Wait for the next piece; b"" means the stream is over."""
+        while True:
+            data = self.receive_nowait()
+            if data is not None:
+                # A scheduling point that cannot be cancelled: the piece is
+                # already taken off the buffer and must not be lost.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            await self._lot.park()
+
+    def close(self) -> None:
+        """Drop what is left and free the temporary file."""
+        self._ended = True
+        self._memory.clear()
+        self._memory_size = 0
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._read_pos = self._write_pos = 0
+        self._lot.unpark_all()
+
+
+def _anonymous_file() -> int:
+    """A file descriptor of a temporary file that has no name on disk."""
+    fd, path = tempfile.mkstemp(prefix="fcgi-body-")
+    try:
+        os.unlink(path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -1,0 +1,554 @@
+"""ASGI on the trio worker: the scope, streaming both ways, disconnects, lifespan,
+a Starlette app in-process and through a real nginx.
+
+The worker runs in a thread of the test process (see ``running_worker`` in
+test_trio_worker.py); apps record what they saw in plain lists and events.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_trio_worker import (
+    WAIT,
+    Reply,
+    connect_when_ready,
+    interleave,
+    params_for,
+    request_records,
+    running_worker,
+    serve_command,
+    wait_for,
+)
+
+from fcgi import records as r
+from fcgi.asgi import LifespanFailure, build_scope
+from fcgi.errors import ConfigError
+from fcgi.interface import choose_worker, detect_interface, resolve_interface
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+async def read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request"
+        body += message["body"]
+        if not message["more_body"]:
+            return body
+
+
+async def respond(
+    send: Send, status: int, body: bytes, content_type: bytes = b"text/plain"
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- scope and detection --------------------------------------------------------------------------
+
+
+def test_scope_from_nginx_style_params() -> None:
+    params = {
+        "REQUEST_METHOD": "post",
+        "SCRIPT_NAME": "/caf\xc3\xa9/x",  # nginx: the decoded path, UTF-8 bytes as latin-1
+        "REQUEST_URI": "/caf%C3%A9/x?a=1&b=%20",
+        "QUERY_STRING": "a=1&b=%20",
+        "SERVER_PROTOCOL": "HTTP/1.0",
+        "SERVER_NAME": "example.org",
+        "SERVER_ADDR": "10.0.0.1",
+        "SERVER_PORT": "8080",
+        "REMOTE_ADDR": "192.0.2.9",
+        "REMOTE_PORT": "4711",
+        "HTTPS": "on",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "2",
+        "HTTP_HOST": "example.org",
+        "HTTP_X_FORWARDED_FOR": "1.2.3.4",
+        "HTTP_CONTENT_LENGTH": "999",
+    }
+    scope = build_scope(params, state={"db": "conn"})
+    assert scope["type"] == "http"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.0"
+    assert scope["method"] == "POST"
+    assert scope["scheme"] == "https"
+    assert scope["path"] == "/café/x"
+    assert scope["root_path"] == ""
+    assert scope["raw_path"] == b"/caf%C3%A9/x"
+    assert scope["query_string"] == b"a=1&b=%20"
+    assert sorted(scope["headers"]) == [
+        (b"content-length", b"2"),
+        (b"content-type", b"application/json"),
+        (b"host", b"example.org"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+    ]
+    assert scope["client"] == ("192.0.2.9", 4711)
+    assert scope["server"] == ("10.0.0.1", 8080)
+    assert scope["state"] == {"db": "conn"}
+    assert scope["extensions"]["fastcgi"]["params"] is params
+
+
+def test_scope_root_path_from_path_info_and_from_a_mount_point() -> None:
+    split = {"SCRIPT_NAME": "/app", "PATH_INFO": "/users/1", "REQUEST_URI": "/app/users/1"}
+    scope = build_scope(split)
+    assert (scope["root_path"], scope["path"]) == ("/app", "/app/users/1")
+    whole = {"SCRIPT_NAME": "/app/users/1", "REQUEST_URI": "/app/users/1"}
+    scope = build_scope(whole, mount="/app")
+    assert (scope["root_path"], scope["path"]) == ("/app", "/app/users/1")
+    scope = build_scope(whole)
+    assert (scope["root_path"], scope["path"]) == ("", "/app/users/1")
+    bare = build_scope({"REQUEST_URI": "/only/uri?q"})
+    assert (bare["path"], bare["raw_path"], bare["http_version"]) == (
+        "/only/uri",
+        b"/only/uri",
+        "1.1",
+    )
+    assert bare["client"] is None and bare["server"] is None and "state" not in bare
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    return []
+
+
+async def asgi_function(scope: Scope, receive: Receive, send: Send) -> None:
+    pass
+
+
+class ASGIClass:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+
+async def two_args(scope: Scope, receive: Receive) -> None:
+    pass
+
+
+def test_detect_interface() -> None:
+    from starlette.applications import Starlette
+
+    assert detect_interface(wsgi_app) == "wsgi"
+    assert detect_interface(asgi_function) == "asgi"
+    assert detect_interface(ASGIClass()) == "asgi"
+    assert detect_interface(Starlette()) == "asgi"
+    assert detect_interface(functools.partial(asgi_function)) == "asgi"
+    with pytest.raises(ConfigError, match="scope, receive, send"):
+        detect_interface(two_args)
+    assert resolve_interface(asgi_function, "wsgi") == "wsgi"
+    with pytest.raises(ConfigError):
+        resolve_interface(wsgi_app, "rsgi")
+    assert choose_worker("sync", "asgi") == "trio"
+    assert choose_worker("sync", "wsgi") == "sync"
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+def test_hundred_interleaved_asgi_requests_on_one_connection_run_at_once(tmp_path: Path) -> None:
+    seen = {"in_flight": 0, "peak": 0}
+    all_in: list[trio.Event] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if not all_in:
+            all_in.append(trio.Event())
+        seen["in_flight"] += 1
+        seen["peak"] = max(seen["peak"], seen["in_flight"])
+        if seen["in_flight"] == 100:
+            all_in[0].set()
+        with trio.move_on_after(WAIT):
+            await all_in[0].wait()  # nobody answers before all 100 are in the app
+        await trio.sleep(0.1)
+        seen["in_flight"] -= 1
+        await respond(send, 200, b"id=" + scope["query_string"])
+
+    with running_worker(app, tmp_path, max_reqs=100) as w:
+        client = w.client()
+        client.send(
+            interleave(
+                request_records(rid, params_for("/sleep", query=str(rid))) for rid in range(1, 101)
+            )
+        )
+        replies = {rid: client.reply(rid) for rid in range(1, 101)}
+    assert seen["peak"] == 100
+    for rid, reply in replies.items():
+        assert (reply.status, reply.body) == (200, f"id={rid}".encode())
+        assert reply.header("Content-Length") == str(len(reply.body))
+
+
+def test_request_and_response_both_stream(tmp_path: Path) -> None:
+    async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            message = await receive()
+            await send(
+                {"type": "http.response.body", "body": message["body"].upper(), "more_body": True}
+            )
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.body", "body": b"|end"})
+
+    pieces = [b"alpha;", b"beta;", b"gamma;"]
+    total = sum(map(len, pieces))
+    with running_worker(echo, tmp_path) as w:
+        client = w.client()
+        records = request_records(
+            1, params_for("/", method="POST", body=b"x" * total), end_stdin=False
+        )
+        client.send(b"".join(records))
+        echoed = b""
+        for piece in pieces:
+            # Each piece comes back before the next one is even sent.
+            client.send(r.encode_record(r.STDIN, 1, piece))
+            echoed += piece.upper()
+            client.until(lambda e=echoed: client.replies.get(1, Reply()).stdout.endswith(e))
+        client.send(r.encode_record(r.STDIN, 1))
+        reply = client.reply(1)
+    assert reply.body == b"ALPHA;BETA;GAMMA;|end"
+    assert reply.header("Content-Length") is None
+
+
+def test_abort_request_gives_the_app_http_disconnect(tmp_path: Path) -> None:
+    messages: list[str] = []
+    waiting = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/poll":
+            await read_body(receive)
+            waiting.set()
+            message = await receive()  # long poll: only a disconnect ends it
+            messages.append(message["type"])
+            return
+        await respond(send, 200, b"fine")
+
+    with running_worker(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/poll"))))
+        assert waiting.wait(WAIT)
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        aborted = client.reply(1)
+        assert aborted.protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
+        assert aborted.stdout == b""
+        assert messages == ["http.disconnect"]
+        assert client.request(1, params_for("/")).body == b"fine"
+
+
+def test_abort_request_cancels_a_sleeping_app(tmp_path: Path) -> None:
+    log: list[str] = []
+    sleeping = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            sleeping.set()
+            await trio.sleep(3600)
+        except trio.Cancelled:
+            log.append("cancelled")
+            raise
+
+    with running_worker(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/"))))
+        assert sleeping.wait(WAIT)
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        assert client.reply(1).protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
+        assert log == ["cancelled"]
+
+
+def test_the_web_server_closing_the_connection_is_a_disconnect(tmp_path: Path) -> None:
+    messages: list[str] = []
+    waiting = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        waiting.set()
+        messages.append((await receive())["type"])
+
+    with running_worker(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/"))))
+        assert waiting.wait(WAIT)
+        client.close()
+        wait_for(lambda: messages == ["http.disconnect"], "http.disconnect")
+
+
+def test_app_errors_become_500s(tmp_path: Path) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/raise":
+            raise ValueError("secret-detail")
+        if scope["path"] == "/nothing":
+            return
+        if scope["path"] == "/late":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+            raise ValueError("after the headers")
+        await respond(send, 204, b"")
+
+    with running_worker(app, tmp_path) as w:
+        client = w.client()
+        reply = client.request(1, params_for("/raise"))
+        assert (reply.status, reply.app_status) == (500, 1)
+        assert b"secret-detail" not in reply.stdout and b"secret-detail" in reply.stderr
+        assert client.request(2, params_for("/nothing")).status == 500
+        late = client.request(3, params_for("/late"))
+        assert (late.status, late.body, late.app_status) == (200, b"partial", 1)
+        ok = client.request(4, params_for("/"))
+        assert (ok.status, ok.header("Content-Length")) == (204, None)
+
+
+# -- lifespan -----------------------------------------------------------------------------------
+
+
+def test_lifespan_startup_state_and_shutdown(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["greeting"] = "hi from startup"
+                    events.append("startup")
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    events.append("shutdown")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await respond(send, 200, scope["state"]["greeting"].encode())
+
+    with running_worker(app, tmp_path) as w:
+        assert w.client().request(1, params_for("/")).body == b"hi from startup"
+        assert events == ["startup"]
+    assert events == ["startup", "shutdown"]
+
+
+def test_lifespan_startup_failure_stops_the_worker(tmp_path: Path) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    with pytest.raises(LifespanFailure, match="no database"), running_worker(app, tmp_path):
+        pass
+
+
+def test_an_app_without_lifespan_is_served(tmp_path: Path) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http", "only http here"
+        await respond(send, 200, b"no lifespan")
+
+    with running_worker(app, tmp_path) as w:
+        assert w.client().request(1, params_for("/")).body == b"no lifespan"
+
+
+def test_cli_exits_non_zero_when_lifespan_startup_fails(tmp_path: Path) -> None:
+    sock = str(tmp_path / "f.sock")
+    proc = serve_command(
+        tmp_path,
+        "failing",
+        """
+        async def app(scope, receive, send):
+            await receive()
+            raise RuntimeError("cannot reach the database")
+        """,
+        "--bind",
+        f"unix:{sock}",
+    )
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 3
+    text = err.decode()
+    assert "lifespan startup" in text and "cannot reach the database" in text
+    assert "using the trio worker" in text  # auto-selected for an ASGI app
+
+
+# -- Starlette -----------------------------------------------------------------------------------
+
+
+def make_starlette_app() -> Any:
+    """A Starlette app with lifespan state, JSON, a stream and an upload.
+
+    With FCGI_TEST_LIFESPAN_LOG set, lifespan events are appended to that file
+    (for tests that run it in another process).
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    log_path = os.environ.get("FCGI_TEST_LIFESPAN_LOG")
+    events: list[str] = []
+
+    def note(event: str) -> None:
+        events.append(event)
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(event + "\n")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        note("startup")
+        yield {"started": "yes"}
+        note("shutdown")
+
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "started": request.state.started,
+                "host": request.headers.get("host"),
+            }
+        )
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    async def upload(request: Request) -> JSONResponse:
+        size = 0
+        digest = hashlib.sha256()
+        async for chunk in request.stream():
+            size += len(chunk)
+            digest.update(chunk)
+        return JSONResponse({"size": size, "sha256": digest.hexdigest()})
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("starlette route failed")
+
+    app = Starlette(
+        routes=[
+            Route("/hello", hello),
+            Route("/stream", stream),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/boom", boom),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.events = events
+    return app
+
+
+def test_starlette_app_in_process(tmp_path: Path) -> None:
+    app = make_starlette_app()
+    body = os.urandom(300_000)
+    with running_worker(app, tmp_path, spool_threshold=32 * 1024) as w:
+        client = w.client()
+        reply = client.request(1, params_for("/hello", query="a=1", headers={"Host": "example"}))
+        assert reply.status == 200
+        assert json.loads(reply.body) == {
+            "path": "/hello",
+            "query": {"a": "1"},
+            "started": "yes",
+            "host": "example",
+        }
+        reply = client.request(2, params_for("/stream"))
+        assert reply.body == b"".join(f"chunk {i}\n".encode() for i in range(5))
+        stdout_records = [c for t, rid, c in client.log if t == r.STDOUT and rid == 2 and c]
+        assert len(stdout_records) > 1  # streamed, not one piece
+        reply = client.request(3, params_for("/upload", method="POST", body=body), body)
+        assert json.loads(reply.body) == {
+            "size": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        assert client.request(4, params_for("/boom")).status == 500
+        assert client.request(5, params_for("/missing")).status == 404
+        assert app.state.events == ["startup"]
+    assert app.state.events == ["startup", "shutdown"]
+
+
+def test_starlette_through_nginx(start_backend: Any, start_nginx: Any, tmp_path: Path) -> None:
+    lifespan_log = tmp_path / "lifespan.log"
+    os.environ["FCGI_TEST_LIFESPAN_LOG"] = str(lifespan_log)
+    try:
+        backend = start_backend("unix", "test_asgi:make_starlette_app()", ["--worker", "trio"])
+    finally:
+        del os.environ["FCGI_TEST_LIFESPAN_LOG"]
+    site = start_nginx("fcgi.conf", backend)
+
+    response = site.request("GET", "/hello?x=y")
+    assert response.status == 200, site.explain(response)
+    assert response.header("Content-Type") == "application/json"
+    data = json.loads(response.body)
+    assert data["path"] == "/hello" and data["query"] == {"x": "y"} and data["started"] == "yes"
+
+    response = site.request("GET", "/stream")
+    assert response.status == 200, site.explain(response)
+    assert response.body == b"".join(f"chunk {i}\n".encode() for i in range(5))
+
+    body = os.urandom(1 << 20)
+    response = site.request("POST", "/upload", body=body)
+    assert response.status == 200, site.explain(response)
+    assert json.loads(response.body) == {
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+
+    response = site.request("GET", "/boom")
+    assert response.status == 500, site.explain(response)
+    assert b"starlette route failed" not in response.body
+
+    assert lifespan_log.read_text() == "startup\n"
+    backend.stop()
+    assert backend.exit_status == 0, backend.diagnostics()
+    assert lifespan_log.read_text() == "startup\nshutdown\n"
+
+
+def test_sync_worker_request_for_an_asgi_app_switches_to_trio(tmp_path: Path) -> None:
+    sock = str(tmp_path / "a.sock")
+    proc = serve_command(
+        tmp_path,
+        "asgiapp",
+        """
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"asgi via cli"})
+        """,
+        "--worker",
+        "sync",
+        "--bind",
+        f"unix:{sock}",
+    )
+    try:
+        client = connect_when_ready(sock, proc)
+        reply: Reply = client.request(1, params_for("/"))
+        assert reply.body == b"asgi via cli"
+        client.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0
+    assert b"using the trio worker" in err
