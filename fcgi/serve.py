@@ -10,18 +10,27 @@ script it answers the one request and returns.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import signal
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from fcgi import systemd
 from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
-from fcgi.sockets import inherited_fd0, open_listener, parse_allowed_clients, socket_path
+from fcgi.sockets import (
+    inherited_fd0,
+    open_listener,
+    parse_allowed_clients,
+    parse_bind,
+    socket_path,
+)
 from fcgi.sync_worker import SyncWorker
 from fcgi.wsgi import WSGIApp
 
@@ -69,32 +78,51 @@ def make_options(
     )
 
 
+@dataclass
+class Listeners:
+    """The sockets a server listens on, and the socket files it must remove."""
+
+    sockets: list[socket.socket] = field(default_factory=list)
+    #: Unix socket files this process created: removed on exit. Sockets
+    #: inherited from a parent (fd 0, fd://N, systemd) belong to the parent.
+    owned_paths: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for path in self.owned_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def open_listeners(
     bind: str | Sequence[str] | None, *, mode: int = 0o660, backlog: int = 511
-) -> list[socket.socket]:
-    """Bind every address, or adopt fd 0; an empty list means "run as CGI"."""
+) -> Listeners:
+    """Bind every address; without any, adopt systemd's sockets or fd 0.
+
+    No sockets at all means "run as CGI".
+    """
     if isinstance(bind, str):
         bind = [bind]
     if not bind:
+        activated = systemd.listen_fds()
+        if activated:
+            return Listeners(activated)
         inherited = inherited_fd0()
-        return [inherited] if inherited is not None else []
-    listeners: list[socket.socket] = []
+        return Listeners([inherited] if inherited is not None else [])
+    listeners = Listeners()
     try:
         for spec in bind:
-            listeners.append(open_listener(spec, mode=mode, backlog=backlog))
+            sock = open_listener(spec, mode=mode, backlog=backlog)
+            listeners.sockets.append(sock)
+            if parse_bind(spec).kind == "unix":
+                path = socket_path(sock)
+                if path:
+                    listeners.owned_paths.append(path)
     except BaseException:
-        close_listeners(listeners, unlink=True)
+        listeners.close()
         raise
     return listeners
-
-
-def close_listeners(listeners: Sequence[socket.socket], *, unlink: bool) -> None:
-    for sock in listeners:
-        path = socket_path(sock) if unlink else None
-        sock.close()
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def serve(
@@ -104,8 +132,9 @@ def serve(
     socket_mode: int = 0o660,
     backlog: int = 511,
     worker: str = "sync",
+    workers: int | None = None,
     **settings: Any,
-) -> None:
+) -> int:
     """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
 
     ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
@@ -114,24 +143,68 @@ def serve(
     only one for ASGI apps, chosen automatically for them). Remaining keywords
     are :func:`make_options` settings.
     """
+    if workers is not None or set(settings) - _SINGLE_PROCESS_SETTINGS:
+        return _serve_pool(app, bind, socket_mode, backlog, worker, workers, settings)
     options = make_options(**settings)
     interface = resolve_interface(app, options.interface)
     options.interface = interface
     worker = choose_worker(worker, interface)
     listeners = open_listeners(bind, mode=socket_mode, backlog=backlog)
-    if not listeners and interface == "asgi":
+    if not listeners.sockets and interface == "asgi":
         raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
-    if not listeners:
+    if not listeners.sockets:
         from wsgiref.handlers import CGIHandler
 
         log.debug("fd 0 is not a listening socket: answering one request as CGI")
         CGIHandler().run(app)
-        return
-    owned = bind is not None
+        return 0
     try:
-        run_single(app, listeners, options, worker=worker)
+        run_single(app, listeners.sockets, options, worker=worker)
     finally:
-        close_listeners(listeners, unlink=owned)
+        listeners.close()
+    return 0
+
+
+#: Keywords of make_options(): anything else given to serve() is a pool setting.
+_SINGLE_PROCESS_SETTINGS = frozenset(inspect.signature(make_options).parameters)
+
+
+def _serve_pool(
+    app: Any,
+    bind: str | Sequence[str] | None,
+    socket_mode: int,
+    backlog: int,
+    worker: str,
+    workers: int | None,
+    settings: dict[str, Any],
+) -> int:
+    """Run the process manager with ``app`` (an object) in every worker."""
+    from fcgi.pool.config import (
+        GLOBAL_KEYS,
+        MasterConfig,
+        PoolConfig,
+        apply_settings,
+        validate_master,
+    )
+    from fcgi.pool.master import run_master
+
+    if not bind:
+        raise ConfigError("a pool needs bind=: the address it listens on")
+    source = "fcgi.serve()"
+    pool = PoolConfig(app=getattr(app, "__qualname__", "app"), app_object=app)
+    pool.listen = (bind,) if isinstance(bind, str) else tuple(bind)
+    pool.listen_mode = socket_mode
+    pool.listen_backlog = backlog
+    pool.worker = worker
+    if workers is not None:
+        settings = {**settings, "pm": "static", "max_children": workers}
+    if "allowed_clients" in settings:
+        settings["listen_allowed_clients"] = settings.pop("allowed_clients")
+    config = MasterConfig(pools=[pool], source=source)
+    apply_settings(pool, {k: v for k, v in settings.items() if k not in GLOBAL_KEYS}, source)
+    apply_settings(config, {k: v for k, v in settings.items() if k in GLOBAL_KEYS}, source)
+    validate_master(config)
+    return run_master(config)
 
 
 def run_single(

@@ -138,11 +138,6 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
         listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fcgi bug: on exit `fcgi serve --bind fd://3` unlinks the unix socket's path, "
-    "which belongs to systemd (close_listeners(unlink=True) for any --bind)",
-)
 def test_systemd_restart_keeps_activation_socket(tmp_path: Path) -> None:
     """A restart reuses systemd's socket: the service must leave the path alone."""
     listener, service = systemd_setup(tmp_path)

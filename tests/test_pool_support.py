@@ -1,7 +1,7 @@
 """Helpers for the process-manager tests: a real master in a subprocess, and a client.
 
 ``PoolMaster`` writes a small WSGI app into a temporary directory, starts
-``python -m fcgi.pool`` on a unix socket there, and stops it (then SIGKILLs
+``fcgi serve`` (as ``python -m fcgi serve``) on a unix socket there, and stops it (then SIGKILLs
 anything left) at the end. Tests wait for conditions with generous deadlines
 instead of asserting on timings.
 """
@@ -57,10 +57,14 @@ def write_app(directory: Path, version: str = "1", broken: bool = False) -> None
     if broken:
         source += "\nraise RuntimeError('this version cannot be imported')\n"
     path = directory / "poolapp.py"
-    path.write_text(textwrap.dedent(source))
+    # Written aside and renamed, as a deploy would: a worker importing at that
+    # moment sees the old file or the new one, never half of one.
+    staging = directory / "poolapp.py.new"
+    staging.write_text(textwrap.dedent(source))
     # A fresh mtime whatever the clock granularity, so no stale .pyc is used.
     stamp = time.time() + hash(version + str(broken)) % 1000
-    os.utime(path, (stamp, stamp))
+    os.utime(staging, (stamp, stamp))
+    os.replace(staging, path)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -87,6 +91,7 @@ class PoolMaster:
         status: bool = True,
         env: dict[str, str] | None = None,
         broken: bool = False,
+        app: str = "poolapp:app",
     ) -> None:
         self.dir = tmp_path
         self.socket = str(tmp_path / "pool.sock")
@@ -96,8 +101,9 @@ class PoolMaster:
         command = [
             sys.executable,
             "-m",
-            "fcgi.pool",
-            "poolapp:app",
+            "fcgi",
+            "serve",
+            app,
             "--bind",
             self.address,
             "--user",
@@ -201,7 +207,7 @@ def _kill_leftovers(pids: set[int]) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"fcgi.pool" in cmdline:
+        if b"fcgi\x00serve" in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

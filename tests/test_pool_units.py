@@ -19,7 +19,7 @@ from fcgi.pool.listen_queue import listen_queue
 from fcgi.pool.scaling import Census, dynamic_decision
 from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
 from fcgi.pool.status import collect, render
-from fcgi.pool.systemd import notify
+from fcgi.systemd import notify
 
 GOOD = """
 [global]

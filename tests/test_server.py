@@ -470,3 +470,37 @@ def test_sigterm_finishes_the_request_in_flight() -> None:
         sock.close()
         assert reply.body == b"20"
         assert srv.proc.wait(10) == 0
+
+
+def test_systemd_socket_activation(tmp_path: object) -> None:
+    """LISTEN_FDS/LISTEN_PID as systemd sets them: the socket on fd 3, no --bind."""
+    path = f"{tmp_path}/activated.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+
+    def put_on_fd3() -> None:
+        os.dup2(listener.fileno(), 3)
+
+    # sh's $$ is the pid that exec keeps, which is what LISTEN_PID must name.
+    command = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -m fcgi serve {APP}"
+    proc = subprocess.Popen(
+        ["sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        preexec_fn=put_on_fd3,
+        close_fds=False,
+    )
+    listener.close()
+    try:
+        reply = roundtrip(f"unix:{path}", get_params("/environ", "activated=1"))
+        assert json.loads(reply.body)["QUERY_STRING"] == "activated=1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert os.path.exists(path), "the socket belongs to systemd: left in place"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -41,6 +41,11 @@ HOST_ARGUMENTS = {
     "script_name": "script_name",
     "max_params": "max_params",
     "max_params_bytes": "max_params_bytes",
+    "worker": "worker",
+    "interface": "interface",
+    "threads": "threads",
+    "max_conns": "max_conns",
+    "max_reqs": "max_reqs",
 }
 
 _HELP = {

@@ -92,8 +92,14 @@ class PoolConfig:
     #: Most FastCGI params, and most PARAMS bytes, one request may send.
     max_params: int = 1000
     max_params_bytes: int = 256 * 1024
-    #: Dotted path of the worker driver class (SyncWorker's constructor signature).
-    worker_class: str = "fcgi.sync_worker:SyncWorker"
+    #: "sync" (one request at a time per worker) or "trio" (concurrent, ASGI).
+    worker: str = "sync"
+    #: "auto" (detect), "wsgi" or "asgi".
+    interface: str = "auto"
+    #: Trio worker: WSGI threads, connections and requests in progress per worker.
+    threads: int = 10
+    max_conns: int = 256
+    max_reqs: int = 256
     #: An app object handed over by ``fcgi.serve()``: used as if preloaded,
     #: and ``app`` is then only its name in logs. Not a configuration key.
     app_object: Any = None
@@ -116,7 +122,11 @@ class PoolConfig:
             script_name=self.script_name,
             allowed_clients=self.listen_allowed_clients,
             multiprocess=True,
-            multithread=False,
+            multithread=self.worker == "trio",
+            interface=self.interface,
+            threads=self.threads,
+            max_conns=self.max_conns,
+            max_reqs=self.max_reqs,
         )
 
 
@@ -258,6 +268,8 @@ _NULLABLE = frozenset(
 def apply_settings(target: Any, settings: Mapping[str, object], source: str) -> None:
     """Set validated ``settings`` on a PoolConfig or MasterConfig."""
     for key, value in settings.items():
+        if key not in _FIELD_KINDS:
+            raise ConfigError(f"{source}: {key}: unknown setting")
         if value is None and key in _NULLABLE:
             setattr(target, key, None)
             continue
@@ -281,6 +293,13 @@ def validate_pool(pool: PoolConfig, source: str) -> None:
         raise fail("script_name", f"must be empty or start with '/', got {pool.script_name!r}")
     if pool.max_params < 1 or pool.max_params_bytes < 1:
         raise fail("max_params", "max_params and max_params_bytes must be positive")
+    if pool.worker not in ("sync", "trio"):
+        raise fail("worker", f"expected sync or trio, got {pool.worker!r}")
+    if pool.interface not in ("auto", "wsgi", "asgi"):
+        raise fail("interface", f"expected auto, wsgi or asgi, got {pool.interface!r}")
+    for key in ("threads", "max_conns", "max_reqs"):
+        if getattr(pool, key) < 1:
+            raise fail(key, f"must be at least 1, got {getattr(pool, key)}")
     if not pool.listen:
         raise fail("listen", "missing (expected unix:/path or HOST:PORT)")
     if pool.pm not in PM_MODES:

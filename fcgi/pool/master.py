@@ -30,8 +30,8 @@ from collections import deque
 from enum import IntEnum
 from types import FrameType
 
+from fcgi import systemd
 from fcgi.errors import ConfigError
-from fcgi.pool import systemd
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.running_pool import Child, Reload, RunningPool

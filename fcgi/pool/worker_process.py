@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import importlib
 import logging
 import os
 import pwd
@@ -34,7 +33,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, Protocol
 
+from fcgi.errors import ConfigError
 from fcgi.hooks import WorkerHooks
+from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
@@ -164,16 +165,15 @@ def prepare_environment(config: PoolConfig) -> None:
             raise BootError(f"chdir {config.chdir!r}: {exc.strerror}") from None
 
 
-def load_driver_factory(path: str) -> DriverFactory:
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise BootError(f"worker_class {path!r}: {exc}") from None
-    factory: DriverFactory = obj
-    return factory
+def driver_factory(kind: str) -> DriverFactory:
+    """The worker class for ``kind``; trio is imported only by trio workers."""
+    if kind == "trio":
+        from fcgi.trio_worker import TrioWorker
+
+        return TrioWorker
+    from fcgi.sync_worker import SyncWorker
+
+    return SyncWorker
 
 
 def load_pool_app(spec: str) -> Any:
@@ -225,8 +225,14 @@ def _serve(spec: WorkerSpec) -> int:
     drop_privileges(config.user, config.group)
     prepare_environment(config)
     app = spec.app if spec.app is not None else load_pool_app(config.app)
-    factory = load_driver_factory(config.worker_class)
-    driver = factory(spec.listeners, app, config.server_options(), hooks)
+    options = config.server_options()
+    try:
+        options.interface = resolve_interface(app, config.interface)
+        kind = choose_worker(config.worker, options.interface)
+    except ConfigError as exc:
+        raise BootError(str(exc)) from None
+    options.multithread = kind == "trio"
+    driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
         return EXIT_OK
     hooks.ready()

@@ -1,0 +1,55 @@
+"""The pool running trio workers: an ASGI app and concurrent requests per worker."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+from pathlib import Path
+
+from test_pool_support import PoolMaster
+
+ASGI_APP = """
+import os, trio
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/sleep":
+        await trio.sleep(0.3)
+    body = f"asgi pid={os.getpid()} path={scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_wsgi_app_in_a_trio_pool(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", "--worker", "trio"]) as m:
+        m.wait_ready(2)
+        assert b"version=1" in m.request("/").body
+
+
+def test_pool_detects_an_asgi_app(tmp_path: Path) -> None:
+    (tmp_path / "asgiapp.py").write_text(textwrap.dedent(ASGI_APP))
+    with PoolMaster(tmp_path, ["--workers", "1", "--worker", "trio"], app="asgiapp:app") as m:
+        m.wait_ready(1)
+        assert m.request("/hello").body.startswith(b"asgi pid=")
+        # One worker, requests at once: the trio worker serves them concurrently.
+        results: list[bytes] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(m.request("/sleep").body))
+            for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(results) == 8 and all(b.startswith(b"asgi pid=") for b in results)
+        status = m.status()
+        assert status["accepted conn"] >= 9
