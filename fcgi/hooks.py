@@ -23,10 +23,14 @@ class WorkerHooks(Protocol):
     def connection_accepted(self) -> None:
         """A transport connection was accepted (counts PHP-FPM's "accepted conn")."""
 
-    def request_started(self, params: Mapping[str, str]) -> None:
-        """PARAMS are complete and the app is about to run."""
+    def request_started(self, params: Mapping[str, str]) -> object:
+        """PARAMS are complete and the app is about to run.
 
-    def request_finished(self, status: int) -> None:
+        Returns a token for :meth:`request_finished`: a concurrent worker has
+        several requests running, and their starts and ends interleave.
+        """
+
+    def request_finished(self, token: object, status: int) -> None:
         """The response is fully written; ``status`` is the HTTP status (0 if none)."""
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:
@@ -42,10 +46,10 @@ class NoHooks:
     def connection_accepted(self) -> None:
         pass
 
-    def request_started(self, params: Mapping[str, str]) -> None:
-        pass
+    def request_started(self, params: Mapping[str, str]) -> object:
+        return None
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, token: object, status: int) -> None:
         pass
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:

@@ -429,7 +429,7 @@ class SyncWorker:
         conn = c.conn
         hooks = self.hooks
         role = conn.role(rid)
-        hooks.request_started(params)
+        token = hooks.request_started(params)
         answer = hooks.intercept(params)
         source = _RequestInput(c, rid, role)
         status = 0
@@ -442,7 +442,7 @@ class SyncWorker:
             status = int(answer.status[:3])
         else:
             status = self._run_app(c, rid, role, params, source)
-        hooks.request_finished(status)
+        hooks.request_finished(token, status)
         return not source.settle()
 
     def _run_app(

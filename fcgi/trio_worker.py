@@ -636,7 +636,7 @@ class TrioWorker:
     async def _serve_request(self, c: _Connection, req: _Request) -> None:
         hooks = self.hooks
         status = 0
-        hooks.request_started(req.params)
+        token = hooks.request_started(req.params)
         try:
             app_status = 0
             tail = b""
@@ -660,7 +660,7 @@ class TrioWorker:
             c.running -= 1
             req.close()
             c._retire(req)
-            hooks.request_finished(status)
+            hooks.request_finished(token, status)
             if not c.requests:
                 c.became_idle()
             if hooks.should_stop():

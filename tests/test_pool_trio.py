@@ -53,3 +53,29 @@ def test_pool_detects_an_asgi_app(tmp_path: Path) -> None:
         assert len(results) == 8 and all(b.startswith(b"asgi pid=") for b in results)
         status = m.status()
         assert status["accepted conn"] >= 9
+
+
+def test_status_counts_concurrent_requests_of_a_trio_worker(tmp_path: Path) -> None:
+    (tmp_path / "asgiapp.py").write_text(textwrap.dedent(ASGI_APP))
+    with PoolMaster(tmp_path, ["--workers", "1", "--worker", "trio"], app="asgiapp:app") as m:
+        m.wait_ready(1)
+        seen: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.append(m.status()["active requests"])
+
+        threads = [threading.Thread(target=lambda: m.request("/sleep")) for _ in range(6)]
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        stop.set()
+        watcher.join(30)
+        # The status request itself runs too; six sleeping ones overlap it.
+        assert max(seen) >= 3, seen
+        doc = m.status()
+        assert doc["processes"][0]["active requests"] == 1  # only the status request

@@ -163,7 +163,7 @@ def test_status_renderings_agree() -> None:
     assert [p["pid"] for p in doc["processes"]] == [11, 12]
     om = render(st, "openmetrics").body.decode()
     assert 'fcgi_idle_processes{pool="www"} 1' in om and om.endswith("# EOF\n")
-    assert "idle processes:       1" in render(st, "").body.decode()
+    assert "idle processes:            1" in render(st, "").body.decode()
 
 
 def test_sd_notify_sends_one_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -739,10 +739,11 @@ class RecordingHooks:
     def connection_accepted(self) -> None:
         self.events.append("accepted")
 
-    def request_started(self, params: Mapping[str, str]) -> None:
+    def request_started(self, params: Mapping[str, str]) -> object:
         self.events.append("started " + params.get("QUERY_STRING", ""))
+        return None
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, token: object, status: int) -> None:
         self.finished += 1
         self.events.append(f"finished {status}")
 

@@ -70,11 +70,13 @@ class Slot:
     last_memory: int = 0
     content_length: int = 0
     last_status: int = 0
+    #: Requests running right now (more than 1 only in a trio worker).
+    active: int = 0
     method: str = ""
     uri: str = ""
 
 
-_SLOT = struct.Struct(f"<IBxxxiIdQQQddddQqH{METHOD_LEN}s{URI_LEN}s")
+_SLOT = struct.Struct(f"<IBxxxiIdQQQddddQqHI{METHOD_LEN}s{URI_LEN}s")
 SLOT_SIZE = (_SLOT.size + 63) // 64 * 64
 
 
@@ -174,6 +176,7 @@ class Scoreboard:
             slot.last_memory,
             slot.content_length,
             slot.last_status,
+            slot.active,
             slot.method.encode("latin-1", "replace")[:METHOD_LEN],
             slot.uri.encode("latin-1", "replace")[:URI_LEN],
         )
@@ -187,8 +190,8 @@ class Scoreboard:
             seq = values[0]
             if seq & 1 == 0 and struct.unpack_from("<I", m, off)[0] == seq:
                 break
-        method = values[15].rstrip(b"\0").decode("latin-1")
-        uri = values[16].rstrip(b"\0").decode("latin-1")
+        method = values[16].rstrip(b"\0").decode("latin-1")
+        uri = values[17].rstrip(b"\0").decode("latin-1")
         return Slot(
             state=values[1],
             pid=values[2],
@@ -204,6 +207,7 @@ class Scoreboard:
             last_memory=values[12],
             content_length=values[13],
             last_status=values[14],
+            active=values[15],
             method=method,
             uri=uri,
         )

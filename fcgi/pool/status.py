@@ -47,6 +47,7 @@ class WorkerStatus:
     last_request_cpu: float
     last_request_memory: int
     generation: int
+    active_requests: int = 0
 
 
 @dataclass(slots=True)
@@ -65,6 +66,8 @@ class PoolStatus:
     max_active_processes: int
     max_children_reached: int
     slow_requests: int
+    #: Requests running now over all workers (a trio worker runs several).
+    active_requests: int
     limits: dict[str, int | float]
     workers: list[WorkerStatus] = field(default_factory=list)
 
@@ -106,6 +109,7 @@ def collect(
                 last_request_cpu=s.last_cpu if s.state != SlotState.BUSY else cpu,
                 last_request_memory=memory,
                 generation=s.generation,
+                active_requests=s.active,
             )
         )
     return PoolStatus(
@@ -123,6 +127,7 @@ def collect(
         max_active_processes=max(header.max_active, active),
         max_children_reached=header.max_children_reached,
         slow_requests=header.slow_requests,
+        active_requests=sum(s.active for s in slots),
         limits={
             "max_children": config.max_children,
             "start_servers": config.effective_start_servers,
@@ -167,6 +172,7 @@ def _pool_rows(st: PoolStatus) -> list[tuple[str, object]]:
         ("max active processes", st.max_active_processes),
         ("max children reached", st.max_children_reached),
         ("slow requests", st.slow_requests),
+        ("active requests", st.active_requests),
     ]
     rows += [(name.replace("_", " "), value) for name, value in st.limits.items()]
     return rows
@@ -179,6 +185,7 @@ def _worker_rows(w: WorkerStatus, now: float) -> list[tuple[str, object]]:
         ("start time", _date(w.start_time)),
         ("start since", int(now - w.start_time)),
         ("requests", w.requests),
+        ("active requests", w.active_requests),
         ("request duration", w.request_duration_us),
         ("request method", w.request_method),
         ("request uri", w.request_uri),
@@ -191,7 +198,7 @@ def _worker_rows(w: WorkerStatus, now: float) -> list[tuple[str, object]]:
 
 
 def render_text(st: PoolStatus, full: bool) -> str:
-    width = 22
+    width = 27
 
     def block(rows: list[tuple[str, object]]) -> str:
         return "".join(f"{name + ':':<{width}}{value}\n" for name, value in rows)
@@ -219,6 +226,7 @@ def render_json(st: PoolStatus, full: bool) -> str:
         "max active processes": st.max_active_processes,
         "max children reached": st.max_children_reached,
         "slow requests": st.slow_requests,
+        "active requests": st.active_requests,
         "limits": dict(st.limits),
     }
     if full:
@@ -229,6 +237,7 @@ def render_json(st: PoolStatus, full: bool) -> str:
                 "start time": int(w.start_time),
                 "start since": int(st.now - w.start_time),
                 "requests": w.requests,
+                "active requests": w.active_requests,
                 "request duration": w.request_duration_us,
                 "request method": w.request_method,
                 "request uri": w.request_uri,
@@ -272,6 +281,7 @@ def render_openmetrics(st: PoolStatus, full: bool) -> str:
     metric("max_active_processes", "counter", "Most busy workers at once.", st.max_active_processes)
     metric("max_children_reached", "counter", "Times the pool was full.", st.max_children_reached)
     metric("slow_requests", "counter", "Requests over request_slowlog_timeout.", st.slow_requests)
+    metric("active_requests", "gauge", "Requests running now.", st.active_requests)
     for name, value in st.limits.items():
         metric(f"config_{name}", "gauge", f"Configured {name}.", value)
     if full:

@@ -16,6 +16,7 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 from fcgi.hooks import Answer
@@ -65,6 +66,14 @@ def request_uri(params: Mapping[str, str]) -> str:
     return f"{path}?{query}" if query else path
 
 
+@dataclass(slots=True)
+class _Running:
+    params: Mapping[str, str]
+    start: float
+    start_mono: float
+    cpu_start: float
+
+
 class ScoreboardHooks:
     """WorkerHooks that keep one scoreboard slot up to date."""
 
@@ -95,9 +104,9 @@ class ScoreboardHooks:
         self._max_requests = 0
         if config.max_requests:
             self._max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
-        self._params: Mapping[str, str] = {}
-        self._start = 0.0
-        self._cpu_start = 0.0
+        #: Requests running now, oldest first, by the token request_started gave.
+        self._running: dict[int, _Running] = {}
+        self._next_token = 0
         self.board.write_slot(index, self._slot)
 
     # -- life cycle (called by worker_process) --------------------------------
@@ -117,30 +126,47 @@ class ScoreboardHooks:
         self._slot.accepted += 1
         self.board.write_slot(self.index, self._slot)
 
-    def request_started(self, params: Mapping[str, str]) -> None:
+    def request_started(self, params: Mapping[str, str]) -> object:
         slot = self._slot
-        self._params = params
-        self._start = time.time()
-        self._cpu_start = _cpu_seconds()
+        self._next_token += 1
+        token = self._next_token
+        running = _Running(params, time.time(), time.monotonic(), _cpu_seconds())
+        self._running[token] = running
         slot.state = SlotState.BUSY
         slot.request_seq += 1
-        slot.request_start = self._start
-        slot.request_start_mono = time.monotonic()
+        slot.active = len(self._running)
+        if slot.active == 1:
+            self._show(running)
+        self.board.write_slot(self.index, slot)
+        return token
+
+    def _show(self, running: _Running) -> None:
+        """Put ``running`` in the slot as "the" request (the oldest one running)."""
+        slot = self._slot
+        params = running.params
+        slot.request_start = running.start
+        slot.request_start_mono = running.start_mono
         slot.method = params.get("REQUEST_METHOD", "")
         slot.uri = request_uri(params)
         try:
             slot.content_length = int(params.get("CONTENT_LENGTH") or 0)
         except ValueError:
             slot.content_length = 0
-        self.board.write_slot(self.index, slot)
 
-    def request_finished(self, status: int) -> None:
+    def request_finished(self, token: object, status: int) -> None:
         slot = self._slot
+        running = self._running.pop(token, None) if isinstance(token, int) else None
+        if running is None:
+            return
         end = time.time()
-        duration = max(0.0, time.monotonic() - slot.request_start_mono)
-        cpu = _cpu_seconds() - self._cpu_start
-        slot.state = SlotState.IDLE
+        duration = max(0.0, time.monotonic() - running.start_mono)
+        cpu = _cpu_seconds() - running.cpu_start
         slot.requests += 1
+        slot.active = len(self._running)
+        if self._running:
+            self._show(next(iter(self._running.values())))
+        else:
+            slot.state = SlotState.IDLE
         slot.last_duration = duration
         slot.last_cpu = 100.0 * cpu / duration if duration > 0 else 0.0
         slot.last_memory = peak_rss()
@@ -149,9 +175,9 @@ class ScoreboardHooks:
         if self.access_log is not None:
             self.access_log.write(
                 RequestRecord(
-                    self._params,
+                    running.params,
                     status,
-                    self._start,
+                    running.start,
                     end,
                     slot.last_cpu,
                     slot.last_memory,
