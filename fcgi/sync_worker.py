@@ -254,11 +254,12 @@ class SyncWorker:
 
     def serve_forever(self) -> None:
         poller = self._poller = select.epoll()
-        listeners: dict[int, socket.socket] = {}
+        #: fd -> (listener, (family, type, proto)) as plain ints for accept().
+        listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]] = {}
         exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
         for sock in self.listeners:
             sock.setblocking(False)
-            listeners[sock.fileno()] = sock
+            listeners[sock.fileno()] = (sock, (int(sock.family), int(sock.type), sock.proto))
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
         parked = self._parked
@@ -273,7 +274,7 @@ class SyncWorker:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 64)
                     elif fd in listeners:
-                        self._accept(listeners[fd])
+                        self._accept(*listeners[fd])
                     elif fd in parked:
                         self._drive(parked.pop(fd)[0], readable=True)
                     if self._stopping or self.hooks.should_stop():
@@ -298,9 +299,10 @@ class SyncWorker:
             self._close(c, False)
         parked.clear()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
         try:
-            sock, peer = listener.accept()
+            # socket.accept() without its wrapper's per-call enum conversions.
+            fd, peer = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -308,6 +310,7 @@ class SyncWorker:
                 log.error("accept failed: %s", exc.strerror)
                 return
             raise
+        sock = socket.socket(*kind, fd)
         self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)

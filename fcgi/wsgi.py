@@ -313,12 +313,13 @@ def error_response(status: int, reason: str) -> bytes:
 class _Response:
     """One response's start_response/write state."""
 
-    __slots__ = ("head", "headers_sent", "send", "status")
+    __slots__ = ("has_length", "head", "headers_sent", "send", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 0
         self.head: bytes | None = None
+        self.has_length = False
         self.headers_sent = False
 
     def start_response(
@@ -335,7 +336,7 @@ class _Response:
                 exc_info = None
         elif self.head is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        self.head = _encode_head(status, headers)
+        self.head, self.has_length = _encode_head(status, headers)
         self.status = int(status[:3])
         return self.write
 
@@ -355,12 +356,14 @@ class _Response:
             self.send(data, flush)
 
 
-def _encode_head(status: str, headers: list[tuple[str, str]]) -> bytes:
+def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
+    """The CGI header block, and whether it has a Content-Length."""
     if type(status) is not str or not _STATUS_RE.match(status):
         raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     lines = ["Status: ", status, "\r\n"]
+    has_length = False
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"header {item!r} is not a (name, value) tuple")
@@ -369,12 +372,15 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> bytes:
             raise ValueError(f"invalid header name {name!r}")
         if type(value) is not str or "\n" in value or "\r" in value:
             raise ValueError(f"invalid value for header {name}: {value!r}")
-        if name.lower() in _HOP_BY_HOP:
+        lower = name.lower()
+        if lower in _HOP_BY_HOP:
             raise ValueError(f"hop-by-hop header {name} is not allowed from a WSGI app")
+        if lower == "content-length":
+            has_length = True
         lines += (name, ": ", value, "\r\n")
     lines.append("\r\n")
     try:
-        return "".join(lines).encode("latin-1")
+        return "".join(lines).encode("latin-1"), has_length
     except UnicodeEncodeError as exc:
         raise ValueError(f"header text is not latin-1: {exc}") from None
 
@@ -427,10 +433,9 @@ def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...])
         if type(chunk) is not bytes:
             raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if not response.headers_sent and response.head is not None:
-        head = response.head
-        if b"\r\ncontent-length:" not in head.lower():
-            response.head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
+    head = response.head
+    if head is not None and not response.headers_sent and not response.has_length:
+        response.head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
     response.emit(body, False)
 
 

@@ -45,8 +45,8 @@ def peak_rss() -> int:
 
 
 def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def request_path(params: Mapping[str, str]) -> str:
@@ -123,8 +123,9 @@ class ScoreboardHooks:
     # -- WorkerHooks ------------------------------------------------------------
 
     def connection_accepted(self) -> None:
+        # Published with the next request's slot write: one write per request
+        # start and end is all the scoreboard costs a request.
         self._slot.accepted += 1
-        self.board.write_slot(self.index, self._slot)
 
     def request_started(self, params: Mapping[str, str]) -> object:
         slot = self._slot
@@ -160,7 +161,8 @@ class ScoreboardHooks:
             return
         end = time.time()
         duration = max(0.0, time.monotonic() - running.start_mono)
-        cpu = _cpu_seconds() - running.cpu_start
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - running.cpu_start
         slot.requests += 1
         slot.active = len(self._running)
         if self._running:
@@ -169,7 +171,7 @@ class ScoreboardHooks:
             slot.state = SlotState.IDLE
         slot.last_duration = duration
         slot.last_cpu = 100.0 * cpu / duration if duration > 0 else 0.0
-        slot.last_memory = peak_rss()
+        slot.last_memory = usage.ru_maxrss * 1024
         slot.last_status = status
         self.board.write_slot(self.index, slot)
         if self.access_log is not None:
