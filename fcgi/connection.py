@@ -47,8 +47,8 @@ from fcgi.records import (
     encode_end_request,
     encode_pairs,
     encode_record,
-    encode_stream,
     encode_unknown_type,
+    stream_buffers,
 )
 
 _unpack_header = HEADER.unpack_from
@@ -105,7 +105,7 @@ class ServerConnection:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self._buffer = bytearray()
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._requests: dict[int, _Request] = {}
         #: True once an END_REQUEST went out for a request without FCGI_KEEP_CONN.
         self.should_close = False
@@ -320,21 +320,13 @@ class ServerConnection:
         if request_id not in self._requests:
             raise LocalProtocolError(f"request id {request_id} is not active")
         if data:
-            if len(data) <= 0xFFFF:
-                n = len(data)
-                pad = -n & 7
-                self._out.append(_pack_header(VERSION_1, STDOUT, request_id, n, pad))
-                self._out.append(data)
-                if pad:
-                    self._out.append(bytes(pad))
-            else:
-                self._out.append(encode_stream(STDOUT, request_id, data))
+            self._out += stream_buffers(STDOUT, request_id, data)
 
     def send_stderr(self, request_id: int, data: bytes) -> None:
         req = self._live(request_id)
         if data:
             req.stderr_used = True
-            self._out.append(encode_stream(STDERR, request_id, data))
+            self._out += stream_buffers(STDERR, request_id, data)
 
     def end_request(
         self,
@@ -359,6 +351,12 @@ class ServerConnection:
         out = self._out
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = bytes(out[0]) if len(out) == 1 else b"".join(out)
         out.clear()
         return data
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """Like :meth:`data_to_send`, as separate buffers (for ``sendmsg``), uncopied."""
+        out = self._out
+        self._out = []
+        return out

@@ -81,21 +81,41 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     return HEADER.pack(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
 
 
-def encode_stream(record_type: int, request_id: int, data: bytes) -> bytes:
-    """``data`` as as many records as it needs, without the empty terminator."""
+def stream_buffers(
+    record_type: int, request_id: int, data: bytes
+) -> list[bytes | memoryview]:
+    """``data`` as records, without the empty terminator, as buffers for writev.
+
+    The payload is not copied: large streams go out as headers interleaved
+    with memoryview slices of ``data``.
+    """
     length = len(data)
     if length <= MAX_CONTENT_LEN:
-        return encode_record(record_type, request_id, data) if length else b""
+        if not length:
+            return []
+        pad = -length & 7
+        head = HEADER.pack(VERSION_1, record_type, request_id, length, pad)
+        return [head, data, _PADDING[:pad]] if pad else [head, data]
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     step = MAX_ALIGNED_CONTENT_LEN
     header = HEADER.pack(VERSION_1, record_type, request_id, step, 0)
-    for start in range(0, length - step, step):
+    tail_start = (length - 1) // step * step
+    for start in range(0, tail_start, step):
         parts.append(header)
         parts.append(view[start : start + step])
-    tail_start = (length - 1) // step * step
-    parts.append(encode_record(record_type, request_id, bytes(view[tail_start:])))
-    return b"".join(parts)
+    tail = length - tail_start
+    pad = -tail & 7
+    parts.append(HEADER.pack(VERSION_1, record_type, request_id, tail, pad))
+    parts.append(view[tail_start:])
+    if pad:
+        parts.append(_PADDING[:pad])
+    return parts
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes) -> bytes:
+    """``data`` as as many records as it needs, without the empty terminator."""
+    return b"".join(stream_buffers(record_type, request_id, data))
 
 
 def encode_begin_request(

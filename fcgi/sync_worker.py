@@ -54,6 +54,34 @@ _MAX_DRAIN = 64 * 1024 * 1024
 _MAX_PARKED = 64
 
 
+#: Below this many bytes a response is joined and sent with one send(); above
+#: it the buffers go to sendmsg() as they are, so a large body is never copied.
+_JOIN_LIMIT = 16 * 1024
+_IOV_MAX = 1024
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """Write every buffer, in order, with as few copies and syscalls as it takes."""
+    if len(buffers) == 1:
+        sock.sendall(buffers[0])
+        return
+    total = sum(map(len, buffers))
+    if total <= _JOIN_LIMIT:
+        sock.sendall(b"".join(buffers))
+        return
+    first = 0
+    while first < len(buffers):
+        sent = sock.sendmsg(buffers[first : first + _IOV_MAX])
+        while sent:
+            size = len(buffers[first])
+            if sent >= size:
+                sent -= size
+                first += 1
+            else:
+                buffers[first] = memoryview(buffers[first])[sent:]
+                sent = 0
+
+
 class _Timeout(Exception):
     pass
 
@@ -116,10 +144,10 @@ class _Connection:
         self.flush()
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
+        buffers = self.conn.buffers_to_send()
+        if buffers:
             try:
-                self.sock.sendall(data)
+                send_buffers(self.sock, buffers)
             except BlockingIOError:
                 raise ClientGone("timed out writing to the web server") from None
             except OSError as exc:

@@ -348,10 +348,15 @@ class _Response:
 
     def emit(self, data: bytes, flush: bool) -> None:
         if not self.headers_sent:
-            if self.head is None:
+            head = self.head
+            if head is None:
                 raise AssertionError("the app returned body data before calling start_response")
             self.headers_sent = True
-            data = self.head + data
+            if len(data) > 8192:
+                # A large first chunk is not copied just to put the head in front.
+                self.send(head, False)
+            else:
+                data = head + data
         if data:
             self.send(data, flush)
 
