@@ -107,6 +107,7 @@ class ScoreboardHooks:
         #: Requests running now, oldest first, by the token request_started gave.
         self._running: dict[int, _Running] = {}
         self._next_token = 0
+        self._cpu_mark = _cpu_seconds()
         self.board.write_slot(index, self._slot)
 
     # -- life cycle (called by worker_process) --------------------------------
@@ -131,7 +132,9 @@ class ScoreboardHooks:
         slot = self._slot
         self._next_token += 1
         token = self._next_token
-        running = _Running(params, time.time(), time.monotonic(), _cpu_seconds())
+        # CPU time is read once per request, at its end: the idle wait before
+        # a request costs no CPU, so the previous reading stands in for its start.
+        running = _Running(params, time.time(), time.monotonic(), self._cpu_mark)
         self._running[token] = running
         slot.state = SlotState.BUSY
         slot.request_seq += 1
@@ -162,7 +165,8 @@ class ScoreboardHooks:
         end = time.time()
         duration = max(0.0, time.monotonic() - running.start_mono)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = usage.ru_utime + usage.ru_stime - running.cpu_start
+        self._cpu_mark = usage.ru_utime + usage.ru_stime
+        cpu = self._cpu_mark - running.cpu_start
         slot.requests += 1
         slot.active = len(self._running)
         if self._running:
