@@ -1,0 +1,162 @@
+"""The one nginx in front of every backend: 1 worker, access log off, a temp prefix directory.
+
+Each target gets its own ``server`` on a 127.0.0.1 port.  A ``keepalive`` target goes through
+an ``upstream`` with ``keepalive 16`` and ``fastcgi_keep_conn on``; the others use a plain
+``fastcgi_pass unix:...`` (a new backend connection per request, nginx's default).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NGINX = "nginx"
+
+# CGI parameters: like Debian's fastcgi_params, with SCRIPT_NAME empty and PATH_INFO = $uri
+# so that every WSGI server routes on the same PATH_INFO.
+_PARAMS = """
+        fastcgi_param QUERY_STRING      $query_string;
+        fastcgi_param REQUEST_METHOD    $request_method;
+        fastcgi_param CONTENT_TYPE      $content_type;
+        fastcgi_param CONTENT_LENGTH    $content_length;
+        fastcgi_param SCRIPT_NAME       "";
+        fastcgi_param PATH_INFO         $uri;
+        fastcgi_param REQUEST_URI       $request_uri;
+        fastcgi_param DOCUMENT_URI      $document_uri;
+        fastcgi_param SERVER_PROTOCOL   $server_protocol;
+        fastcgi_param REQUEST_SCHEME    $scheme;
+        fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        fastcgi_param SERVER_SOFTWARE   nginx/$nginx_version;
+        fastcgi_param REMOTE_ADDR       $remote_addr;
+        fastcgi_param REMOTE_PORT       $remote_port;
+        fastcgi_param SERVER_ADDR       $server_addr;
+        fastcgi_param SERVER_PORT       $server_port;
+        fastcgi_param SERVER_NAME       $server_name;
+"""
+
+
+@dataclass(frozen=True)
+class Front:
+    """One nginx server block: a port in front of a backend socket."""
+
+    name: str
+    port: int
+    sock: str
+    keepalive: bool
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def render(prefix: Path, fronts: list[Front]) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    blocks: list[str] = []
+    for i, front in enumerate(fronts):
+        if front.keepalive:
+            upstream = f"up{i}"
+            blocks.append(
+                f"    upstream {upstream} {{\n        server unix:{front.sock};\n"
+                "        keepalive 16;\n    }\n"
+            )
+            passing = f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;"
+        else:
+            passing = f"fastcgi_pass unix:{front.sock};"
+        blocks.append(
+            f"    server {{  # {front.name}\n"
+            f"        listen 127.0.0.1:{front.port};\n"
+            "        location / {\n"
+            f"        {passing}\n{_PARAMS}"
+            "        }\n    }\n"
+        )
+    return (
+        f"{user}worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\n"
+        "events {\n    worker_connections 4096;\n}\n"
+        "http {\n"
+        "    access_log off;\n"
+        "    keepalive_requests 1000000;\n"
+        "    keepalive_timeout 120s;\n"
+        "    client_max_body_size 8m;\n"
+        "    client_body_buffer_size 2m;\n"  # keep a 1 MiB upload in memory, not a temp file
+        "    fastcgi_buffer_size 16k;\n"
+        "    fastcgi_buffers 16 16k;\n"  # a 64 KiB answer fits in memory
+        f"    client_body_temp_path {prefix}/client_body;\n"
+        f"    fastcgi_temp_path {prefix}/fastcgi;\n"
+        f"    proxy_temp_path {prefix}/proxy;\n"
+        f"    uwsgi_temp_path {prefix}/uwsgi;\n"
+        f"    scgi_temp_path {prefix}/scgi;\n" + "".join(blocks) + "}\n"
+    )
+
+
+class Nginx:
+    """A private nginx master + 1 worker, stopped by :meth:`stop`."""
+
+    def __init__(self, prefix: Path, fronts: list[Front]) -> None:
+        self.prefix = prefix
+        self.fronts = fronts
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(render(self.prefix, self.fronts))
+        exe = shutil.which(NGINX) or "/usr/sbin/nginx"
+        base = [exe, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]
+        check = subprocess.run([*base, "-t"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx -t failed: {check.stderr.strip()}")
+        with open(self.prefix / "nginx.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                base,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        pending = {f.port for f in self.fronts}
+        while pending and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited; see {self.prefix / 'error.log'}")
+            for port in list(pending):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        pending.discard(port)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"nginx is not listening on {sorted(pending)}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc = None
+
+
+def version() -> str:
+    try:
+        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr
+    except OSError:
+        return "?"
+    return out.strip().split("/")[-1] if "/" in out else out.strip()

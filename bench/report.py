@@ -1,0 +1,390 @@
+"""Turn a run's raw numbers (``bench/out/results.json``) into RESULTS.md and results.png.
+
+python -m bench.report [bench/out/results.json]   # re-render without re-running
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REFS = {"flup": "flup prefork", "uwsgi": "uWSGI", "c": "C responder (raw protocol)"}
+FCGI, FCGI_KA = "fcgi", "fcgi + keepalive"
+NGINX_WORKLOADS = ["hello", "64k", "post16k", "upload1m", "headers40"]
+
+
+def _med(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """workload -> target name -> median/min/max req/s, latency, CPU, errors."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for wkey, per_target in data["runs"].items():
+        for name, runs in per_target.items():
+            ok = [r for r in runs if not r.get("failure")]
+            rps = [r["rps"] for r in ok]
+            out.setdefault(wkey, {})[name] = {
+                "median": _med(rps) if rps else 0.0,
+                "min": min(rps) if rps else 0.0,
+                "max": max(rps) if rps else 0.0,
+                "p50_us": _med([r.get("p50_us") for r in ok]),
+                "p99_us": _med([r.get("p99_us") for r in ok]),
+                "cpu_per_1k": _med([r.get("cpu_per_1k") for r in ok]),
+                "errors": sum(int(r.get("errors", 0)) for r in runs),
+                "failures": [r["failure"] for r in runs if r.get("failure")],
+                "runs": len(runs),
+                "stalled": max((int(r.get("stalled", 0)) for r in ok), default=0),
+                "reconnects": sum(int(r.get("reconnects", 0)) for r in ok),
+            }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return a / b
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _fmt_ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def _fmt_num(x: float | None, nd: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def _label(data: dict[str, Any], key: str) -> str:
+    return str(data["backends"].get(key, {}).get("label", key))
+
+
+def target_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The targets of issue 5 for fcgi, one markdown row each."""
+    rows: list[str] = []
+    uw, fl, c = REFS["uwsgi"], REFS["flup"], REFS["c"]
+
+    def med(w: str, name: str) -> float | None:
+        v = summ.get(w, {}).get(name, {}).get("median")
+        return float(v) if v else None
+
+    def add(what: str, num: float | None, den: float | None, need: float, more: bool) -> None:
+        r = _ratio(num, den)
+        if r is None:
+            rows.append(f"| {what} | - | {'≥' if more else '≤'} {need:g}x | not measured |")
+            return
+        ok = r >= need if more else r <= need
+        gap = "" if ok else f" (gap {abs(r / need - 1) * 100:.0f}%)"
+        rows.append(
+            f"| {what} | {r:.2f}x | {'≥' if more else '≤'} {need:g}x | "
+            f"{'yes' if ok else 'NO' + gap} |"
+        )
+
+    for w in NGINX_WORKLOADS:
+        if w not in summ:
+            continue
+        add(f"{w} via nginx vs uWSGI", med(w, FCGI), med(w, uw), 1.1, True)
+        add(f"{w} via nginx vs flup", med(w, FCGI), med(w, fl), 2.5, True)
+        add(f"{w} via nginx vs C", med(w, FCGI), med(w, c), 0.85, True)
+        add(f"{w} via nginx keepalive vs uWSGI", med(w, FCGI_KA), med(w, uw), 1.5, True)
+    if "direct-new" in summ:
+        add("direct new-conn vs uWSGI", med("direct-new", FCGI), med("direct-new", uw), 1.2, True)
+        add("direct new-conn vs flup", med("direct-new", FCGI), med("direct-new", fl), 3.0, True)
+    if "direct-keep" in summ:
+        add(
+            "direct kept conns vs uWSGI",
+            med("direct-keep", FCGI),
+            med("direct-keep", uw),
+            2.0,
+            True,
+        )
+    for w in ("direct-new", "direct-keep"):
+        if w in summ:
+            f_cpu = summ[w].get(FCGI, {}).get("cpu_per_1k")
+            c_cpu = summ[w].get(c, {}).get("cpu_per_1k")
+            add(f"{w} backend CPU/request vs C", f_cpu, c_cpu, 2.0, False)
+    mem = data["memory"].get("fcgi", {})
+    if "upload_peak_kib" in mem:
+        grow = (mem["upload_peak_kib"] - mem["rss_worker_kib"]) / 1024
+        ok = grow < 1.0
+        rows.append(
+            f"| 1 MiB upload: peak RSS growth per worker | {grow:.2f} MiB | < 1 MiB "
+            f"(the body size) | {'yes' if ok else 'NO'} |"
+        )
+    return rows
+
+
+def _fit(points: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
+    """Least-squares line y = a + b·x over the points; returns (a, b, r²)."""
+    pts = [(p["x"], p[key]) for p in points if p.get(key) is not None]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    syy = sum((y - my) ** 2 for _, y in pts)
+    if sxx == 0:
+        return None
+    b = sxy / sxx
+    r2 = (sxy * sxy) / (sxx * syy) if syy else 1.0
+    return my - b * mx, b, r2
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    summ = summarize(data)
+    m, s = data["machine"], data["settings"]
+    lines = [
+        "# fcgi benchmark results",
+        "",
+        "Generated by `python -m bench` (see `bench/README.md`); re-measured beside fcgi in "
+        "every run.",
+        "",
+        f"**Machine:** {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; nginx {m['nginx']}, "
+        f"wrk {m['wrk']}, Python {m['python']}, uWSGI {m['uwsgi']}, flup {m['flup']}, "
+        f"fcgisgi {m['fcgisgi']}, fcgi {m['fcgi']}; {m['date']}.",
+        "",
+        f"**Settings:** {s['rounds']} alternating round(s) x {s['duration']} s per run, "
+        f"{s['workers']} processes per backend, {s['connections']} connections "
+        f"(`wrk -t1 -c{s['connections']}` via nginx with 1 worker, or `fcgiload` direct); "
+        f"fcgi command: {s.get('fcgi_command') or '-'}; wall time {s.get('wall_seconds', '?')} s.",
+        "",
+    ]
+    if data["unavailable"]:
+        lines += ["**Not measured:**", ""]
+        for key, why in data["unavailable"].items():
+            lines.append(f"- {_label(data, key)}: {why}")
+        lines.append("")
+
+    # compact matrix
+    names: list[str] = []
+    for t in data["targets"]:
+        if t["name"] not in names:
+            names.append(t["name"])
+    wl = {w["key"]: w["label"] for w in data["workloads"]}
+    lines += [
+        "## Median req/s",
+        "",
+        "| workload | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for wkey, per in summ.items():
+        cells = [_fmt_num(per[n]["median"]) if n in per else "" for n in names]
+        lines.append(f"| {wl.get(wkey, wkey)} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += [
+        "## All rows",
+        "",
+        "req/s: median of the rounds [min-max]. Latency: median over rounds of each run's p50 "
+        "and p99. CPU: backend processes' utime+stime per 1,000 requests (from /proc). "
+        "Ratios are median req/s against the same workload's flup, uWSGI and C-responder rows.",
+        "",
+        "| workload | backend | req/s | min-max | p50 ms | p99 ms | CPU s/1k req | x flup "
+        "| x uWSGI | x C | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for wkey, per in summ.items():
+        for name, r in per.items():
+            refs = [
+                _ratio(r["median"], per.get(REFS[k], {}).get("median"))
+                for k in ("flup", "uwsgi", "c")
+            ]
+            err = str(r["errors"])
+            if r["failures"]:
+                err += " (failed: " + r["failures"][0][:80].replace("|", "/") + ")"
+            if r["stalled"]:
+                err += f"; {r['stalled']}/16 conns stalled"
+            if r["reconnects"]:
+                err += f"; {r['reconnects']} backend closes of kept conns"
+            lines.append(
+                f"| {wl.get(wkey, wkey)} | {name} | {_fmt_num(r['median'])} | "
+                f"{_fmt_num(r['min'])}-{_fmt_num(r['max'])} | {_fmt_ms(r['p50_us'])} | "
+                f"{_fmt_ms(r['p99_us'])} | {_fmt_num(r['cpu_per_1k'], 3)} | "
+                + " | ".join(_fmt_ratio(x) for x in refs)
+                + f" | {err} |"
+            )
+    lines.append("")
+
+    lines += [
+        "## Memory",
+        "",
+        "VmRSS per worker process (mean), after start and after all runs; peak = the "
+        "largest worker VmHWM during the 1 MiB uploads (VmHWM reset before each upload run).",
+        "",
+        "| backend | processes | workers | RSS/worker idle MiB | after MiB | "
+        "1 MiB upload peak/worker MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, mem in data["memory"].items():
+        after = mem.get("rss_worker_after_kib")
+        peak = mem.get("upload_peak_kib")
+        lines.append(
+            f"| {_label(data, key)} | {mem['processes']} | {mem['workers']} | "
+            f"{mem['rss_worker_kib'] / 1024:.1f} | "
+            f"{'-' if after is None else f'{after / 1024:.1f}'} | "
+            f"{'-' if peak is None else f'{peak / 1024:.1f}'} |"
+        )
+    lines.append("")
+
+    checks = target_checks(data, summ)
+    lines += ["## fcgi against the targets of issue 5", ""]
+    if "fcgi" in data["memory"]:
+        lines += ["| target | measured | required | met |", "|---|---:|---:|---|", *checks]
+    else:
+        lines.append("fcgi was not measured in this run (see *Not measured* above).")
+    lines.append("")
+
+    if data["curve"]:
+        lines += [
+            "## Cost curve",
+            "",
+            "Direct (fcgiload, 16 connections, new connection per request). "
+            "`cpu µs/req` is backend CPU per request from /proc; the fit is a least-squares "
+            "line over the points.",
+            "",
+        ]
+        titles = {
+            "response_bytes": "response body bytes (`/size/N`)",
+            "request_bytes": "request body bytes (POST `/post`)",
+            "headers": "request headers (`/hello` + N headers)",
+        }
+        for series, title in titles.items():
+            keys = [k for k in data["curve"] if series in data["curve"][k]]
+            if not keys:
+                continue
+            lines += [
+                f"### vs {title}",
+                "",
+                "| N | " + " | ".join(f"{_label(data, k)} req/s | cpu µs/req" for k in keys) + " |",
+                "|---:|" + "---:|---:|" * len(keys),
+            ]
+            xs = [p["x"] for p in data["curve"][keys[0]][series]]
+            for i, x in enumerate(xs):
+                cells = []
+                for k in keys:
+                    p = data["curve"][k][series][i]
+                    bad = f" ({p['errors']} err)" if p["errors"] else ""
+                    cells.append(f"{_fmt_num(p['rps'])}{bad} | {_fmt_num(p['cpu_us_per_req'], 1)}")
+                lines.append(f"| {x:,} | " + " | ".join(cells) + " |")
+            for k in keys:
+                fit = _fit(data["curve"][k][series], "cpu_us_per_req")
+                if fit:
+                    a, b, r2 = fit
+                    unit, scale = ("KiB", 1024) if series != "headers" else ("header", 1)
+                    lines.append(
+                        f"\n{_label(data, k)}: cpu µs/req ≈ {a:.1f} + "
+                        f"{b * scale:.3f} per {unit} (r² = {r2:.3f})"
+                    )
+            lines.append("")
+    lines += ["## Backends", "", "| backend | command | note |", "|---|---|---|"]
+    for b in data["backends"].values():
+        lines.append(f"| {b['label']} | `{b['argv'] or '-'}` | {b['note']} |")
+    lines.append("")
+    lines.append("![results](results.png)")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_png(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = summarize(data)
+    names: list[str] = []
+    for t in data["targets"]:
+        if t["name"] not in names:
+            names.append(t["name"])
+    wkeys = list(summ)
+    has_curve = bool(data["curve"])
+    fig = plt.figure(figsize=(14, 9 if has_curve else 5.5))
+    ax = fig.add_subplot(2, 1, 1) if has_curve else fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(names))
+    ref = REFS["c"]
+    for i, name in enumerate(names):
+        xs, ys, lo, hi = [], [], [], []
+        for j, w in enumerate(wkeys):
+            r = summ[w].get(name)
+            base = summ[w].get(ref, {}).get("median")
+            if not r or not base:
+                continue
+            xs.append(j + (i - (len(names) - 1) / 2) * width)
+            ys.append(r["median"] / base)
+            lo.append((r["median"] - r["min"]) / base)
+            hi.append((r["max"] - r["median"]) / base)
+        ax.bar(xs, ys, width, yerr=[lo, hi], label=name, capsize=2)
+    labels = {w["key"]: w["label"] for w in data["workloads"]}
+    ticks = []
+    for w in wkeys:
+        base = summ[w].get(ref, {}).get("median")
+        text = labels.get(w, w).replace(", ", ",\n").replace(" via", "\nvia")
+        ticks.append(f"{text}\n(C: {base:,.0f}/s)" if base else text)
+    ax.set_xticks(range(len(wkeys)))
+    ax.set_xticklabels(ticks, fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=0.6)
+    ax.set_ylabel("req/s relative to the C responder (median, min-max)")
+    ax.set_title(
+        f"FastCGI backends, {data['settings']['workers']} processes each "
+        f"({data['machine']['date']})"
+    )
+    ax.legend(fontsize=7, ncol=4)
+    ax.grid(axis="y", alpha=0.3)
+    if has_curve:
+        series = [
+            ("response_bytes", "response body bytes"),
+            ("request_bytes", "request body bytes"),
+            ("headers", "request headers"),
+        ]
+        for i, (key, title) in enumerate(series):
+            cax = fig.add_subplot(2, 3, 4 + i)
+            for bkey, per in data["curve"].items():
+                pts = [p for p in per.get(key, []) if p.get("cpu_us_per_req") is not None]
+                cax.plot(
+                    [p["x"] for p in pts],
+                    [p["cpu_us_per_req"] for p in pts],
+                    "o-",
+                    label=data["backends"].get(bkey, {}).get("label", bkey),
+                )
+            cax.set_xlabel(title)
+            cax.set_ylabel("backend CPU µs / request")
+            if key != "headers":
+                cax.set_xscale("log", base=2)
+                cax.set_yscale("log")
+            cax.grid(alpha=0.3)
+            cax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(data: dict[str, Any], md_path: Path, png_path: Path) -> str:
+    md = render_markdown(data)
+    md_path.write_text(md)
+    try:
+        render_png(data, png_path)
+    except ImportError as exc:
+        print(f"[bench] no chart: {exc}", file=sys.stderr)
+    return md
+
+
+def main(argv: list[str]) -> int:
+    src = Path(argv[0]) if argv else Path(__file__).parent / "out" / "results.json"
+    data = json.loads(src.read_text())
+    here = Path(__file__).parent
+    write(data, here / "RESULTS.md", here / "results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
