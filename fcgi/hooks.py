@@ -19,6 +19,15 @@ class Answer(Protocol):
     body: bytes
 
 
+def render_answer(answer: Answer, method: str = "GET") -> bytes:
+    """The CGI response for an :class:`Answer` (no body for HEAD)."""
+    head = f"Status: {answer.status}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in answer.headers
+    )
+    body = b"" if method == "HEAD" else answer.body
+    return head.encode("latin-1") + b"\r\n" + body
+
+
 class WorkerHooks(Protocol):
     def connection_accepted(self) -> None:
         """A transport connection was accepted (counts PHP-FPM's "accepted conn")."""

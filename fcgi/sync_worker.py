@@ -28,7 +28,7 @@ from dataclasses import replace
 from fcgi import events as ev
 from fcgi.connection import Limits, ServerConnection
 from fcgi.errors import ProtocolError
-from fcgi.hooks import NoHooks, WorkerHooks
+from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
 from fcgi.records import Role
 from fcgi.sockets import peer_allowed
@@ -465,9 +465,7 @@ class SyncWorker:
         source = _RequestInput(c, rid, role)
         status = 0
         if answer is not None:
-            head = [f"Status: {answer.status}\r\n"]
-            head += [f"{name}: {value}\r\n" for name, value in answer.headers]
-            conn.send_stdout(rid, "".join(head).encode("latin-1") + b"\r\n" + answer.body)
+            conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))
             conn.end_request(rid)
             c.flush()
             status = int(answer.status[:3])

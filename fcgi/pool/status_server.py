@@ -17,6 +17,7 @@ from collections.abc import Callable
 from fcgi import events as ev
 from fcgi.connection import ServerConnection
 from fcgi.errors import FastCGIError
+from fcgi.hooks import render_answer
 from fcgi.pool.status import PageAnswer
 
 log = logging.getLogger("fcgi.pool")
@@ -107,11 +108,7 @@ class StatusServer:
         except Exception:
             log.exception("status_listen: building the page failed")
             answer = PageAnswer("500 Internal Server Error", [], b"")
-        head = f"Status: {answer.status}\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in answer.headers
-        )
-        body = b"" if params.get("REQUEST_METHOD") == "HEAD" else answer.body
-        c.conn.send_stdout(rid, head.encode("latin-1") + b"\r\n" + body)
+        c.conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))
         c.conn.end_request(rid)
 
     def _flush(self, c: _StatusConnection) -> None:
