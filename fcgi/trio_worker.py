@@ -48,7 +48,7 @@ from fcgi import events as ev
 from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
 from fcgi.errors import ProtocolError
-from fcgi.hooks import NoHooks, WorkerHooks
+from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.records import ProtocolStatus, Role
@@ -643,9 +643,7 @@ class TrioWorker:
             with req.scope:
                 answer = hooks.intercept(req.params)
                 if answer is not None:
-                    head = [f"Status: {answer.status}\r\n"]
-                    head += [f"{name}: {value}\r\n" for name, value in answer.headers]
-                    tail = "".join(head).encode("latin-1") + b"\r\n" + answer.body
+                    tail = render_answer(answer, req.params.get("REQUEST_METHOD", "GET"))
                     status = int(answer.status[:3])
                 elif self.interface == "asgi":
                     status, app_status = await self._run_asgi(c, req)
