@@ -194,8 +194,8 @@ def test_socket_activation_with_listen_fds(tmp_path: Path) -> None:
         "os.dup2(int(sys.argv[1]), 3)\n"
         "os.environ['LISTEN_FDS'] = '1'\n"
         "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-        "from fcgi.pool.__main__ import main\n"
-        "raise SystemExit(main(sys.argv[2:]))\n"
+        "from fcgi.cli import main\n"
+        "raise SystemExit(main(['serve', *sys.argv[2:]]))\n"
     )
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, PYTHONPATH=f"{root}:{tmp_path}", NOTIFY_SOCKET=notify_path)
