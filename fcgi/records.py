@@ -81,9 +81,7 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     return HEADER.pack(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
 
 
-def stream_buffers(
-    record_type: int, request_id: int, data: bytes
-) -> list[bytes | memoryview]:
+def stream_buffers(record_type: int, request_id: int, data: bytes) -> list[bytes | memoryview]:
     """``data`` as records, without the empty terminator, as buffers for writev.
 
     The payload is not copied: large streams go out as headers interleaved

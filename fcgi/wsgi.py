@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("fcgi.wsgi")
 
@@ -214,8 +215,6 @@ def fix_script_name(environ: dict[str, Any], mount: str | None) -> None:
 
 
 def _request_path(environ: Mapping[str, Any]) -> str:
-    from urllib.parse import unquote_to_bytes
-
     uri = environ.get("REQUEST_URI", "")
     path = uri.split("?", 1)[0]
     return unquote_to_bytes(path.encode("latin-1")).decode("latin-1")

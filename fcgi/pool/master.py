@@ -44,6 +44,7 @@ from fcgi.pool.worker_process import (
     EXIT_BOOT_ERROR,
     BootError,
     WorkerSpec,
+    import_worker_code,
     load_pool_app,
     run_worker,
 )
@@ -89,6 +90,7 @@ class Master:
         self._open_sockets()
         try:
             self._preload_apps()
+            import_worker_code([pool.config.worker for pool in self.pools])
             self._install_signals()
             self._write_pid_file()
             names = ", ".join(

@@ -165,6 +165,17 @@ def prepare_environment(config: PoolConfig) -> None:
             raise BootError(f"chdir {config.chdir!r}: {exc.strerror}") from None
 
 
+def import_worker_code(kinds: Sequence[str]) -> None:
+    """Import in the master what workers will run, before any fork.
+
+    A worker that has dropped privileges may not be able to read the Python
+    installation any more (a pyenv under /root, say); what is imported before
+    the fork it simply has. It also keeps the import out of every worker.
+    """
+    for kind in set(kinds):
+        driver_factory(kind)
+
+
 def driver_factory(kind: str) -> DriverFactory:
     """The worker class for ``kind``; trio is imported only by trio workers."""
     if kind == "trio":
