@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Generator, Sequence
+import ssl
+from collections.abc import Callable, Generator, Mapping, Sequence
 
 import pytest
 from webservers import (
@@ -88,13 +89,22 @@ class NginxFactory(Started):
         self.tmp_factory = tmp_factory
         self.binary = binary
 
-    def __call__(self, site: str, backend: Backend) -> Nginx:
+    def __call__(
+        self,
+        site: str,
+        backend: Backend,
+        values: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Nginx:
+        """nginx with ``deploy/nginx/SITE``; ``values`` fills the site's further
+        placeholders, ``ssl_context`` makes the test's requests use HTTPS."""
         nginx = Nginx(
             binary=self.binary,
             site=site,
-            values={"fcgi_pass": backend.fcgi_pass},
+            values={"fcgi_pass": backend.fcgi_pass, **(values or {})},
             prefix=self.tmp_factory.mktemp("nginx"),
             related=[backend],
+            ssl_context=ssl_context,
         )
         self.servers.append(nginx)
         try:
@@ -125,7 +135,7 @@ def start_backend(
 @pytest.fixture
 def start_nginx(
     tmp_path_factory: pytest.TempPathFactory, nginx_binary: str
-) -> Generator[Callable[[str, Backend], Nginx], None, None]:
+) -> Generator[Callable[..., Nginx], None, None]:
     factory = NginxFactory(tmp_path_factory, nginx_binary)
     yield factory
     factory.stop_all()

@@ -4,7 +4,8 @@
 echo route) COUNT times from THREADS threads.  Prints ``progress N`` after each
 completed request; when a line ``mark`` arrives on stdin it notes how many had
 completed.  Finally prints one JSON line: every result in completion order
-(pid of the app process that answered, or the error) and the mark.
+(pid of the app process that answered, or the error; ``late``: the request was
+sent after the mark arrived) and the mark.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     def worker() -> None:
         while next(tickets) < count:
             result: dict[str, object]
+            with lock:
+                late = bool(mark)
             try:
                 conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
                 conn.request("GET", f"{parts.path}?{parts.query}")
@@ -46,6 +49,7 @@ def main() -> None:
                     result = {"error": f"HTTP {resp.status}: {body[:200]!r}"}
             except Exception as exc:
                 result = {"error": repr(exc)}
+            result["late"] = late
             with lock:
                 results.append(result)
                 print(f"progress {len(results)}", flush=True)

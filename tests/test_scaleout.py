@@ -4,14 +4,22 @@ Three "hosts" on this machine, each a network namespace created by the test
 (addresses 10.77.x.y exist only inside them): ``a`` and ``b`` each run
 ``fcgi serve frontend_app:app --bind 0.0.0.0:9000``; ``fe`` runs nginx with
 deploy/nginx/upstream.conf and is wired to each by a veth pair.  A load
-generator in ``fe`` sends GETs; after some have completed, host b's fcgi is
-SIGKILLed.  Every client request must still succeed (fastcgi_next_upstream),
-and every request completed after the kill was answered by host a.
+generator in ``fe`` sends GETs; after some have completed, host b dies
+(SIGKILL).  Every client request must still succeed (fastcgi_next_upstream),
+and every request sent after the kill was answered by host a.
+
+Two shapes of host: a single ``fcgi serve`` process, and a real pool
+(``--workers 2 --status-path /status``) whose master and workers die together,
+the whole process group, the way a machine dies.  For the pools, the survivor's
+status page (fetched with ``fcgi request`` inside its namespace) must account
+for exactly the requests the clients got from it: every response names the
+worker pid that produced it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import json
 import os
@@ -20,12 +28,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Generator
+import time
+from collections import Counter
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from webservers import (
     DEPLOY_DIR,
+    START_TIMEOUT,
     STOP_TIMEOUT,
     TESTS_DIR,
     backend_env,
@@ -42,6 +54,10 @@ KILL_AFTER = 150
 THREADS = 6
 PORT_FCGI = 9000
 PORT_HTTP = 8080
+ADDR_A = "10.77.1.2"
+ADDR_B = "10.77.2.2"
+POOL_WORKERS = 2
+STATUS = "/status?json&full"
 
 
 def ip(*args: str) -> None:
@@ -115,42 +131,52 @@ def lab() -> Generator[Lab, None, None]:
         lab.remove()
 
 
-def test_nginx_upstream_survives_a_dead_pool(lab: Lab, tmp_path: Path) -> None:
-    fe, host_a, host_b = lab.ns("fe"), lab.ns("a"), lab.ns("b")
-    lab.wire(fe, "10.77.1.1", host_a, "10.77.1.2", 1)
-    lab.wire(fe, "10.77.2.1", host_b, "10.77.2.2", 2)
+@dataclasses.dataclass
+class Cluster:
+    """Two fcgi hosts and nginx, started in ``lab``'s namespaces."""
 
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b", "nginx", "load")}
+    tmp_path: Path
+    namespaces: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+    hosts: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    logs: dict[str, Path] = dataclasses.field(default_factory=dict)
 
-    def explain() -> str:
-        return "\n".join(f"--- {name} log:\n{tail(read_text(p))}" for name, p in logs.items())
+    def explain(self) -> str:
+        return "\n".join(f"--- {name} log:\n{tail(read_text(p))}" for name, p in self.logs.items())
 
-    try:
-        pools = {}
-        for name, ns in (("a", host_a), ("b", host_b)):
-            command = [
-                sys.executable, "-m", "fcgi", "serve", "frontend_app:app",
-                "--bind", f"0.0.0.0:{PORT_FCGI}",
-            ]  # fmt: skip
-            proc = in_ns(ns, command, logs[name], env=backend_env(), cwd=str(TESTS_DIR))
-            procs.append(proc)
-            wait_listening(ns, PORT_FCGI, proc, logs[name])
-            pools[name] = proc
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            stop_process(proc)
 
+    def start_host(self, name: str, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """``fcgi serve frontend_app:app`` on 0.0.0.0:9000 in host ``name``'s namespace."""
+        self.logs[name] = self.tmp_path / f"{name}.log"
+        command = [
+            sys.executable, "-m", "fcgi", "serve", "frontend_app:app",
+            "--bind", f"0.0.0.0:{PORT_FCGI}", *extra,
+        ]  # fmt: skip
+        proc = in_ns(
+            self.namespaces[name], command, self.logs[name], env=backend_env(), cwd=str(TESTS_DIR)
+        )
+        self.procs.append(proc)
+        self.hosts[name] = proc
+        return proc
+
+    def start_nginx(self, site_name: str) -> None:
+        """nginx in ``fe`` with deploy/nginx/SITE over hosts a and b."""
         nginx = _find_nginx()
-        prefix = tmp_path / "nginx"
+        prefix = self.tmp_path / "nginx"
         for sub in ("client_body", "fastcgi", "proxy", "scgi", "uwsgi"):
             (prefix / "tmp" / sub).mkdir(parents=True)
         shutil.copyfile(nginx_conf_dir(nginx) / "fastcgi_params", prefix / "fastcgi_params")
-        site = prefix / "upstream.conf"
+        site = prefix / site_name
         site.write_text(
             render_template(
-                (DEPLOY_DIR / "nginx" / "upstream.conf").read_text(),
+                (DEPLOY_DIR / "nginx" / site_name).read_text(),
                 {
                     "listen": f"127.0.0.1:{PORT_HTTP}",
-                    "backend_a": f"10.77.1.2:{PORT_FCGI}",
-                    "backend_b": f"10.77.2.2:{PORT_FCGI}",
+                    "backend_a": f"{ADDR_A}:{PORT_FCGI}",
+                    "backend_b": f"{ADDR_B}:{PORT_FCGI}",
                 },
             )
         )
@@ -166,52 +192,197 @@ def test_nginx_upstream_survives_a_dead_pool(lab: Lab, tmp_path: Path) -> None:
                 },
             )
         )
-        logs["nginx"] = prefix / "error.log"
+        self.logs["nginx"] = prefix / "error.log"
+        fe = self.namespaces["fe"]
         nginx_proc = in_ns(
-            fe, [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(logs["nginx"])],
-            tmp_path / "nginx.stderr",
+            fe, [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(self.logs["nginx"])],
+            self.tmp_path / "nginx.stderr",
         )  # fmt: skip
-        procs.append(nginx_proc)
-        wait_listening(fe, PORT_HTTP, nginx_proc, logs["nginx"])
+        self.procs.append(nginx_proc)
+        wait_listening(fe, PORT_HTTP, nginx_proc, self.logs["nginx"])
 
+    def run_load(self, kill: Callable[[], None]) -> tuple[list[dict[str, Any]], int]:
+        """REQUESTS GETs from ``fe``; ``kill()`` once KILL_AFTER have completed.
+
+        Returns every result in completion order (``late``: sent after ``kill()``
+        returned) and how many had completed by then.
+        """
+        self.logs["load"] = self.tmp_path / "load.log"
         url = f"http://127.0.0.1:{PORT_HTTP}/scale/echo?x=1"
         load = in_ns(
-            fe,
+            self.namespaces["fe"],
             [sys.executable, str(TESTS_DIR / "scaleout_load.py"), url, str(REQUESTS), str(THREADS)],
-            logs["load"],
+            self.logs["load"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        procs.append(load)
+        self.procs.append(load)
         assert load.stdout is not None and load.stdin is not None
         summary = None
         killed = False
         for raw in load.stdout:
             line = raw.decode().strip()
             if line.startswith("progress ") and not killed and int(line.split()[1]) >= KILL_AFTER:
-                # Host b's fcgi dies without a goodbye, mid-load.
-                stop_process(pools["b"], signal.SIGKILL)
+                kill()
                 killed = True
                 load.stdin.write(b"mark\n")
                 load.stdin.flush()
             elif line.startswith("{"):
                 summary = json.loads(line)
         load.wait(STOP_TIMEOUT)
-        assert killed and summary is not None, explain()
-
-        results = summary["results"]
-        mark = summary["mark"]
+        assert killed and summary is not None, self.explain()
+        results: list[dict[str, Any]] = summary["results"]
         failed = [r for r in results if "error" in r]
-        assert len(results) == REQUESTS, explain()
-        assert failed == [], f"{len(failed)} failed client requests: {failed[:5]}\n{explain()}"
-        pid_a = pools["a"].pid
-        before = {r["pid"] for r in results[:KILL_AFTER]}
-        assert pid_a in before and len(before) == 2, f"both hosts served: {before}\n{explain()}"
-        after = {r["pid"] for r in results[mark:]}
-        assert after == {pid_a}, f"after the kill only host a answers: {after}\n{explain()}"
-        assert pools["a"].poll() is None, explain()
-        # nginx did meet the dead host, and moved those requests on.
-        assert "10.77.2.2:9000" in read_text(logs["nginx"]), explain()
+        assert len(results) == REQUESTS, self.explain()
+        assert failed == [], f"{len(failed)} failed client requests: {failed[:5]}\n{self.explain()}"
+        mark: int = summary["mark"]
+        return results, mark
+
+    def status(self, name: str) -> dict[str, Any]:
+        """Host ``name``'s pool status page (JSON, full), once no request but
+        this one is running there, so that every finished request is counted.
+
+        Fetched with ``fcgi request`` inside the host's namespace, on the pool's
+        own socket: the same thing nginx talks to.
+        """
+        command = [
+            "ip", "netns", "exec", self.namespaces[name],
+            sys.executable, "-m", "fcgi", "request", f"127.0.0.1:{PORT_FCGI}", STATUS,
+        ]  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT
+        last = ""
+        while True:
+            result = subprocess.run(
+                command, capture_output=True, text=True, env=backend_env(), timeout=START_TIMEOUT
+            )
+            last = f"exit {result.returncode}\n{result.stdout}{result.stderr}"
+            if result.returncode == 0:
+                doc: dict[str, Any] = json.loads(result.stdout)
+                if doc["active requests"] == 1:  # only the status request itself
+                    return doc
+            code = self.hosts[name].poll()
+            assert code is None and time.monotonic() < deadline, (
+                f"no quiet status page from host {name} (exit status {code}): {last}\n"
+                f"{self.explain()}"
+            )
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def cluster(lab: Lab, tmp_path: Path) -> Generator[Cluster, None, None]:
+    fe, host_a, host_b = lab.ns("fe"), lab.ns("a"), lab.ns("b")
+    lab.wire(fe, "10.77.1.1", host_a, ADDR_A, 1)
+    lab.wire(fe, "10.77.2.1", host_b, ADDR_B, 2)
+    cluster = Cluster(tmp_path, {"fe": fe, "a": host_a, "b": host_b})
+    try:
+        yield cluster
     finally:
-        for proc in reversed(procs):
-            stop_process(proc)
+        cluster.stop()
+
+
+def test_nginx_upstream_survives_a_dead_pool(cluster: Cluster) -> None:
+    for name in ("a", "b"):
+        proc = cluster.start_host(name)
+        wait_listening(cluster.namespaces[name], PORT_FCGI, proc, cluster.logs[name])
+    cluster.start_nginx("upstream.conf")
+
+    # Host b's fcgi dies without a goodbye, mid-load.
+    results, _ = cluster.run_load(lambda: stop_process(cluster.hosts["b"], signal.SIGKILL))
+
+    explain = cluster.explain
+    pid_a = cluster.hosts["a"].pid
+    before = {r["pid"] for r in results[:KILL_AFTER]}
+    assert pid_a in before and len(before) == 2, f"both hosts served: {before}\n{explain()}"
+    after = {r["pid"] for r in results if r["late"]}  # sent once host b was gone
+    assert after == {pid_a}, f"after the kill only host a answers: {after}\n{explain()}"
+    assert cluster.hosts["a"].poll() is None, explain()
+    # nginx did meet the dead host, and moved those requests on.
+    assert f"{ADDR_B}:{PORT_FCGI}" in read_text(cluster.logs["nginx"]), explain()
+
+
+def worker_requests(status: dict[str, Any]) -> dict[int, int]:
+    """Requests finished per worker pid, as the status page counts them.
+
+    The worker answering this very status request is still in it: its count
+    does not include it yet.
+    """
+    return {p["pid"]: p["requests"] for p in status["processes"]}
+
+
+def serving_status(status: dict[str, Any]) -> int:
+    """Pid of the worker that answered this status page."""
+    (pid,) = [p["pid"] for p in status["processes"] if p["request uri"] == STATUS]
+    return int(pid)
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def wait_gone(pids: set[int], why: Callable[[], str]) -> None:
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while alive := {pid for pid in pids if running(pid)}:
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {alive}\n{why()}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("site", ["upstream.conf", "upstream-keepalive.conf"])
+def test_pools_status_accounts_for_every_request(cluster: Cluster, site: str) -> None:
+    pool = ["--workers", str(POOL_WORKERS), "--user", "root", "--status-path", "/status"]
+    for name in ("a", "b"):
+        cluster.start_host(name, pool)
+    # Readiness is the status page itself (a plain connect would be counted
+    # as an accepted connection too, which would muddle the books).
+    base = {name: cluster.status(name) for name in ("a", "b")}
+    explain = cluster.explain
+    pids = {name: set(worker_requests(doc)) for name, doc in base.items()}
+    for name, doc in base.items():
+        why = f"host {name}: {doc}\n{explain()}"
+        assert doc["total processes"] == POOL_WORKERS, why
+        assert doc["accepted conn"] == 1, why  # this status request
+        assert sum(worker_requests(doc).values()) == 0, why
+    assert not pids["a"] & pids["b"], f"{pids}\n{explain()}"
+    cluster.start_nginx(site)
+
+    def host_dies() -> None:
+        # The whole host goes: master and workers at once (one process group).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cluster.hosts["b"].pid, signal.SIGKILL)
+        cluster.hosts["b"].wait(STOP_TIMEOUT)
+        wait_gone(pids["b"], explain)
+
+    results, _ = cluster.run_load(host_dies)
+
+    answered = Counter(int(r["pid"]) for r in results)
+    assert set(answered) <= pids["a"] | pids["b"], f"{answered} vs {pids}\n{explain()}"
+    before = {r["pid"] for r in results[:KILL_AFTER]}
+    assert before & pids["a"] and before & pids["b"], f"both served: {before}\n{explain()}"
+    # Requests sent once host b was gone (a response b wrote just before it
+    # died may still reach its client after the kill).
+    after = {r["pid"] for r in results if r["late"]}
+    assert after and after <= pids["a"], f"after the kill only host a answers: {after}\n{explain()}"
+    assert f"{ADDR_B}:{PORT_FCGI}" in read_text(cluster.logs["nginx"]), explain()
+
+    final = cluster.status("a")
+    why = f"answered by host a: {dict(answered)}\nbefore: {base['a']}\nafter: {final}\n{explain()}"
+    assert cluster.hosts["a"].poll() is None, why
+    # The same workers throughout: nothing was restarted, no count was lost.
+    assert set(worker_requests(final)) == pids["a"], why
+    by_a = sum(answered[pid] for pid in pids["a"])
+    # Per worker: the client responses carrying its pid, plus the first status
+    # request if it was the one that answered it.
+    first = serving_status(base["a"])
+    for pid, count in worker_requests(final).items():
+        assert count == answered[pid] + (pid == first), f"worker {pid}\n{why}"
+    if site == "upstream.conf":
+        # One FastCGI connection per request: the two status requests and
+        # every request host a answered.
+        assert final["accepted conn"] == by_a + 2, why
+    else:
+        # Kept connections carry several requests each.
+        assert 2 < final["accepted conn"] <= by_a + 2, why

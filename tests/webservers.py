@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -336,7 +337,8 @@ class Nginx:
     """A private nginx serving one deploy/nginx site file on a loopback port.
 
     ``site`` is the file name under ``deploy/nginx/``; ``values`` fills its
-    placeholders besides ``listen`` (always 127.0.0.1 and a free port).
+    placeholders besides ``listen`` (always 127.0.0.1 and a free port).  With
+    ``ssl_context`` set (a TLS site), requests go over HTTPS with that context.
     """
 
     binary: str
@@ -347,6 +349,7 @@ class Nginx:
     proc: subprocess.Popen[bytes] | None = None
     exit_status: int | None = None
     related: list[Backend] = dataclasses.field(default_factory=list)
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def error_log_path(self) -> Path:
@@ -459,6 +462,10 @@ class Nginx:
         return "\n".join(parts)
 
     def connection(self) -> http.client.HTTPConnection:
+        if self.ssl_context is not None:
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=HTTP_TIMEOUT, context=self.ssl_context
+            )
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
 
     def request(

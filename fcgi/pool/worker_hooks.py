@@ -117,6 +117,10 @@ class ScoreboardHooks:
         self._slot.state = SlotState.IDLE
         self.board.write_slot(self.index, self._slot)
 
+    def publish(self) -> None:
+        """Write counters not yet on the scoreboard (connections without a request)."""
+        self.board.write_slot(self.index, self._slot)
+
     def request_stop(self) -> None:
         self.stop_requested = True
         self.signalled = True

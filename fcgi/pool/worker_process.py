@@ -247,7 +247,10 @@ def _serve(spec: WorkerSpec) -> int:
     if hooks.stop_requested:
         return EXIT_OK
     hooks.ready()
-    driver.serve_forever()
+    try:
+        driver.serve_forever()
+    finally:
+        hooks.publish()
     if hooks.stop_reason and not hooks.signalled:
         log.info("[pool %s] child %d exiting: %s", config.name, os.getpid(), hooks.stop_reason)
     return EXIT_OK
