@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from http import HTTPStatus
@@ -145,6 +146,38 @@ def slow(environ: Environ, start_response: StartResponse) -> list[bytes]:
     return _text(start_response, 200, b"slept\n")
 
 
+_meetings: dict[str, list[int]] = {}  # key -> [arrived, left]
+_meeting_cond = threading.Condition()
+
+
+def rendezvous(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Read the body, then wait until ``n`` requests with the same ``key`` are all inside
+    the app at once (at most ``wait_ms``). A server that runs them one after another
+    cannot make them meet: the first gives up with 504. Answers like /echo-body."""
+    query = _query(environ)
+    key, n = query.get("key", ""), int(query.get("n", "2"))
+    deadline = time.monotonic() + int(query.get("wait_ms", "5000")) / 1000
+    body = _read_body(environ)
+    with _meeting_cond:
+        state = _meetings.setdefault(key, [0, 0])
+        state[0] += 1
+        _meeting_cond.notify_all()
+        while state[0] < n and (remaining := deadline - time.monotonic()) > 0:
+            _meeting_cond.wait(remaining)
+        met = state[0] >= n
+        state[1] += 1
+        if state[1] >= n or not met:  # last one out, or the lonely one, forgets the key
+            _meetings.pop(key, None)
+    if not met:
+        return _text(start_response, 504, f"only {state[0]} of {n} arrived\n".encode())
+    headers = [
+        ("X-Body-Length", str(len(body))),
+        ("X-Body-SHA256", hashlib.sha256(body).hexdigest()),
+        ("X-Rendezvous", f"met {n}"),
+    ]
+    return _text(start_response, 200, body, headers)
+
+
 def stderr(environ: Environ, start_response: StartResponse) -> list[bytes]:
     errors = environ["wsgi.errors"]
     errors.write(STDERR_LINE + "\n")
@@ -193,6 +226,7 @@ ROUTES: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
     "/error-after": error_after,
     "/headers": headers,
     "/slow": slow,
+    "/rendezvous": rendezvous,
     "/stderr": stderr,
     "/authorize": authorize,
     "/filter": filter_,

@@ -193,14 +193,6 @@ def get_values(ctx: Context, names: list[str]) -> dict[bytes, bytes]:
     return dict(fc.decode_pairs(rec.content))
 
 
-def mpxs_conns(ctx: Context) -> bool:
-    """What the server claims for FCGI_MPXS_CONNS (absent = does not multiplex)."""
-    try:
-        return get_values(ctx, ["FCGI_MPXS_CONNS"]).get(b"FCGI_MPXS_CONNS") == b"1"
-    except (CaseFailed, fc.ServerTimeout, fc.ProtocolViolation, OSError):
-        return False
-
-
 # --------------------------------------------------------------------------- basics
 
 
@@ -453,38 +445,96 @@ def case_concurrent_connections(ctx: Context) -> str:
     return "both answered"
 
 
-@case
-def case_interleaved_ids(ctx: Context) -> str:
-    """Two requests interleaved record by record: served correctly, or refused with
-    CANT_MPX_CONN/OVERLOADED — and only refused if GET_VALUES said FCGI_MPXS_CONNS=0."""
-    mpxs = mpxs_conns(ctx)
-    bodies = {1: body_bytes(3000, seed=11), 2: body_bytes(2000, seed=12)}
+def _interleaved(bodies: dict[int, bytes], path: str, query: str = "") -> list[bytes]:
+    """Two requests as records alternating id by id: both BEGINs, then PARAMS one pair
+    per record, then STDIN in 500-byte records."""
     params = {  # one pair per record: interleaving is under test, not pair straddling
-        i: [fc.record(fc.PARAMS, i, fc.encode_pair(*p)) for p in post_params(len(b))]
+        i: [
+            fc.record(fc.PARAMS, i, fc.encode_pair(*p))
+            for p in fc.default_params(path, "POST", query, body_length=len(b))
+        ]
         + [fc.record(fc.PARAMS, i)]
         for i, b in bodies.items()
     }
     stdin = {i: fc.stream_records(fc.STDIN, i, b, 500) for i, b in bodies.items()}
-    pieces = [fc.begin_request(1, keep_conn=True), fc.begin_request(2, keep_conn=True)]
+    a, b = bodies
+    pieces = [fc.begin_request(a, keep_conn=True), fc.begin_request(b, keep_conn=True)]
     for seq in (params, stdin):
-        for k in range(max(len(seq[1]), len(seq[2]))):
-            pieces.extend(seq[i][k] for i in (1, 2) if k < len(seq[i]))
+        for k in range(max(len(seq[a]), len(seq[b]))):
+            pieces.extend(seq[i][k] for i in (a, b) if k < len(seq[i]))
+    return pieces
+
+
+def mux_claims(ctx: Context) -> tuple[bool, int]:
+    """(FCGI_MPXS_CONNS == 1, FCGI_MAX_REQS) as the server states them; a server that
+    answers nothing is taken not to multiplex."""
+    try:
+        values = get_values(ctx, ["FCGI_MPXS_CONNS", "FCGI_MAX_REQS"])
+    except (CaseFailed, fc.ServerTimeout, fc.ProtocolViolation, OSError):
+        return False, 1
+    max_reqs = values.get(b"FCGI_MAX_REQS", b"")
+    return values.get(b"FCGI_MPXS_CONNS") == b"1", int(max_reqs) if max_reqs.isdigit() else 1
+
+
+@case
+def case_interleaved_ids(ctx: Context) -> str:
+    """Two requests interleaved record by record: served correctly, or refused with
+    CANT_MPX_CONN/OVERLOADED — and only refused if GET_VALUES said FCGI_MPXS_CONNS=0
+    (OVERLOADED also if it said FCGI_MAX_REQS=1)."""
+    mpxs, max_reqs = mux_claims(ctx)
+    bodies = {1: body_bytes(3000, seed=11), 2: body_bytes(2000, seed=12)}
     with ctx.connect() as conn:
-        conn.send_pieces(pieces)
+        conn.send_pieces(_interleaved(bodies, "/echo-body"))
         resps, others = conn.read_responses([1, 2], ctx.timeout * 2)
     check(not others, f"records for unknown ids: {[str(r) for r in others]}")
     outcome = {}
     for rid, resp in resps.items():
         check(resp.ended, f"id {rid}: no END_REQUEST ({resp.summary() or 'nothing'})")
         if resp.protocol_status in (fc.CANT_MPX_CONN, fc.OVERLOADED):
+            name = fc.PROTOCOL_STATUS_NAMES[resp.protocol_status]
             check(not resp.stdout, f"id {rid}: refused but sent STDOUT")
-            check(not mpxs, f"id {rid}: refused with {resp.protocol_status} but FCGI_MPXS_CONNS=1")
-            outcome[rid] = fc.PROTOCOL_STATUS_NAMES[resp.protocol_status]
+            allowed = not mpxs or (resp.protocol_status == fc.OVERLOADED and max_reqs < 2)
+            claim = f"FCGI_MPXS_CONNS=1, FCGI_MAX_REQS={max_reqs}"
+            check(allowed, f"id {rid}: refused with {name} but GET_VALUES says {claim}")
+            outcome[rid] = name
         else:
             expect_echo(resp, bodies[rid])
             outcome[rid] = "served"
     check("served" in outcome.values(), "neither interleaved request was served")
     return f"MPXS_CONNS={int(mpxs)}; " + ", ".join(f"id {k}: {v}" for k, v in outcome.items())
+
+
+@case
+def case_interleaved_ids_concurrent(ctx: Context) -> str:
+    """FCGI_MPXS_CONNS=1: two interleaved requests to a route that only answers once both
+    are inside the app at the same time — so both must run concurrently, and both
+    bodies come back intact. Not applicable if the server does not claim to multiplex."""
+    mpxs, max_reqs = mux_claims(ctx)
+    if not mpxs or max_reqs < 2:
+        return f"n/a: FCGI_MPXS_CONNS={int(mpxs)}, FCGI_MAX_REQS={max_reqs}; no concurrency claimed"
+    bodies = {3: body_bytes(1500, seed=13), 4: body_bytes(2500, seed=14)}
+    key = random.Random().randbytes(8).hex()
+    wait_ms = int(ctx.timeout * 1000)  # the app gives up (504) before the client does
+    query = f"key={key}&n=2&wait_ms={wait_ms}"
+    with ctx.connect() as conn:
+        conn.send_pieces(_interleaved(bodies, "/rendezvous", query))
+        resps, others = conn.read_responses([3, 4], ctx.timeout * 3)
+    check(not others, f"records for unknown ids: {[str(r) for r in others]}")
+    for rid, resp in resps.items():
+        check(resp.ended, f"id {rid}: no END_REQUEST ({resp.summary() or 'nothing'})")
+        check(
+            resp.protocol_status == fc.REQUEST_COMPLETE,
+            f"id {rid}: protocolStatus {resp.protocol_status} though FCGI_MPXS_CONNS=1",
+        )
+        http = resp.http()
+        check(
+            http.status != 504,
+            f"id {rid}: the other request never reached the app while this one ran "
+            f"(served one after the other): {http.body[:60]!r}",
+        )
+        expect_echo(resp, bodies[rid])
+        check(http.header("X-Rendezvous") == "met 2", f"id {rid}: X-Rendezvous missing")
+    return "ids 3 and 4 inside the app at once, both bodies intact"
 
 
 # --------------------------------------------------------------------------- management

@@ -1,5 +1,7 @@
-"""The conformance suite as tests: every case must pass against ``fcgi serve``, and
-the same suite run against flup must give a sensible verdict (flup has known bugs)."""
+"""The conformance suite as tests: every case must pass against every kind of ``fcgi
+serve`` (single sync worker, single trio worker, the pool with sync and with trio
+workers), and the same suite run against flup must give a sensible verdict (flup has
+known bugs)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,7 @@ if str(ROOT) not in sys.path:
 
 from conformance.cases import CASES  # noqa: E402
 from conformance.runner import ServerProcess, run_one, run_suite, summary  # noqa: E402
-
-FCGI = f"{sys.executable} -m fcgi serve conformance.app:app --bind unix:{{sock}}"
-FLUP = f"{sys.executable} -m conformance.flup_server {{sock}}"
+from conformance.servers import FCGI_SERVERS, FLUP  # noqa: E402
 
 # Behaviour any usable FastCGI server has; if flup fails one, suspect the suite.
 FLUP_MUST_PASS = [
@@ -48,16 +48,32 @@ FLUP_MUST_PASS = [
 FLUP_MUST_FAIL = ["params_split_records", "get_values", "abort_waiting_for_stdin"]
 
 
-@pytest.fixture(scope="module")
-def fcgi_server() -> Iterator[ServerProcess]:
-    with ServerProcess(FCGI) as server:
-        yield server
+# Cases that must really run (not answer n/a) on servers that multiplex request ids.
+MULTIPLEXING_KINDS = ["fcgi (trio)", "fcgi pool (trio)"]
+
+
+def _kind_id(kind: str) -> str:
+    """ "fcgi pool (trio)" -> "pool-trio", for test ids that ``-k`` can select."""
+    return re.sub(r"[^a-z]+", "-", kind.removeprefix("fcgi")).strip("-")
+
+
+@pytest.fixture(scope="module", params=list(FCGI_SERVERS), ids=_kind_id)
+def fcgi_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, ServerProcess]]:
+    """(kind, server): one server per kind for the whole module; pytest orders the tests
+    so each kind's server is started once and stopped before the next kind's."""
+    kind: str = request.param
+    with ServerProcess(FCGI_SERVERS[kind]) as server:
+        yield kind, server
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_fcgi_conforms(fcgi_server: ServerProcess, name: str) -> None:
-    result = run_one(fcgi_server, CASES[name], timeout=10.0)
-    assert result.passed, f"{name}: {result.detail}\n--- server log ---\n{fcgi_server.log_tail()}"
+def test_fcgi_conforms(fcgi_server: tuple[str, ServerProcess], name: str) -> None:
+    kind, server = fcgi_server
+    result = run_one(server, CASES[name], timeout=10.0)
+    assert result.passed, f"{kind} {name}: {result.detail}\n--- server log ---\n{server.log_tail()}"
+    if kind in MULTIPLEXING_KINDS and name.startswith("interleaved_ids"):
+        assert not result.detail.startswith("n/a"), f"{kind} does not multiplex: {result.detail}"
+        assert "CANT_MPX_CONN" not in result.detail and "OVERLOADED" not in result.detail
 
 
 def test_flup_gets_a_sensible_verdict() -> None:
