@@ -40,3 +40,36 @@ def test_reload_with_broken_code_keeps_the_old_workers(tmp_path: Path) -> None:
         assert "this version cannot be imported" in m.log()
         assert m.worker_pids() == before
         assert b"version=1" in m.request("/").body
+
+
+def test_preload_app_reload_reexecs_the_master_with_new_code(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", "--preload-app"]) as m:
+        m.wait_ready(2)
+        old_workers = m.worker_pids()
+        load = Load(m.address, concurrency=6)
+        try:
+            write_app(tmp_path, "2")
+            m.signal(signal.SIGHUP)
+            wait_for(lambda: b"version=2" in m.request("/").body, what="version 2")
+            m.wait_log("re-executed")
+            wait_for(
+                lambda: not any(Path(f"/proc/{pid}").exists() for pid in old_workers),
+                what="the old workers finished and reaped",
+            )
+        finally:
+            load.stop()
+        assert load.failed == [], load.failed[:5]
+        assert load.ok > 0
+        assert m.proc.poll() is None, "the master kept its pid across exec"
+        assert all(b"version=2" in m.request("/").body for _ in range(4))
+
+
+def test_preload_app_reload_with_broken_code_changes_nothing(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", "--preload-app"]) as m:
+        m.wait_ready(2)
+        before = m.worker_pids()
+        write_app(tmp_path, "2", broken=True)
+        m.signal(signal.SIGHUP)
+        m.wait_log("reload failed")
+        assert m.worker_pids() == before
+        assert b"version=1" in m.request("/").body

@@ -32,6 +32,7 @@ from types import FrameType
 
 from fcgi import systemd
 from fcgi.errors import ConfigError
+from fcgi.pool import reexec
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.running_pool import Child, Reload, RunningPool
@@ -80,6 +81,10 @@ class Master:
         self.next_systemd_status = 0.0
         self.announced_ready = False
         self.crash_times: deque[float] = deque()
+        #: Every listening socket by its bind spec (handed over on re-exec).
+        self.sockets_by_spec: dict[str, socket.socket] = {}
+        #: Workers of the master this one replaced by re-exec, still finishing.
+        self.predecessors: set[int] = set()
         self._wake_r = -1
         self._wake_w = -1
 
@@ -229,6 +234,7 @@ class Master:
 
     def _stop(self, graceful: bool) -> None:
         systemd.notify("STOPPING=1")
+        self._retire_predecessors(signal.SIGTERM if graceful else signal.SIGINT)
         now = time.monotonic()
         if graceful:
             self.state = State.STOPPING
@@ -319,7 +325,11 @@ class Master:
                     self._child_exited(pool, child, status)
                     break
             else:
-                log.debug("reaped unknown child %d", pid)
+                if pid in self.predecessors:
+                    self.predecessors.discard(pid)
+                    log.info("previous master's worker %d exited", pid)
+                else:
+                    log.debug("reaped unknown child %d", pid)
 
     def _child_exited(self, pool: RunningPool, child: Child, status: int) -> None:
         now = time.monotonic()
@@ -396,13 +406,17 @@ class Master:
         if len(self.crash_times) >= threshold:
             log.critical(
                 "%d workers crashed within %g s (emergency_restart_threshold): "
-                "restarting every pool",
+                "restarting the master",
                 len(self.crash_times),
                 interval,
             )
             self.crash_times.clear()
-            for pool in self.pools:
-                self._begin_reload(pool)
+            if any(pool.config.app_object is not None for pool in self.pools):
+                # An app object cannot survive an exec: renew the workers only.
+                for pool in self.pools:
+                    self._begin_reload(pool)
+            else:
+                self._reexec()
 
     # == reload =====================================================================
 
@@ -410,14 +424,47 @@ class Master:
         if pool.reload is not None:
             pool.reload_pending = True
             return
+        if pool.config.preload_app and pool.config.app_object is None:
+            self._reexec()
+            return
         if pool.app is not None:
             log.warning(
-                "[pool %s] preload_app: the app was imported by the master, so workers "
-                "restart with the code loaded at start; restart the master for new code",
+                "[pool %s] the app object was handed over by fcgi.serve(): workers "
+                "restart with it; restart the program for new code",
                 pool.name,
             )
         pool.reload = Reload(generation=pool.generation + 1, started=time.monotonic())
         self._spawn(pool, pool.reload.generation)
+
+    def _reexec(self) -> None:
+        """Reload a preloaded app: exec a new master, keeping sockets and workers."""
+        preloaded = [
+            (p.config.app, p.config.chdir)
+            for p in self.pools
+            if p.config.preload_app and p.config.app_object is None
+        ]
+        error = reexec.import_error(preloaded)
+        if error is not None:
+            log.error(
+                "reload failed: the new code cannot be imported (%s); the old workers keep serving",
+                error,
+            )
+            return
+        workers = [pid for pool in self.pools for pid in pool.children] + list(self.predecessors)
+        log.info(
+            "preload_app: re-executing the master to load new code; %d workers "
+            "go on serving until the new ones are ready",
+            len(workers),
+        )
+        systemd.notify("RELOADING=1")
+        reexec.exec_master(
+            reexec.Handover(dict(self.sockets_by_spec), list(self.owned_paths), workers)
+        )
+
+    def _retire_predecessors(self, sig: int = signal.SIGTERM) -> None:
+        for pid in self.predecessors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def _advance_reload(self, pool: RunningPool, now: float) -> None:
         reload = pool.reload
@@ -499,6 +546,11 @@ class Master:
         ):
             self.announced_ready = True
             log.info("master %d ready", os.getpid())
+            if self.predecessors:
+                log.info(
+                    "telling %d workers of the previous master to finish", len(self.predecessors)
+                )
+                self._retire_predecessors()
             systemd.notify(f"READY=1\nSTATUS=Ready to handle connections\nMAINPID={os.getpid()}")
 
     def _check_requests(self, pool: RunningPool, now: float) -> None:
@@ -661,46 +713,57 @@ class Master:
     # == sockets, logs, files =======================================================
 
     def _open_sockets(self) -> None:
-        from fcgi.sockets import open_listener, parse_bind
+        from fcgi.sockets import parse_bind
 
         inherited = {systemd.socket_address(s): s for s in systemd.listen_fds()}
+        handover = reexec.take_handover()
+        for spec, sock in handover.sockets.items():
+            inherited[str(parse_bind(spec))] = sock
+        self.owned_paths += handover.owned_paths
+        self.predecessors = set(handover.workers)
+        if handover.sockets:
+            log.info(
+                "master %d re-executed: %d sockets kept, %d previous workers still serving",
+                os.getpid(),
+                len(handover.sockets),
+                len(self.predecessors),
+            )
         try:
             for cfg in self.config.pools:
-                listeners = []
-                for spec in cfg.listen:
-                    key = str(parse_bind(spec))
-                    sock = inherited.pop(key, None)
-                    if sock is None:
-                        sock = open_listener(
-                            spec,
-                            mode=cfg.listen_mode,
-                            backlog=cfg.listen_backlog,
-                            owner=cfg.listen_owner,
-                            group=cfg.listen_group,
-                        )
-                        if parse_bind(spec).kind == "unix":
-                            self._remember_path(sock)
-                    else:
-                        log.info("[pool %s] using socket %s passed by systemd", cfg.name, key)
-                    listeners.append(sock)
+                listeners = [self._listener(cfg, spec, inherited) for spec in cfg.listen]
                 pool = RunningPool(cfg, listeners)
                 self.pools.append(pool)
                 if cfg.status_listen:
-                    sock = open_listener(
-                        cfg.status_listen,
-                        mode=cfg.listen_mode,
-                        owner=cfg.listen_owner,
-                        group=cfg.listen_group,
-                    )
-                    if parse_bind(cfg.status_listen).kind == "unix":
-                        self._remember_path(sock)
+                    sock = self._listener(cfg, cfg.status_listen, inherited)
                     self.status_servers.append(StatusServer(sock, self._status_responder(pool)))
         except BaseException:
             self._close_sockets()
             raise
         for key, sock in inherited.items():
-            log.warning("socket %s passed by systemd matches no pool's listen; closing it", key)
+            log.warning("inherited socket %s matches no pool's listen; closing it", key)
             sock.close()
+
+    def _listener(
+        self, cfg: PoolConfig, spec: str, inherited: dict[str, socket.socket]
+    ) -> socket.socket:
+        """The socket for ``spec``: inherited (systemd, re-exec) or freshly bound."""
+        from fcgi.sockets import open_listener, parse_bind
+
+        sock = inherited.pop(str(parse_bind(spec)), None)
+        if sock is None:
+            sock = open_listener(
+                spec,
+                mode=cfg.listen_mode,
+                backlog=cfg.listen_backlog,
+                owner=cfg.listen_owner,
+                group=cfg.listen_group,
+            )
+            if parse_bind(spec).kind == "unix":
+                self._remember_path(sock)
+        else:
+            log.info("[pool %s] using inherited socket %s", cfg.name, spec)
+        self.sockets_by_spec[spec] = sock
+        return sock
 
     def _remember_path(self, sock: socket.socket) -> None:
         from fcgi.sockets import socket_path

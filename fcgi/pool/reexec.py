@@ -1,0 +1,94 @@
+"""Reloading a preloaded app: the master replaces itself with a fresh interpreter.
+
+With ``preload_app`` the app lives in the master's memory, so new code needs a
+new master. The master first checks in a subprocess that the new code imports
+(if not, nothing changes and the old workers go on), then exec()s itself with
+the same command line. Its pid stays, its listening sockets stay open across
+the exec (so no connection is refused), and its old workers stay its children:
+the new master tells them to finish once its own workers are ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+log = logging.getLogger("fcgi.pool")
+
+ENV = "FCGI_REEXEC_STATE"
+IMPORT_CHECK_TIMEOUT = 120.0
+
+
+@dataclass(slots=True)
+class Handover:
+    """What a master passes to the one it execs."""
+
+    #: Bind spec -> listening socket.
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+    #: Unix socket files the first master created (to remove at the final exit).
+    owned_paths: list[str] = field(default_factory=list)
+    #: Workers of the previous generation, still serving until told to finish.
+    workers: list[int] = field(default_factory=list)
+
+
+def import_error(apps: Iterable[tuple[str, str | None]]) -> str | None:
+    """Import each ``(app spec, chdir)`` in a fresh interpreter; the error text, if any."""
+    for spec, chdir in apps:
+        code = "import sys\nfrom fcgi.app_loader import load_app\nload_app(sys.argv[1])\n"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", code, spec],
+                cwd=chdir or None,
+                capture_output=True,
+                text=True,
+                timeout=IMPORT_CHECK_TIMEOUT,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{spec}: {exc}"
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            return f"{spec}: {lines[-1] if lines else f'exit status {proc.returncode}'}"
+    return None
+
+
+def exec_master(handover: Handover) -> NoReturn:
+    """Replace this process with a new master started from the same command line."""
+    state = {
+        "sockets": {spec: sock.fileno() for spec, sock in handover.sockets.items()},
+        "owned": handover.owned_paths,
+        "workers": handover.workers,
+    }
+    for sock in handover.sockets.values():
+        sock.set_inheritable(True)
+    os.environ[ENV] = json.dumps(state)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def take_handover(environ: Mapping[str, str] | None = None) -> Handover:
+    """The state a previous master left in the environment (empty if none)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV)
+    if not raw:
+        return Handover()
+    os.environ.pop(ENV, None)
+    state = json.loads(raw)
+    sockets = {}
+    for spec, fd in state.get("sockets", {}).items():
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        sockets[spec] = sock
+    return Handover(
+        sockets, list(state.get("owned", [])), [int(p) for p in state.get("workers", [])]
+    )
