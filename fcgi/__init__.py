@@ -7,3 +7,7 @@ the drivers around it serve WSGI and ASGI apps behind nginx, lighttpd and Apache
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from fcgi.server import serve
+
+__all__ = ["__version__", "serve"]

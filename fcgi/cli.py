@@ -172,7 +172,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     if not args.app:
         parser.error("serve needs an app: fcgi serve MODULE:APP")
-    from fcgi.serve import serve
+    from fcgi.server import serve
 
     try:
         if args.chdir:

@@ -504,3 +504,43 @@ def test_systemd_socket_activation(tmp_path: object) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+SERVE_SCRIPT = """
+import sys
+import fcgi
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served by fcgi.serve()"]
+
+kwargs = {"workers": 2, "user": "root"} if sys.argv[2] == "pool" else {}
+raise SystemExit(fcgi.serve(app, bind=sys.argv[1], **kwargs))
+"""
+
+
+@pytest.mark.parametrize("mode", ["single", "pool"])
+def test_python_api_serves_an_app_object(tmp_path: object, mode: str) -> None:
+    address = f"unix:{tmp_path}/api.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SCRIPT, address, mode],
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                reply = roundtrip(address, get_params("/"))
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert reply.body == b"served by fcgi.serve()"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

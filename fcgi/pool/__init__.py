@@ -12,8 +12,9 @@ Modules: ``config`` (settings and validation), ``arguments`` (flags),
 ``scaling`` (static/dynamic arithmetic), ``scoreboard`` (shared memory),
 ``worker_process`` (life after fork), ``worker_hooks`` (the scoreboard side of a
 worker), ``status`` / ``status_server`` (status and ping pages),
-``listen_queue`` (kernel queue figures), ``systemd`` (sd_notify, LISTEN_FDS),
-``worker_output`` (catch_workers_output), ``access_log``, ``logs``.
+``listen_queue`` (kernel queue figures), ``reexec`` (a master replacing
+itself), ``worker_output`` (catch_workers_output), ``access_log``, ``logs``.
+systemd's sd_notify and LISTEN_FDS live in :mod:`fcgi.systemd`.
 """
 
 from __future__ import annotations

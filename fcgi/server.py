@@ -140,8 +140,11 @@ def serve(
     ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
     the socket a web server left on fd 0, or plain CGI when there is none.
     ``worker`` is "sync" (one request at a time) or "trio" (concurrent; the
-    only one for ASGI apps, chosen automatically for them). Remaining keywords
-    are :func:`make_options` settings.
+    only one for ASGI apps, chosen automatically for them). ``workers=N`` or
+    any process-manager setting (``pm``, ``max_children``, ``user``... the
+    names of :class:`fcgi.pool.config.PoolConfig`) runs the pool's master with
+    ``app`` in every worker; otherwise this process serves alone with the
+    :func:`make_options` settings. Returns the exit code.
     """
     if workers is not None or set(settings) - _SINGLE_PROCESS_SETTINGS:
         return _serve_pool(app, bind, socket_mode, backlog, worker, workers, settings)
