@@ -142,11 +142,16 @@ class Master:
         if self.stop_deadline is not None:
             timeout = min(timeout, 0.1)
         timeout = min(timeout, self._timeout_check_period())
+        # poll(), not select(): a large pool with catch_workers_output has more
+        # than select()'s 1024 descriptors.
+        poller = select.poll()
+        for fd in readers:
+            poller.register(fd, select.POLLIN)
         try:
-            ready, _, _ = select.select(readers, [], [], timeout)
+            ready = poller.poll(timeout * 1000)
         except InterruptedError:
             return
-        for fd in ready:
+        for fd, _ in ready:
             if fd == self._wake_r:
                 with contextlib.suppress(OSError):
                     while os.read(self._wake_r, 512):
