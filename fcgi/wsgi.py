@@ -62,29 +62,51 @@ class InputStream:
         self._eof = False
         self._remaining = limit if limit is not None else -1
 
-    def _more(self) -> bool:
+    def _next(self) -> bytes:
+        """The next chunk from the web server, cut at the limit; b"" at the end."""
         if self._eof:
-            return False
+            return b""
         chunk = self._fill()
         if not chunk:
             self._eof = True
-            return False
+            return b""
         if self._remaining >= 0:
             if len(chunk) >= self._remaining:
                 chunk = chunk[: self._remaining]
                 self._eof = True
             self._remaining -= len(chunk)
+        return chunk
+
+    def _more(self) -> bool:
+        chunk = self._next()
         self._buf += chunk
-        return True
+        return bool(chunk)
 
     def read(self, size: int | None = -1) -> bytes:
         buf = self._buf
         if size is None or size < 0:
-            while self._more():
-                pass
-            data = bytes(buf)
+            parts = [bytes(buf)]
             buf.clear()
-            return data
+            while chunk := self._next():
+                parts.append(chunk)
+            return b"".join(parts)
+        if not buf:
+            # Nothing buffered: whole chunks go to the app uncopied, and only
+            # the part past ``size`` is kept for the next read.
+            parts = []
+            need = size
+            while need > 0:
+                chunk = self._next()
+                if not chunk:
+                    break
+                if len(chunk) <= need:
+                    parts.append(chunk)
+                    need -= len(chunk)
+                else:
+                    parts.append(chunk[:need])
+                    buf += memoryview(chunk)[need:]
+                    need = 0
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         while len(buf) < size and self._more():
             pass
         data = bytes(buf[:size])
@@ -134,8 +156,8 @@ class InputStream:
     def drain(self) -> None:
         """Consume what the app left unread, so the connection can be reused."""
         self._buf.clear()
-        while self._more():
-            self._buf.clear()
+        while self._next():
+            pass
 
 
 class ErrorStream:

@@ -272,3 +272,24 @@ def test_client_gone_propagates_after_close() -> None:
     with pytest.raises(ClientGone):
         run_app(app, environ_for({}), send)
     assert closed == [True]
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 3], [5, 1, 100], [7], [2, 2, 2, 2, 2], [4, -1], [1000]])
+def test_reads_of_any_size_return_the_stream_in_order(sizes: list[int]) -> None:
+    pieces = [b"abcd", b"efghijkl", b"m", b"nopqrstuvwxyz"]
+    body = b"".join(pieces)
+    stream = InputStream(chunks(*pieces), len(body) - 2)
+    got = b""
+    for size in sizes * 100:
+        piece = stream.read(size)
+        assert len(piece) <= size or size < 0
+        got += piece
+    assert got == body[:-2]
+    assert stream.read(5) == b""
+
+
+def test_read_after_readline_keeps_the_order() -> None:
+    stream = InputStream(chunks(b"line one\nrest", b" of it\nmore"))
+    assert stream.readline() == b"line one\n"
+    assert stream.read(4) == b"rest"
+    assert stream.read(100) == b" of it\nmore"
