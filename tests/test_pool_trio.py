@@ -21,7 +21,7 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["path"] == "/sleep":
-        await trio.sleep(0.3)
+        await trio.sleep(float(scope["query_string"] or b"0.3"))
     body = f"asgi pid={os.getpid()} path={scope['path']}".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain")]})
@@ -79,3 +79,22 @@ def test_status_counts_concurrent_requests_of_a_trio_worker(tmp_path: Path) -> N
         assert max(seen) >= 3, seen
         doc = m.status()
         assert doc["processes"][0]["active requests"] == 1  # only the status request
+
+
+def test_dynamic_trio_pool_counts_spare_concurrency_not_busy_processes(tmp_path: Path) -> None:
+    (tmp_path / "asgiapp.py").write_text(textwrap.dedent(ASGI_APP))
+    args = ["--worker", "trio", "--pm", "dynamic", "--max-children", "4"]
+    args += ["--start-servers", "1", "--min-spare-servers", "1", "--max-spare-servers", "2"]
+    with PoolMaster(tmp_path, args, app="asgiapp:app") as m:
+        m.wait_ready(1)
+        seen: list[int] = []
+        threads = [threading.Thread(target=lambda: m.request("/sleep?3")) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        # Several heartbeats pass while four requests share the one worker,
+        # which still has room (threads=10): a sync pool would have grown.
+        while any(thread.is_alive() for thread in threads):
+            seen.append(m.status()["total processes"])
+        for thread in threads:
+            thread.join(30)
+        assert max(seen) == 1, seen

@@ -119,6 +119,14 @@ def test_dynamic_scaling_follows_php_fpm() -> None:
     assert (d.retire_idle, d.next_rate) == (1, 1)
 
 
+def test_dynamic_scaling_counts_trio_workers_with_room_as_spare() -> None:
+    cfg = PoolConfig(pm="dynamic", max_children=10, min_spare_servers=2, max_spare_servers=4)
+    # Two busy trio workers that can still take requests: nothing to spawn.
+    assert dynamic_decision(Census(busy=2, partly_busy=2), cfg, rate=1).spawn == 0
+    # Once they are full (partly_busy 0), the pool grows as a sync pool would.
+    assert dynamic_decision(Census(busy=2), cfg, rate=1).spawn == 1
+
+
 def test_scoreboard_is_shared_with_a_forked_child() -> None:
     board = Scoreboard(4)
     pid = os.fork()

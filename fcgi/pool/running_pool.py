@@ -87,11 +87,14 @@ class RunningPool:
         for child in self.live_children():
             if generation is not None and child.generation != generation:
                 continue
-            state = self.slot_of(child).state
+            slot = self.slot_of(child)
+            state = slot.state
             if state == SlotState.IDLE:
                 census.idle += 1
             elif state == SlotState.BUSY:
                 census.busy += 1
+                if self.config.worker == "trio" and slot.active < self.config.threads:
+                    census.partly_busy += 1
             else:
                 census.starting += 1
         return census

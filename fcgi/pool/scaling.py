@@ -5,7 +5,8 @@ above ``max_spare_servers`` idle, retire one (the oldest idle) per heartbeat;
 below ``min_spare_servers``, fork ``min(rate, missing, room)`` and double the
 rate for the next heartbeat up to ``max_spawn_rate`` (Apache's exponential
 ramp); at ``max_children`` fork nothing and count "max children reached" once
-per episode.
+per episode. A trio worker running fewer requests than its ``threads`` still
+counts as spare capacity: the pool grows on concurrency, not on busy processes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Census:
     idle: int = 0
     busy: int = 0
     starting: int = 0
+    #: Busy trio workers that can still take more requests (fewer than
+    #: ``threads`` running): spare capacity, though not idle processes.
+    partly_busy: int = 0
 
     @property
     def total(self) -> int:
@@ -51,7 +55,7 @@ def static_decision(census: Census, target: int) -> Decision:
 def dynamic_decision(census: Census, config: PoolConfig, rate: int) -> Decision:
     if census.idle > config.max_spare_servers:
         return Decision(retire_idle=1, next_rate=1)
-    available = census.idle + census.starting
+    available = census.idle + census.starting + census.partly_busy
     if available < config.min_spare_servers:
         if census.total >= config.max_children:
             return Decision(full=True, next_rate=1)
