@@ -223,10 +223,6 @@ class ASGIResponder:
         self._finished.set()
         self.body.end()
 
-    @property
-    def response_started(self) -> bool:
-        return self._head_sent
-
     # -- the callables the app gets -------------------------------------------------
 
     async def receive(self) -> Message:

@@ -34,7 +34,6 @@ class SpooledBody:
         "_memory_size",
         "_read_pos",
         "_write_pos",
-        "received",
         "threshold",
     )
 
@@ -48,7 +47,6 @@ class SpooledBody:
         self._ended = False
         self._lot = trio.lowlevel.ParkingLot()
         #: Bytes pushed so far.
-        self.received = 0
 
     # -- producer side ---------------------------------------------------------
 
@@ -56,7 +54,6 @@ class SpooledBody:
         """Append ``data``; never blocks. Ignored once the stream has ended."""
         if self._ended or not data:
             return
-        self.received += len(data)
         if self._read_pos < self._write_pos:
             # Part of the body is already on disk: later bytes go after it.
             self._spill(data)

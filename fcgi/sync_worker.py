@@ -157,7 +157,7 @@ class _Connection:
 class _RequestInput:
     """Demultiplexes FCGI_STDIN and FCGI_DATA for the one request being served."""
 
-    __slots__ = ("aborted", "c", "data", "data_done", "rid", "stdin", "stdin_done")
+    __slots__ = ("c", "data", "data_done", "rid", "stdin", "stdin_done")
 
     def __init__(self, c: _Connection, rid: int, role: int) -> None:
         self.c = c
@@ -166,7 +166,6 @@ class _RequestInput:
         self.data: deque[bytes] = deque()
         self.stdin_done = role == _AUTHORIZER
         self.data_done = role != _FILTER
-        self.aborted = False
 
     def _dispatch(self) -> None:
         pending = self.c.pending
@@ -192,7 +191,6 @@ class _RequestInput:
                 self._end_input()
 
     def _end_input(self) -> None:
-        self.aborted = True
         self.stdin_done = self.data_done = True
 
     def settle(self) -> bool:

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.options import ServerOptions
 
@@ -115,19 +114,23 @@ class PoolConfig:
         return (self.min_spare_servers + self.max_spare_servers) // 2
 
     def server_options(self) -> ServerOptions:
-        """The per-worker settings this pool maps onto."""
-        return ServerOptions(
+        """The per-worker settings this pool maps onto, checked as fcgi.serve() checks them."""
+        from fcgi.server import make_options
+
+        options = make_options(
             read_timeout=self.read_timeout,
-            limits=Limits(max_params=self.max_params, max_params_bytes=self.max_params_bytes),
             script_name=self.script_name,
+            max_params=self.max_params,
+            max_params_bytes=self.max_params_bytes,
             allowed_clients=self.listen_allowed_clients,
             multiprocess=True,
-            multithread=self.worker == "trio",
             interface=self.interface,
             threads=self.threads,
             max_conns=self.max_conns,
             max_reqs=self.max_reqs,
         )
+        options.multithread = self.worker == "trio"
+        return options
 
 
 @dataclass(slots=True)
@@ -289,17 +292,14 @@ def validate_pool(pool: PoolConfig, source: str) -> None:
             raise fail("app", f"expected MODULE:APP or MODULE:factory(), got {pool.app!r}")
     elif not callable(pool.app_object):
         raise fail("app", f"{type(pool.app_object).__name__} object is not callable")
-    if pool.script_name and not pool.script_name.startswith("/"):
-        raise fail("script_name", f"must be empty or start with '/', got {pool.script_name!r}")
-    if pool.max_params < 1 or pool.max_params_bytes < 1:
-        raise fail("max_params", "max_params and max_params_bytes must be positive")
     if pool.worker not in ("sync", "trio"):
         raise fail("worker", f"expected sync or trio, got {pool.worker!r}")
     if pool.interface not in ("auto", "wsgi", "asgi"):
         raise fail("interface", f"expected auto, wsgi or asgi, got {pool.interface!r}")
-    for key in ("threads", "max_conns", "max_reqs"):
-        if getattr(pool, key) < 1:
-            raise fail(key, f"must be at least 1, got {getattr(pool, key)}")
+    try:
+        pool.server_options()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: [pool.{pool.name}] {exc}") from None
     if not pool.listen:
         raise fail("listen", "missing (expected unix:/path or HOST:PORT)")
     if pool.pm not in PM_MODES:

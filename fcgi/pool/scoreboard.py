@@ -212,11 +212,6 @@ class Scoreboard:
             uri=uri,
         )
 
-    def set_state(self, index: int, state: int) -> None:
-        slot = self.read_slot(index)
-        slot.state = state
-        self.write_slot(index, slot)
-
     def slots(self) -> list[tuple[int, Slot]]:
         """Every slot in use, with its index."""
         out = []

@@ -28,11 +28,6 @@ class OutputPipe:
         os.set_blocking(self.read_fd, False)
         self._partial = b""
 
-    def child_side(self) -> int:
-        """Called in the master after fork: the write end belongs to the child now."""
-        fd, self.write_fd = self.write_fd, -1
-        return fd
-
     def close_write_end(self) -> None:
         if self.write_fd >= 0:
             os.close(self.write_fd)
