@@ -7,7 +7,6 @@ checks that fcgiload's responses all validate (zero errors) in both connection m
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ from bench.backends import SPECS, make_backend
 from bench.deps import compile_c
 from bench.harness import parse_wrk
 from bench.nginx import Front, render
-
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 
 @pytest.fixture(scope="module")
