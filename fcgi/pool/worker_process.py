@@ -233,10 +233,12 @@ def _serve(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGUSR1, reopen)
     signal.signal(signal.SIGUSR2, slowlog)
 
+    # Built before clear_env trims the environment: FCGI_WEB_SERVER_ADDRS is
+    # a setting of the server, not part of the app's environment.
+    options = config.server_options()
     drop_privileges(config.user, config.group)
     prepare_environment(config)
     app = spec.app if spec.app is not None else load_pool_app(config.app)
-    options = config.server_options()
     try:
         options.interface = resolve_interface(app, config.interface)
         kind = choose_worker(config.worker, options.interface)
