@@ -144,6 +144,29 @@ def test_scoreboard_is_shared_with_a_forked_child() -> None:
     assert board.read_header() == header
 
 
+def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
+    board = Scoreboard(2)
+    board.write_slot(1, Slot(state=SlotState.IDLE, pid=42, generation=3, started=5.0))
+    writer = board.writer(1)
+    writer.request_started(7, SlotState.BUSY, 1, 9, 10.0, 11.0, 12, b"POST", b"/up?x=1")
+    slot = board.read_slot(1)
+    assert (slot.pid, slot.generation, slot.started) == (42, 3, 5.0)
+    assert (slot.accepted, slot.state, slot.active, slot.request_seq) == (7, SlotState.BUSY, 1, 9)
+    assert (slot.request_start, slot.request_start_mono, slot.content_length) == (10.0, 11.0, 12)
+    assert (slot.method, slot.uri, slot.requests) == ("POST", "/up?x=1", 0)
+    writer.request_finished(1, 8, 0.5, 25.0, 4096, 201, SlotState.IDLE, 0)
+    slot = board.read_slot(1)
+    assert (slot.requests, slot.accepted, slot.last_duration, slot.last_cpu) == (1, 8, 0.5, 25.0)
+    assert (slot.last_memory, slot.last_status, slot.state, slot.active) == (4096, 201, 2, 0)
+    # The start group is untouched by the end write: the status page still
+    # shows the last request's method and URI, as PHP-FPM does.
+    assert (slot.method, slot.uri, slot.request_seq, slot.pid) == ("POST", "/up?x=1", 9, 42)
+    assert board.free_index() == 0
+    # The sequence counter is even (no write in progress) after each write.
+    writer.sync()
+    assert board.read_slot(1).state == SlotState.IDLE
+
+
 def test_listen_queue_of_unix_and_tcp_sockets_from_the_kernel(tmp_path: Path) -> None:
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(tmp_path / "q.sock"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = 0x46434750  # "FCGP"
@@ -76,7 +76,18 @@ class Slot:
     uri: str = ""
 
 
-_SLOT = struct.Struct(f"<IBxxxiIdQQQddddQqHI{METHOD_LEN}s{URI_LEN}s")
+# A slot's bytes, grouped so that each of a request's two writes is one
+# contiguous pack: the end of a request writes from ``requests`` through
+# ``active``, its start from ``accepted`` through ``uri``. ``accepted``,
+# ``state`` and ``active`` sit where the two groups overlap, so both carry them.
+_FIXED = struct.Struct("<IiI4xd")  # seq, pid, generation, started
+_END = struct.Struct("<QddQIQII")  # requests .. last_status, accepted, state, active
+_START = struct.Struct(f"<QIIQddq{METHOD_LEN}s{URI_LEN}s")  # accepted, state, active .. uri
+_END_AT = _FIXED.size
+_START_AT = _END_AT + _END.size - 16
+_SLOT = struct.Struct(f"<IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
+assert _SLOT.size == _START_AT + _START.size
+_SEQ = struct.Struct("<I")
 SLOT_SIZE = (_SLOT.size + 63) // 64 * 64
 
 
@@ -156,31 +167,31 @@ class Scoreboard:
     def write_slot(self, index: int, slot: Slot) -> None:
         off = self._offset(index)
         m = self._map
-        seq = struct.unpack_from("<I", m, off)[0] | 1
-        struct.pack_into("<I", m, off, seq)
+        seq = _SEQ.unpack_from(m, off)[0] | 1
+        _SEQ.pack_into(m, off, seq)
         _SLOT.pack_into(
             m,
             off,
             seq,
-            slot.state,
             slot.pid,
             slot.generation,
             slot.started,
             slot.requests,
-            slot.accepted,
-            slot.request_seq,
-            slot.request_start,
-            slot.request_start_mono,
             slot.last_duration,
             slot.last_cpu,
             slot.last_memory,
-            slot.content_length,
             slot.last_status,
+            slot.accepted,
+            slot.state,
             slot.active,
+            slot.request_seq,
+            slot.request_start,
+            slot.request_start_mono,
+            slot.content_length,
             slot.method.encode("latin-1", "replace")[:METHOD_LEN],
             slot.uri.encode("latin-1", "replace")[:URI_LEN],
         )
-        struct.pack_into("<I", m, off, seq + 1)
+        _SEQ.pack_into(m, off, seq + 1)
 
     def read_slot(self, index: int) -> Slot:
         off = self._offset(index)
@@ -188,29 +199,51 @@ class Scoreboard:
         for _ in range(1000):
             values = _SLOT.unpack_from(m, off)
             seq = values[0]
-            if seq & 1 == 0 and struct.unpack_from("<I", m, off)[0] == seq:
+            if seq & 1 == 0 and _SEQ.unpack_from(m, off)[0] == seq:
                 break
-        method = values[16].rstrip(b"\0").decode("latin-1")
-        uri = values[17].rstrip(b"\0").decode("latin-1")
+        (
+            _,
+            pid,
+            generation,
+            started,
+            requests,
+            last_duration,
+            last_cpu,
+            last_memory,
+            last_status,
+            accepted,
+            state,
+            active,
+            request_seq,
+            request_start,
+            request_start_mono,
+            content_length,
+            method,
+            uri,
+        ) = values
         return Slot(
-            state=values[1],
-            pid=values[2],
-            generation=values[3],
-            started=values[4],
-            requests=values[5],
-            accepted=values[6],
-            request_seq=values[7],
-            request_start=values[8],
-            request_start_mono=values[9],
-            last_duration=values[10],
-            last_cpu=values[11],
-            last_memory=values[12],
-            content_length=values[13],
-            last_status=values[14],
-            active=values[15],
-            method=method,
-            uri=uri,
+            state=state,
+            pid=pid,
+            generation=generation,
+            started=started,
+            requests=requests,
+            accepted=accepted,
+            request_seq=request_seq,
+            request_start=request_start,
+            request_start_mono=request_start_mono,
+            last_duration=last_duration,
+            last_cpu=last_cpu,
+            last_memory=last_memory,
+            content_length=content_length,
+            last_status=last_status,
+            active=active,
+            method=method.rstrip(b"\0").decode("latin-1"),
+            uri=uri.rstrip(b"\0").decode("latin-1"),
         )
+
+    def writer(self, index: int) -> SlotWriter:
+        """The fast writer for slot ``index``, for the one process that owns it."""
+        return SlotWriter(self._map, self._offset(index))
 
     def slots(self) -> list[tuple[int, Slot]]:
         """Every slot in use, with its index."""
@@ -223,9 +256,76 @@ class Scoreboard:
 
     def free_index(self) -> int | None:
         for i in range(self.n_slots):
-            if struct.unpack_from("<IB", self._map, self._offset(i))[1] == SlotState.FREE:
+            if _SEQ.unpack_from(self._map, self._offset(i) + _START_AT + 8)[0] == SlotState.FREE:
                 return i
         return None
 
 
-assert [f.name for f in fields(Slot)][:2] == ["state", "pid"]
+class SlotWriter:
+    """A worker's two per-request writes to its own slot, one pack each.
+
+    The owner is the slot's only writer, so it keeps the sequence counter
+    itself instead of reading it back from shared memory on every write.
+    """
+
+    __slots__ = ("_map", "_off", "_seq")
+
+    def __init__(self, shared: mmap.mmap, offset: int) -> None:
+        self._map = shared
+        self._off = offset
+        self._seq = _SEQ.unpack_from(shared, offset)[0] & ~1
+
+    def request_started(
+        self,
+        accepted: int,
+        state: int,
+        active: int,
+        request_seq: int,
+        start: float,
+        start_mono: float,
+        content_length: int,
+        method: bytes,
+        uri: bytes,
+    ) -> None:
+        m, off, seq = self._map, self._off, self._seq
+        _SEQ.pack_into(m, off, seq + 1)
+        _START.pack_into(
+            m,
+            off + _START_AT,
+            accepted,
+            state,
+            active,
+            request_seq,
+            start,
+            start_mono,
+            content_length,
+            method,
+            uri,
+        )
+        self._seq = seq = seq + 2
+        _SEQ.pack_into(m, off, seq)
+
+    def request_finished(
+        self,
+        requests: int,
+        accepted: int,
+        duration: float,
+        cpu: float,
+        memory: int,
+        status: int,
+        state: int,
+        active: int,
+    ) -> None:
+        m, off, seq = self._map, self._off, self._seq
+        _SEQ.pack_into(m, off, seq + 1)
+        _END.pack_into(
+            m, off + _END_AT, requests, duration, cpu, memory, status, accepted, state, active
+        )
+        self._seq = seq = seq + 2
+        _SEQ.pack_into(m, off, seq)
+
+    def sync(self) -> None:
+        """Take up the counter after a whole-slot write by :meth:`Scoreboard.write_slot`."""
+        self._seq = _SEQ.unpack_from(self._map, self._off)[0] & ~1
+
+

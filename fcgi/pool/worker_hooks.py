@@ -16,14 +16,13 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 
 from fcgi.hooks import Answer
 from fcgi.pool.access_log import AccessLog, RequestRecord
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
-from fcgi.pool.scoreboard import Scoreboard, Slot, SlotState
+from fcgi.pool.scoreboard import METHOD_LEN, URI_LEN, Scoreboard, Slot, SlotState
 from fcgi.pool.status import collect_from_board, ping_answer, render
 
 log = logging.getLogger("fcgi.pool")
@@ -62,12 +61,9 @@ def request_uri(params: Mapping[str, str]) -> str:
     return f"{path}?{query}" if query else path
 
 
-@dataclass(slots=True)
-class _Running:
-    params: Mapping[str, str]
-    start: float
-    start_mono: float
-    cpu_start: float
+#: A request running now: (params, wall-clock start, monotonic start, CPU
+#: seconds at its start). A plain tuple: one is made per request.
+_Running = tuple[Mapping[str, str], float, float, float]
 
 
 class ScoreboardHooks:
@@ -104,87 +100,130 @@ class ScoreboardHooks:
         self._running: dict[int, _Running] = {}
         self._next_token = 0
         self._cpu_mark = _cpu_seconds()
-        self.board.write_slot(index, self._slot)
+        #: The shown request's method and URI as they go into the slot.
+        self._method = b""
+        self._uri = b""
+        self._writer = board.writer(index)
+        self._write_whole()
+
+    def _write_whole(self) -> None:
+        self.board.write_slot(self.index, self._slot)
+        self._writer.sync()
 
     # -- life cycle (called by worker_process) --------------------------------
 
     def ready(self) -> None:
         """The app is imported and the driver built: from now on we accept."""
         self._slot.state = SlotState.IDLE
-        self.board.write_slot(self.index, self._slot)
+        self._write_whole()
 
     def publish(self) -> None:
         """Write counters not yet on the scoreboard (connections without a request)."""
-        self.board.write_slot(self.index, self._slot)
+        self._write_whole()
 
     def request_stop(self) -> None:
         self.stop_requested = True
         self.signalled = True
 
     # -- WorkerHooks ------------------------------------------------------------
+    #
+    # A request costs the scoreboard two writes, one at each end, each a single
+    # pack of the fields that changed (see SlotWriter).
 
     def connection_accepted(self) -> None:
-        # Published with the next request's slot write: one write per request
-        # start and end is all the scoreboard costs a request.
+        # Published with the next request's end: "accepted conn" needs no write of its own.
         self._slot.accepted += 1
 
     def request_started(self, params: Mapping[str, str]) -> object:
         slot = self._slot
-        self._next_token += 1
-        token = self._next_token
+        self._next_token = token = self._next_token + 1
         # CPU time is read once per request, at its end: the idle wait before
         # a request costs no CPU, so the previous reading stands in for its start.
-        running = _Running(params, time.time(), time.monotonic(), self._cpu_mark)
-        self._running[token] = running
-        slot.state = SlotState.BUSY
+        running: _Running = (params, time.time(), time.monotonic(), self._cpu_mark)
+        requests = self._running
+        requests[token] = running
         slot.request_seq += 1
-        slot.active = len(self._running)
-        if slot.active == 1:
+        slot.state = SlotState.BUSY
+        slot.active = active = len(requests)
+        if active == 1:
             self._show(running)
-        self.board.write_slot(self.index, slot)
+        self._writer.request_started(
+            slot.accepted,
+            SlotState.BUSY,
+            active,
+            slot.request_seq,
+            slot.request_start,
+            slot.request_start_mono,
+            slot.content_length,
+            self._method,
+            self._uri,
+        )
         return token
 
     def _show(self, running: _Running) -> None:
         """Put ``running`` in the slot as "the" request (the oldest one running)."""
         slot = self._slot
-        params = running.params
-        slot.request_start = running.start
-        slot.request_start_mono = running.start_mono
-        slot.method = params.get("REQUEST_METHOD", "")
-        slot.uri = request_uri(params)
+        params, slot.request_start, slot.request_start_mono, _ = running
+        slot.method = method = params.get("REQUEST_METHOD", "")
+        slot.uri = uri = request_uri(params)
+        self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
+        self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
+        length = params.get("CONTENT_LENGTH")
         try:
-            slot.content_length = int(params.get("CONTENT_LENGTH") or 0)
+            slot.content_length = int(length) if length else 0
         except ValueError:
             slot.content_length = 0
 
     def request_finished(self, token: object, status: int) -> None:
-        slot = self._slot
-        running = self._running.pop(token, None) if isinstance(token, int) else None
+        running = self._running.pop(token, None)  # type: ignore[call-overload]
         if running is None:
             return
-        end = time.time()
-        duration = max(0.0, time.monotonic() - running.start_mono)
+        slot = self._slot
+        params, start, start_mono, cpu_start = running
+        duration = max(0.0, time.monotonic() - start_mono)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        self._cpu_mark = usage.ru_utime + usage.ru_stime
-        cpu = self._cpu_mark - running.cpu_start
+        self._cpu_mark = cpu_now = usage.ru_utime + usage.ru_stime
         slot.requests += 1
-        slot.active = len(self._running)
-        if self._running:
+        slot.active = active = len(self._running)
+        if active:
             self._show(next(iter(self._running.values())))
+            slot.state = SlotState.BUSY
         else:
             slot.state = SlotState.IDLE
         slot.last_duration = duration
-        slot.last_cpu = 100.0 * cpu / duration if duration > 0 else 0.0
+        slot.last_cpu = 100.0 * (cpu_now - cpu_start) / duration if duration > 0 else 0.0
         slot.last_memory = usage.ru_maxrss * 1024
         slot.last_status = status
-        self.board.write_slot(self.index, slot)
+        self._writer.request_finished(
+            slot.requests,
+            slot.accepted,
+            duration,
+            slot.last_cpu,
+            slot.last_memory,
+            status,
+            slot.state,
+            active,
+        )
+        if active:
+            # Another request is now the one shown: its start fields too.
+            self._writer.request_started(
+                slot.accepted,
+                SlotState.BUSY,
+                active,
+                slot.request_seq,
+                slot.request_start,
+                slot.request_start_mono,
+                slot.content_length,
+                self._method,
+                self._uri,
+            )
         if self.access_log is not None:
             self.access_log.write(
                 RequestRecord(
-                    running.params,
+                    params,
                     status,
-                    running.start,
-                    end,
+                    start,
+                    start + duration,
                     slot.last_cpu,
                     slot.last_memory,
                     self.config.name,
