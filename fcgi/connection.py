@@ -64,6 +64,21 @@ _REJECTED = 4
 _STDOUT_END = 0
 _STDERR_END = 1
 
+#: The records that close a plain successful response (empty STDOUT, then
+#: END_REQUEST with appStatus 0), by request id: built once per id, not per request.
+_COMPLETE_TAILS: dict[int, bytes] = {}
+_TAIL_CACHE_IDS = 256
+
+
+def _complete_tail(request_id: int) -> bytes:
+    tail = _COMPLETE_TAILS.get(request_id)
+    if tail is None:
+        tail = _pack_header(VERSION_1, STDOUT, request_id, 0, 0) + encode_end_request(request_id)
+        if request_id < _TAIL_CACHE_IDS:
+            _COMPLETE_TAILS[request_id] = tail
+    return tail
+
+
 _OUTGOING_TYPES = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE))
 
 
@@ -116,6 +131,11 @@ class ServerConnection:
     @property
     def active_requests(self) -> Collection[int]:
         return self._requests.keys()
+
+    @property
+    def has_output(self) -> bool:
+        """True if records are waiting to be sent (see :meth:`buffers_to_send`)."""
+        return bool(self._out)
 
     @property
     def mid_record(self) -> bool:
@@ -339,10 +359,13 @@ class ServerConnection:
         if req is None:
             raise LocalProtocolError(f"request id {request_id} is not active")
         out = self._out
-        out.append(_pack_header(VERSION_1, STDOUT, request_id, 0, 0))
-        if req.stderr_used:
-            out.append(_pack_header(VERSION_1, STDERR, request_id, 0, 0))
-        out.append(encode_end_request(request_id, app_status, protocol_status))
+        if not (app_status or protocol_status or req.stderr_used):
+            out.append(_complete_tail(request_id))
+        else:
+            out.append(_pack_header(VERSION_1, STDOUT, request_id, 0, 0))
+            if req.stderr_used:
+                out.append(_pack_header(VERSION_1, STDERR, request_id, 0, 0))
+            out.append(encode_end_request(request_id, app_status, protocol_status))
         if not req.keep_conn:
             self.should_close = True
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -52,26 +52,58 @@ _MAX_DRAIN = 64 * 1024 * 1024
 #: Kept-alive connections one worker holds between requests; past this the
 #: oldest is closed (the web server opens a new one when it needs it).
 _MAX_PARKED = 64
+#: Most connections taken from a listener in a row without a look at epoll.
+_ACCEPT_BURST = 16
 
 
 #: Below this many bytes a response is joined and sent with one send(); above
 #: it the buffers go to sendmsg() as they are, so a large body is never copied.
 _JOIN_LIMIT = 16 * 1024
 _IOV_MAX = 1024
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
-def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
-    """Write every buffer, in order, with as few copies and syscalls as it takes."""
+def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to be ready; False if it never was.
+
+    Sockets stay blocking and every read and write is first tried with
+    MSG_DONTWAIT, so a timeout costs a poll() only when the peer is slow,
+    instead of two setsockopt() calls on every connection.
+    """
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview], timeout: float) -> None:
+    """Write every buffer, in order, with as few copies and syscalls as it takes.
+
+    Raises :class:`TimeoutError` when the peer reads nothing for ``timeout`` seconds.
+    """
     if len(buffers) == 1:
-        sock.sendall(buffers[0])
+        data = buffers[0]
+    elif sum(map(len, buffers)) <= _JOIN_LIMIT:
+        data = b"".join(buffers)
+    else:
+        _send_vectored(sock, buffers, timeout)
         return
-    total = sum(map(len, buffers))
-    if total <= _JOIN_LIMIT:
-        sock.sendall(b"".join(buffers))
-        return
+    try:
+        sent = sock.send(data, _DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        _send_vectored(sock, [memoryview(data)[sent:]], timeout)
+
+
+def _send_vectored(sock: socket.socket, buffers: list[bytes | memoryview], timeout: float) -> None:
     first = 0
     while first < len(buffers):
-        sent = sock.sendmsg(buffers[first : first + _IOV_MAX])
+        try:
+            sent = sock.sendmsg(buffers[first : first + _IOV_MAX], (), _DONTWAIT)
+        except BlockingIOError:
+            if not wait_ready(sock, select.POLLOUT, timeout):
+                raise TimeoutError from None
+            continue
         while sent:
             size = len(buffers[first])
             if sent >= size:
@@ -119,43 +151,64 @@ class _Peer:
 class _Connection:
     """One accepted transport connection being served by a sync worker."""
 
-    __slots__ = ("conn", "peer", "pending", "registered", "served", "sock")
+    __slots__ = ("address", "conn", "pending", "registered", "served", "sock", "timeout")
 
-    def __init__(self, sock: socket.socket, peer: _Peer, limits: Limits) -> None:
+    def __init__(
+        self, sock: socket.socket, address: object, limits: Limits, timeout: float
+    ) -> None:
         self.sock = sock
-        self.peer = peer
+        self.address = address
+        self.timeout = timeout
         self.conn = ServerConnection(limits)
         self.pending: deque[ev.Event] = deque()
         self.served = 0
         self.registered = False
 
+    @property
+    def peer(self) -> _Peer:
+        """The web server's address, for log lines (formatted only if one is written)."""
+        return _Peer(self.address, self.sock)
+
+    def recv(self) -> bytes:
+        """The next bytes from the peer, waiting at most ``timeout`` for them."""
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(_RECV_SIZE, _DONTWAIT)
+            except BlockingIOError:
+                if not wait_ready(sock, select.POLLIN, self.timeout):
+                    raise _Timeout from None
+
     def pump(self) -> None:
         """Read once from the peer and queue the events it completes."""
         try:
-            data = self.sock.recv(_RECV_SIZE)
-        except BlockingIOError:
-            raise _Timeout from None
+            data = self.recv()
         except OSError as exc:
             raise _PeerClosed(exc.strerror or str(exc)) from None
         if not data:
             self.conn.feed_eof()
             raise _PeerClosed("the web server closed the connection")
         self.pending.extend(self.conn.feed(data))
-        self.flush()
+        if self.conn.has_output:
+            self.flush()
 
     def flush(self) -> None:
         buffers = self.conn.buffers_to_send()
         if buffers:
             try:
-                send_buffers(self.sock, buffers)
-            except BlockingIOError:
+                send_buffers(self.sock, buffers, self.timeout)
+            except TimeoutError:
                 raise ClientGone("timed out writing to the web server") from None
             except OSError as exc:
                 raise ClientGone(exc.strerror or str(exc)) from None
 
 
-class _RequestInput:
-    """Demultiplexes FCGI_STDIN and FCGI_DATA for the one request being served."""
+class _Exchange:
+    """The one request being served: its input demultiplexed, its output queued.
+
+    FCGI_STDIN and FCGI_DATA are read from the connection only as the app asks
+    for them; ``send`` and ``stderr`` are what :func:`fcgi.wsgi.run_app` writes to.
+    """
 
     __slots__ = ("c", "data", "data_done", "rid", "stdin", "stdin_done")
 
@@ -163,9 +216,22 @@ class _RequestInput:
         self.c = c
         self.rid = rid
         self.stdin: deque[bytes] = deque()
-        self.data: deque[bytes] = deque()
+        self.data: deque[bytes] | None = None
         self.stdin_done = role == _AUTHORIZER
         self.data_done = role != _FILTER
+
+    # -- output -------------------------------------------------------------
+
+    def send(self, data: bytes, flush: bool) -> None:
+        c = self.c
+        c.conn.send_stdout(self.rid, data)
+        if flush:
+            c.flush()
+
+    def stderr(self, data: bytes) -> None:
+        self.c.conn.send_stderr(self.rid, data)
+
+    # -- input --------------------------------------------------------------
 
     def _dispatch(self) -> None:
         pending = self.c.pending
@@ -180,6 +246,8 @@ class _RequestInput:
             elif kind is ev.StdinEnd:
                 self.stdin_done = True
             elif kind is ev.DataChunk:
+                if self.data is None:
+                    self.data = deque()
                 self.data.append(event.data)  # type: ignore[attr-defined]
             elif kind is ev.DataEnd:
                 self.data_done = True
@@ -252,9 +320,6 @@ class SyncWorker:
         )
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        seconds = int(self.options.read_timeout)
-        micros = int((self.options.read_timeout - seconds) * 1_000_000)
-        self._timeval = struct.pack("ll", seconds, micros)
         self._poller: select.epoll | None = None
         #: Kept connections waiting for their next request, by fd, oldest first.
         self._parked: dict[int, tuple[_Connection, float]] = {}
@@ -300,7 +365,7 @@ class SyncWorker:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 64)
                     elif fd in listeners:
-                        self._accept(*listeners[fd])
+                        self._accept_burst(*listeners[fd])
                     elif fd in parked:
                         self._drive(parked.pop(fd)[0], readable=True)
                     if self._stopping or self.hooks.should_stop():
@@ -325,26 +390,40 @@ class SyncWorker:
             self._close(c, False)
         parked.clear()
 
-    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
+    def _accept_burst(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
+        """Serve connections waiting on ``listener``, one after another.
+
+        Under load the accept queue is rarely empty, and taking the next
+        connection straight away saves an epoll_wait() per request. With kept
+        connections parked, only one is taken, so their next requests do not
+        wait behind a run of new connections.
+        """
+        for _ in range(_ACCEPT_BURST):
+            if not self._accept(listener, kind) or self._parked:
+                return
+            if self._stopping or self.hooks.should_stop():
+                return
+
+    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> bool:
+        """Accept and serve one connection; False if none was waiting."""
         try:
             # socket.accept() without its wrapper's per-call enum conversions.
             fd, peer = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("accept failed: %s", exc.strerror)
-                return
+                return False
             raise
         sock = socket.socket(*kind, fd)
         self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)
             sock.close()
-            return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
-        self._drive(_Connection(sock, _Peer(peer, sock), self.limits))
+            return True
+        self._drive(_Connection(sock, peer, self.limits, self.options.read_timeout))
+        return True
 
     def _park(self, c: _Connection) -> None:
         """Keep ``c`` for its next request without waiting on it here."""
@@ -457,62 +536,42 @@ class SyncWorker:
         params = event.params
         conn = c.conn
         hooks = self.hooks
+        options = self.options
         role = conn.role(rid)
         token = hooks.request_started(params)
-        answer = hooks.intercept(params)
-        source = _RequestInput(c, rid, role)
+        exchange = _Exchange(c, rid, role)
         status = 0
-        if answer is not None:
-            conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))
-            conn.end_request(rid)
+        try:
+            answer = hooks.intercept(params)
+            if answer is None:
+                stderr = exchange.stderr if options.stderr_tracebacks else None
+                errors = ErrorStream(stderr)
+                environ = build_environ(
+                    params,
+                    InputStream(exchange.read_stdin, content_length(params)),
+                    errors,
+                    mount=options.script_name,
+                    multithread=options.multithread,
+                    multiprocess=options.multiprocess,
+                )
+                if role == _FILTER:
+                    environ["fcgi.data"] = InputStream(
+                        exchange.read_data, _int_param(params, "FCGI_DATA_LENGTH")
+                    )
+                environ["fcgi.role"] = _ROLE_NAMES[role]
+                http_status, app_status = run_app(self.app, environ, exchange.send, stderr)
+                errors.flush()
+            else:
+                conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))
+                http_status, app_status = int(answer.status[:3]), 0
+            conn.end_request(rid, app_status)
             c.flush()
-            status = int(answer.status[:3])
-        else:
-            status = self._run_app(c, rid, role, params, source)
-        hooks.request_finished(token, status)
-        return not source.settle()
-
-    def _run_app(
-        self,
-        c: _Connection,
-        rid: int,
-        role: int,
-        params: dict[str, str],
-        source: _RequestInput,
-    ) -> int:
-        conn = c.conn
-        options = self.options
-
-        def send(data: bytes, flush: bool) -> None:
-            conn.send_stdout(rid, data)
-            if flush:
-                c.flush()
-
-        def stderr(data: bytes) -> None:
-            conn.send_stderr(rid, data)
-
-        errors = ErrorStream(stderr if options.stderr_tracebacks else None)
-        wsgi_input = InputStream(source.read_stdin, content_length(params))
-        environ = build_environ(
-            params,
-            wsgi_input,
-            errors,
-            mount=options.script_name,
-            multithread=options.multithread,
-            multiprocess=options.multiprocess,
-        )
-        if role == _FILTER:
-            environ["fcgi.data"] = InputStream(
-                source.read_data, _int_param(params, "FCGI_DATA_LENGTH")
-            )
-        environ["fcgi.role"] = _ROLE_NAMES[role]
-        status, app_status = run_app(
-            self.app, environ, send, stderr if options.stderr_tracebacks else None
-        )
-        errors.flush()
-        conn.end_request(rid, app_status)
-        c.flush()
-        return status
+            status = http_status
+        finally:
+            # Also when the web server went away mid-answer (status 0 then):
+            # the scoreboard must not keep showing a request that is over.
+            hooks.request_finished(token, status)
+        return not exchange.settle()
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
         log.warning("rejected request from %s: %s", c.peer, event.reason)
@@ -527,11 +586,11 @@ class SyncWorker:
         if unread_body:
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, _Timeout):
                 sock.shutdown(socket.SHUT_WR)
                 drained = 0
                 while drained < _MAX_DRAIN:
-                    chunk = sock.recv(_RECV_SIZE)
+                    chunk = c.recv()
                     if not chunk:
                         break
                     drained += len(chunk)

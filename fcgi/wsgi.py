@@ -382,26 +382,50 @@ class _Response:
             self.send(data, flush)
 
 
+#: Header names and status lines already found valid, so the regular
+#: expressions run once per distinct name rather than once per response. Each
+#: name maps to whether it is Content-Length. Bounded: an app that makes up
+#: names per request just stops being cached.
+_GOOD_NAMES: dict[str, bool] = {}
+_GOOD_STATUSES: set[str] = set()
+_CACHE_LIMIT = 512
+
+
+def _check_name(name: object) -> bool:
+    """Validate a header name the slow way; True if it is Content-Length."""
+    if type(name) is not str or not _TOKEN_RE.match(name):
+        raise ValueError(f"invalid header name {name!r}")
+    lower = name.lower()
+    if lower in _HOP_BY_HOP:
+        raise ValueError(f"hop-by-hop header {name} is not allowed from a WSGI app")
+    is_length = lower == "content-length"
+    if len(_GOOD_NAMES) < _CACHE_LIMIT:
+        _GOOD_NAMES[name] = is_length
+    return is_length
+
+
 def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
     """The CGI header block, and whether it has a Content-Length."""
-    if type(status) is not str or not _STATUS_RE.match(status):
-        raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+    if type(status) is not str or status not in _GOOD_STATUSES:
+        if type(status) is not str or not _STATUS_RE.match(status):
+            raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
+        if len(_GOOD_STATUSES) < _CACHE_LIMIT:
+            _GOOD_STATUSES.add(status)
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, not {type(headers).__name__}")
     lines = ["Status: ", status, "\r\n"]
     has_length = False
+    good_names = _GOOD_NAMES
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"header {item!r} is not a (name, value) tuple")
         name, value = item
-        if type(name) is not str or not _TOKEN_RE.match(name):
-            raise ValueError(f"invalid header name {name!r}")
+        is_length = good_names.get(name) if type(name) is str else None
+        if is_length is None:
+            is_length = _check_name(name)
         if type(value) is not str or "\n" in value or "\r" in value:
             raise ValueError(f"invalid value for header {name}: {value!r}")
-        lower = name.lower()
-        if lower in _HOP_BY_HOP:
-            raise ValueError(f"hop-by-hop header {name} is not allowed from a WSGI app")
-        if lower == "content-length":
+        if is_length:
             has_length = True
         lines += (name, ": ", value, "\r\n")
     lines.append("\r\n")
