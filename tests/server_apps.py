@@ -46,6 +46,10 @@ def _main(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (f"chunk {i}\n".encode() for i in range(5))
+    if path == "/big":
+        # 8 MiB: far more than the socket buffers hold, so a web server that
+        # stops reading leaves the worker blocked in a write.
+        return _plain(start_response, b"b" * (8 << 20))
     if path == "/raise":
         raise RuntimeError("deliberate failure before headers")
     if path == "/raise-late":

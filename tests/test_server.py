@@ -323,6 +323,16 @@ def test_stall_mid_record_times_out_with_log(server: Server) -> None:
     assert_serves(server)
 
 
+def test_web_server_that_stops_reading_times_out_with_log(server: Server) -> None:
+    with connect(server.address) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(request_bytes(1, get_params("/big")))
+        # Read nothing: the worker's write stalls, and it must give up after
+        # its timeout rather than hang, then close the connection.
+        server.wait_log("timed out writing to the web server")
+    assert_serves(server)
+
+
 def test_client_vanishing_mid_request_is_survived(server: Server) -> None:
     for _ in range(3):
         sock = connect(server.address)

@@ -1,0 +1,299 @@
+"""The optional C ``decode_params`` (fcgi/_speedups.c) against the pure-Python one.
+
+Both are compared through :func:`fcgi.records._decode_params_fast`, the wrapper
+that :func:`fcgi.records.decode_params` is bound to when the extension is in
+use: the same dict, or the same :class:`ProtocolError` message, on every input.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fcgi import records as r
+from fcgi.errors import ProtocolError
+
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+ROOT = Path(__file__).resolve().parents[1]
+
+# Set when the package was built without its C extension on purpose.
+NO_EXTENSIONS = os.environ.get("FCGI_NO_EXTENSIONS") == "1"
+
+Outcome = dict[str, str] | tuple[str, str]
+
+
+def c_version() -> Callable[[bytes], dict[str, str]]:
+    """The C version behind the public wrapper; its absence is a failure."""
+    if r._decode_params_c is None:
+        if NO_EXTENSIONS:
+            pytest.skip("built with FCGI_NO_EXTENSIONS=1: no C version to compare")
+        pytest.fail("fcgi._speedups is not built: `pip install -e .` needs gcc and Python headers")
+    return r._decode_params_fast
+
+
+@pytest.fixture(scope="module")
+def c_decode() -> Callable[[bytes], dict[str, str]]:
+    return c_version()
+
+
+def outcome(decode: Callable[..., dict[str, str]], data: bytes | bytearray | memoryview) -> Outcome:
+    try:
+        return decode(data)
+    except ProtocolError as exc:
+        return ("ProtocolError", str(exc))
+
+
+def assert_same(c_decode: Callable[[bytes], dict[str, str]], data: bytes) -> Outcome:
+    expected = outcome(r._decode_params_py, data)
+    assert outcome(c_decode, data) == expected
+    # Any bytes-like object, at any offset in its buffer. The pure version
+    # needs .decode(), so bytes is its input for the memoryview cases.
+    assert outcome(c_decode, bytearray(data)) == outcome(r._decode_params_py, bytearray(data))
+    assert outcome(c_decode, memoryview(data)) == expected
+    view = memoryview(b"\xff\x80" + data + b"\x01")[2:-1]
+    assert outcome(c_decode, view) == expected
+    return expected
+
+
+# -- the extension is there, and selected as documented ---------------------------------
+
+
+def test_extension_is_built_and_in_use() -> None:
+    if NO_EXTENSIONS:
+        assert r._decode_params_c is None, (
+            "FCGI_NO_EXTENSIONS=1 but fcgi._speedups is importable: a stale build "
+            "(remove fcgi/_speedups*.so) or an environment that did build it"
+        )
+        assert not r.SPEEDUPS
+        assert r.decode_params is r._decode_params_py
+        return
+    import fcgi._speedups  # noqa: F401  # fails the test, not skips it, if absent
+
+    assert r._decode_params_c is not None
+    if os.environ.get("FCGI_PURE_PYTHON") == "1":
+        assert not r.SPEEDUPS
+        assert r.decode_params is r._decode_params_py
+    else:
+        assert r.SPEEDUPS is True
+        assert r.decode_params is r._decode_params_fast
+
+
+def test_pure_python_switch_in_a_fresh_interpreter() -> None:
+    code = (
+        "from fcgi import records as r\n"
+        "from fcgi.errors import ProtocolError\n"
+        "assert r.SPEEDUPS is False, r.SPEEDUPS\n"
+        "assert r.decode_params is r._decode_params_py\n"
+        "block = r.encode_pairs([(b'A', b'1'), (b'X' * 200, b'\\xe9'), (b'A', b'2')])\n"
+        "assert r.decode_params(block) == {'A': '2', 'X' * 200: '\\xe9'}\n"
+        "try:\n"
+        "    r.decode_params(block[:-1])\n"
+        "except ProtocolError as exc:\n"
+        "    assert 'claims 1+1 bytes but only 1 remain' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('no ProtocolError')\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "FCGI_PURE_PYTHON": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok\n"
+
+
+# -- fixed cases ------------------------------------------------------------------------
+
+LEN4_ZERO = b"\x80\x00\x00\x00"  # a 4-byte length of 0: 0x80000000 with only the flag bit
+LEN4_MAX = b"\xff\xff\xff\xff"  # the largest length, 0x7FFFFFFF
+
+FIXED_CASES = [
+    b"",
+    b"\x00\x00",
+    b"\x01\x01ab",
+    b"\x01\x01ab\x01\x01ac",  # duplicate name: last wins
+    LEN4_ZERO + LEN4_ZERO,  # 4-byte lengths of 0 are valid
+    LEN4_ZERO + b"\x01" + b"v",
+    b"\x80\x00\x00\x01\x80\x00\x00\x02abc",  # 4-byte encodings of small lengths
+    b"\x7f\x00" + b"n" * 127,
+    b"\x80\x00\x00\x80\x00" + b"n" * 128,
+    b"\x00\x80\x00\x00\x80" + b"v" * 128,
+    b"\x01\x01\xe9\xff\x01\x01\x00\x80",  # non-ASCII and NUL bytes
+    # malformed
+    b"\x80",
+    b"\x80\x00\x00",
+    b"\x01",
+    LEN4_ZERO,
+    b"\x01\x80\x00",
+    b"\x01\x01a",
+    b"\x05\x00abc",
+    b"\x01\x01ab\x02",
+    LEN4_MAX + b"\x00",
+    b"\x00" + LEN4_MAX,
+    LEN4_MAX + LEN4_MAX,  # 2 * 0x7FFFFFFF must not wrap anything
+    LEN4_MAX + LEN4_MAX + b"x" * 64,
+    b"\x80\x00\x00\x80\x00" + b"n" * 127,  # one byte short
+    b"\x01\x01ab" + LEN4_MAX + b"\x00",  # a good pair, then a bad one
+]
+
+
+@pytest.mark.parametrize("data", FIXED_CASES)
+def test_fixed_cases_agree(c_decode: Callable[[bytes], dict[str, str]], data: bytes) -> None:
+    assert_same(c_decode, data)
+
+
+def test_fixed_cases_values(c_decode: Callable[[bytes], dict[str, str]]) -> None:
+    assert c_decode(b"") == {}
+    assert c_decode(LEN4_ZERO + LEN4_ZERO) == {"": ""}
+    assert c_decode(b"\x01\x01ab\x01\x01ac") == {"a": "c"}
+    assert c_decode(b"\x01\x01\xe9\xff\x01\x01\x00\x80") == {"\xe9": "\xff", "\x00": "\x80"}
+    with pytest.raises(ProtocolError, match=r"claims 2147483647\+2147483647 bytes but only 0"):
+        c_decode(LEN4_MAX + LEN4_MAX)
+    with pytest.raises(ProtocolError, match=r"claims 2147483647\+0 bytes but only 0"):
+        c_decode(LEN4_MAX + b"\x00")
+
+
+def test_raw_c_function_returns_none_on_malformed_input(
+    c_decode: Callable[[bytes], dict[str, str]],
+) -> None:
+    from fcgi import _speedups
+
+    for data in (b"\x80", b"\x01", b"\x01\x80\x00", b"\x01\x01a", LEN4_MAX + LEN4_MAX):
+        assert _speedups.decode_params(data) is None
+    assert _speedups.decode_params(b"\x01\x01ab") == {"a": "b"}
+
+
+def test_c_version_takes_only_contiguous_buffers(
+    c_decode: Callable[[bytes], dict[str, str]],
+) -> None:
+    from fcgi import _speedups
+
+    bad: list[object] = ["\x01\x01ab", None, 1]
+    for data in bad:
+        with pytest.raises(TypeError):
+            _speedups.decode_params(data)  # type: ignore[arg-type]
+    with pytest.raises(BufferError):
+        _speedups.decode_params(memoryview(b"\x01\x01ab")[::2])
+
+
+# -- every truncation of a valid block ----------------------------------------------------
+
+
+def representative_block() -> bytes:
+    return r.encode_pairs(
+        [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"EMPTY", b""),
+            (b"", b"no name"),
+            (b"HTTP_X_LATIN1", bytes(range(256))),  # 4-byte value length, every byte
+            (b"N" * 128, b"v" * 127),  # 4-byte name length, 1-byte value length at the edge
+            (b"REQUEST_METHOD", b"POST"),
+        ]
+    )
+
+
+def test_every_truncation_agrees(c_decode: Callable[[bytes], dict[str, str]]) -> None:
+    block = representative_block()
+    assert c_decode(block)["REQUEST_METHOD"] == "POST"
+    errors = 0
+    for cut in range(len(block) + 1):
+        if isinstance(assert_same(c_decode, block[:cut]), tuple):
+            errors += 1
+    # Only the cuts at pair boundaries decode.
+    assert errors == len(block) + 1 - 7
+
+
+# -- hypothesis -----------------------------------------------------------------------------
+
+
+def repeat_to(pattern: bytes, size: int) -> bytes:
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+# Any bytes, with lengths on both sides of the 1-byte / 4-byte boundary, and a few
+# large ones built from a short random pattern so as not to exhaust hypothesis.
+any_bytes = st.one_of(
+    st.binary(max_size=20),
+    st.binary(min_size=125, max_size=130),
+    st.builds(
+        repeat_to,
+        st.binary(min_size=1, max_size=8),
+        st.one_of(st.integers(126, 130), st.integers(0, 200_000)),
+    ),
+)
+# A few names recur, so blocks have duplicates.
+names = st.one_of(st.sampled_from([b"", b"A", b"\xe9", b"N" * 128]), any_bytes)
+blocks = st.lists(st.tuples(names, any_bytes), max_size=10)
+
+
+@SETTINGS
+@given(blocks)
+def test_valid_blocks_agree(pairs: list[tuple[bytes, bytes]]) -> None:
+    block = r.encode_pairs(pairs)
+    expected = {n.decode("latin-1"): v.decode("latin-1") for n, v in pairs}
+    assert assert_same(c_version(), block) == expected
+
+
+@SETTINGS
+@given(blocks, st.data())
+def test_truncated_blocks_agree(pairs: list[tuple[bytes, bytes]], data: st.DataObject) -> None:
+    block = r.encode_pairs(pairs)
+    cut = data.draw(st.integers(0, len(block)))
+    assert_same(c_version(), block[:cut])
+
+
+# Mostly malformed: raw bytes, and bytes from an alphabet of length-like values.
+length_bytes = st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0x81, 0xFF])
+random_blocks = st.one_of(
+    st.binary(max_size=64),
+    st.lists(length_bytes, max_size=24).map(bytes),
+)
+
+
+@SETTINGS
+@given(random_blocks)
+def test_random_bytes_agree(data: bytes) -> None:
+    assert_same(c_version(), data)
+
+
+# -- resources --------------------------------------------------------------------------------
+
+
+def test_buffer_released_on_every_path(c_decode: Callable[[bytes], dict[str, str]]) -> None:
+    # A bytearray cannot be resized while a buffer export is held.
+    for data in (b"", b"\x01\x01ab", b"\x01\x01a", LEN4_MAX + LEN4_MAX):
+        buf = bytearray(data)
+        outcome(c_decode, buf)
+        buf += b"more"
+        del buf[:]
+
+
+def test_no_leak_and_no_allocation_from_declared_lengths(
+    c_decode: Callable[[bytes], dict[str, str]],
+) -> None:
+    good = representative_block()
+    bad = (b"\x01\x01ab" * 20) + LEN4_MAX + LEN4_MAX + b"x" * 100
+    raw = r._decode_params_c
+    assert raw is not None
+    for _ in range(100):  # warm up caches before measuring
+        raw(good)
+        raw(bad)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5000):
+            raw(good)
+            assert raw(bad) is None
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 16 * 1024, "leaks"
+    assert peak - before < 64 * 1024, "allocated more than one decoded block"
