@@ -64,7 +64,8 @@ class Slot:
     #: CLOCK_MONOTONIC (system wide, so comparable between processes).
     request_start_mono: float = 0.0
     last_duration: float = 0.0
-    #: CPU use of the last request, percent of one core.
+    #: CPU use of the last request, percent of one core; see
+    #: fcgi.pool.worker_hooks.CPU_READ_INTERVAL for requests shorter than 1 ms.
     last_cpu: float = 0.0
     #: Peak RSS of the process, bytes, as of the end of the last request.
     last_memory: int = 0
