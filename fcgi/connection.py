@@ -79,6 +79,26 @@ def _complete_tail(request_id: int) -> bytes:
     return tail
 
 
+#: Pieces of a split record smaller than this are copied together rather than kept.
+_SMALL_PIECE = 4096
+
+
+def _join_span(parts: list[bytes | bytearray | memoryview], start: int, stop: int) -> bytes:
+    """Bytes ``start:stop`` of the concatenation of ``parts``, copied once."""
+    views: list[memoryview] = []
+    offset = 0
+    for part in parts:
+        size = len(part)
+        lo = max(start - offset, 0)
+        hi = min(stop - offset, size)
+        if lo < hi:
+            views.append(memoryview(part)[lo:hi])
+        offset += size
+        if offset >= stop:
+            break
+    return b"".join(views)
+
+
 _OUTGOING_TYPES = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE))
 
 
@@ -115,11 +135,22 @@ class _Request:
 class ServerConnection:
     """State of one connection from the application's point of view."""
 
-    __slots__ = ("_buffer", "_out", "_requests", "closed_by_peer", "limits", "should_close")
+    __slots__ = (
+        "_out",
+        "_partial",
+        "_partial_len",
+        "_requests",
+        "closed_by_peer",
+        "limits",
+        "should_close",
+    )
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
-        self._buffer = bytearray()
+        #: The received part of a record that is not complete yet, as the
+        #: pieces it came in (see :meth:`_stash`), and its length.
+        self._partial: list[bytes | bytearray | memoryview] = []
+        self._partial_len = 0
         self._out: list[bytes | memoryview] = []
         self._requests: dict[int, _Request] = {}
         #: True once an END_REQUEST went out for a request without FCGI_KEEP_CONN.
@@ -138,9 +169,14 @@ class ServerConnection:
         return bool(self._out)
 
     @property
+    def buffered(self) -> int:
+        """Bytes received of a record that is not complete yet (never more than one record)."""
+        return self._partial_len
+
+    @property
     def mid_record(self) -> bool:
         """True while part of a record has arrived but not all of it."""
-        return bool(self._buffer)
+        return self._partial_len > 0
 
     def keep_conn(self, request_id: int) -> bool:
         return self._requests[request_id].keep_conn
@@ -153,43 +189,82 @@ class ServerConnection:
 
         Raises :class:`ProtocolError` if the stream cannot be parsed any further;
         the connection should then be closed.
+
+        Record contents are sliced straight out of ``data``; a record split
+        across reads is put together once, when its last piece arrives, so a
+        request body is copied once on its way from the socket to the app.
         """
-        buf = self._buffer
-        if buf:
-            buf += data
-            source: bytes | bytearray = buf
-        else:
-            source = data
-        end = len(source)
-        pos = 0
         out: list[ev.Event] = []
+        pos = self._finish_partial(data, out) if self._partial_len else 0
+        if pos < 0:
+            return out
+        end = len(data)
         while end - pos >= HEADER_LEN:
-            version, rtype, rid, clen, plen = _unpack_header(source, pos)
-            stop = pos + HEADER_LEN + clen
-            if stop + plen > end:
-                if version != VERSION_1:
-                    raise ProtocolError(f"unsupported FastCGI version {version}")
-                break
+            version, rtype, rid, clen, plen = _unpack_header(data, pos)
             if version != VERSION_1:
                 raise ProtocolError(f"unsupported FastCGI version {version}")
-            content = source[pos + HEADER_LEN : stop]
+            stop = pos + HEADER_LEN + clen
+            if stop + plen > end:
+                break
+            content = data[pos + HEADER_LEN : stop]
             pos = stop + plen
             self._record(rtype, rid, content, out)
-        if pos:
-            if source is buf:
-                del buf[:pos]
-            else:
-                buf += source[pos:]
-        elif source is not buf:
-            buf += source
+        if pos < end:
+            self._stash(memoryview(data)[pos:] if pos else data)
         return out
+
+    def _stash(self, piece: bytes | bytearray | memoryview) -> None:
+        """Keep ``piece`` of an incomplete record without copying it, unless it is small.
+
+        Small pieces are gathered into one bytearray, so a peer that trickles a
+        record a byte at a time costs a bounded number of list entries.
+        """
+        parts = self._partial
+        self._partial_len += len(piece)
+        if len(piece) >= _SMALL_PIECE:
+            parts.append(piece)
+        elif parts and type(parts[-1]) is bytearray:
+            parts[-1] += piece
+        else:
+            parts.append(bytearray(piece))
+
+    def _finish_partial(self, data: bytes, out: list[ev.Event]) -> int:
+        """Complete the stashed record from the start of ``data`` and process it.
+
+        Returns how many bytes of ``data`` that took, or -1 if all of ``data``
+        went into a record that is still incomplete.
+        """
+        parts = self._partial
+        have = self._partial_len
+        used = 0
+        if have < HEADER_LEN:
+            used = min(HEADER_LEN - have, len(data))
+            self._stash(data[:used])
+            if self._partial_len < HEADER_LEN:
+                return -1
+            # The header is whole now and sits at the start of one part.
+            parts[:] = [b"".join(parts)]
+            have = HEADER_LEN
+        version, rtype, rid, clen, plen = _unpack_header(parts[0], 0)
+        if version != VERSION_1:
+            raise ProtocolError(f"unsupported FastCGI version {version}")
+        need: int = HEADER_LEN + clen + plen - have
+        if len(data) - used < need:
+            self._stash(memoryview(data)[used:] if used else data)
+            return -1
+        parts.append(memoryview(data)[used : used + need])
+        content = _join_span(parts, HEADER_LEN, HEADER_LEN + clen)
+        parts.clear()
+        self._partial_len = 0
+        self._record(rtype, rid, content, out)
+        return used + need
 
     def feed_eof(self) -> None:
         """The peer closed its side. Raises if it stopped in the middle of a record."""
         self.closed_by_peer = True
-        if self._buffer:
+        if self._partial_len:
             raise ProtocolError(
-                f"connection closed inside a record ({len(self._buffer)} bytes of it received)"
+                f"connection closed inside a record ({self._partial_len} bytes of it received)"
             )
 
     def _record(

@@ -215,7 +215,8 @@ class _Exchange:
     def __init__(self, c: _Connection, rid: int, role: int) -> None:
         self.c = c
         self.rid = rid
-        self.stdin: deque[bytes] = deque()
+        # Made when the first chunk arrives: most requests have no body.
+        self.stdin: deque[bytes] | None = None
         self.data: deque[bytes] | None = None
         self.stdin_done = role == _AUTHORIZER
         self.data_done = role != _FILTER
@@ -242,6 +243,8 @@ class _Exchange:
                 continue  # refused ids: already answered by the connection
             kind = type(event)
             if kind is ev.StdinData:
+                if self.stdin is None:
+                    self.stdin = deque()
                 self.stdin.append(event.data)  # type: ignore[attr-defined]
             elif kind is ev.StdinEnd:
                 self.stdin_done = True

@@ -52,13 +52,18 @@ class InputStream:
     stream (or when the web server gave up). At most ``limit`` bytes are ever
     returned, so an app cannot read past CONTENT_LENGTH, and a body shorter than
     declared ends in EOF rather than a hang.
+
+    Chunks are never copied into a buffer of our own: the unread part of the
+    current chunk is an offset into it, a read that wants a whole chunk gets
+    that very object, and any other read is one join of views.
     """
 
-    __slots__ = ("_buf", "_eof", "_fill", "_remaining")
+    __slots__ = ("_chunk", "_eof", "_fill", "_pos", "_remaining")
 
     def __init__(self, fill: Callable[[], bytes], limit: int | None = None) -> None:
         self._fill = fill
-        self._buf = bytearray()
+        self._chunk = b""
+        self._pos = 0
         self._eof = False
         self._remaining = limit if limit is not None else -1
 
@@ -77,62 +82,53 @@ class InputStream:
             self._remaining -= len(chunk)
         return chunk
 
-    def _more(self) -> bool:
-        chunk = self._next()
-        self._buf += chunk
-        return bool(chunk)
+    def _current(self) -> tuple[bytes, int]:
+        """The chunk being read and the offset of its first unread byte (b"" at EOF)."""
+        chunk, pos = self._chunk, self._pos
+        if pos >= len(chunk):
+            chunk = self._next()
+            pos = 0
+            self._chunk, self._pos = chunk, 0
+        return chunk, pos
 
     def read(self, size: int | None = -1) -> bytes:
-        buf = self._buf
-        if size is None or size < 0:
-            parts = [bytes(buf)]
-            buf.clear()
-            while chunk := self._next():
-                parts.append(chunk)
-            return b"".join(parts)
-        if not buf:
-            # Nothing buffered: whole chunks go to the app uncopied, and only
-            # the part past ``size`` is kept for the next read.
-            parts = []
-            need = size
-            while need > 0:
-                chunk = self._next()
-                if not chunk:
-                    break
-                if len(chunk) <= need:
-                    parts.append(chunk)
-                    need -= len(chunk)
-                else:
-                    parts.append(chunk[:need])
-                    buf += memoryview(chunk)[need:]
-                    need = 0
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        while len(buf) < size and self._more():
-            pass
-        data = bytes(buf[:size])
-        del buf[:size]
-        return data
+        parts: list[bytes | memoryview] = []
+        need = -1 if size is None or size < 0 else size
+        while need:
+            chunk, pos = self._current()
+            if not chunk:
+                break
+            avail = len(chunk) - pos
+            if 0 <= need < avail:
+                parts.append(memoryview(chunk)[pos : pos + need])
+                self._pos = pos + need
+                break
+            parts.append(memoryview(chunk)[pos:] if pos else chunk)
+            self._chunk, self._pos = b"", 0
+            if need > 0:
+                need -= avail
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
-        buf = self._buf
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
+        parts: list[memoryview] = []
+        left = -1 if size is None or size < 0 else size
+        while left:
+            chunk, pos = self._current()
+            if not chunk:
+                break
+            end = len(chunk) if left < 0 else min(len(chunk), pos + left)
+            nl = chunk.find(b"\n", pos, end)
             if nl >= 0:
                 end = nl + 1
+            parts.append(memoryview(chunk)[pos:end])
+            self._pos = end
+            if nl >= 0:
                 break
-            if size is not None and 0 <= size <= len(buf):
-                end = size
-                break
-            start = len(buf)
-            if not self._more():
-                end = len(buf)
-                break
-        if size is not None and 0 <= size < end:
-            end = size
-        data = bytes(buf[:end])
-        del buf[:end]
-        return data
+            if left > 0:
+                left -= end - pos
+        return b"".join(parts)
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines = []
@@ -155,7 +151,7 @@ class InputStream:
 
     def drain(self) -> None:
         """Consume what the app left unread, so the connection can be reused."""
-        self._buf.clear()
+        self._chunk, self._pos = b"", 0
         while self._next():
             pass
 
@@ -483,10 +479,22 @@ def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...])
         if type(chunk) is not bytes:
             raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if response.headers_sent:  # the app used write() before returning
+        if body:
+            response.send(body, False)
+        return
     head = response.head
-    if head is not None and not response.headers_sent and not response.has_length:
-        response.head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
-    response.emit(body, False)
+    if head is None:
+        raise AssertionError("the app returned body data before calling start_response")
+    if not response.has_length:
+        head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
+    response.headers_sent = True
+    if len(body) > 8192:
+        # A large body is not copied just to put the head in front.
+        response.send(head, False)
+        response.send(body, False)
+    else:
+        response.send(head + body, False)
 
 
 def _app_failed(

@@ -279,7 +279,7 @@ def drive(conn: ServerConnection, events: list[ev.Event], end_some: bool) -> Non
 
 
 def assert_bounded(conn: ServerConnection, fed: int, limits: Limits) -> None:
-    assert len(conn._buffer) < MAX_BUFFERED
+    assert conn.buffered < MAX_BUFFERED
     assert len(conn.active_requests) <= limits.max_requests
     for req in conn._requests.values():
         assert sum(map(len, req.params)) <= limits.max_params_bytes
@@ -377,7 +377,7 @@ def test_huge_claimed_lengths_do_not_allocate(header: bytes, extra_chunks: int) 
         conn.feed(hdr)
         for _ in range(extra_chunks):
             conn.feed(bytes(1000))
-        assert len(conn._buffer) == 8 + 1000 * extra_chunks
+        assert conn.buffered == 8 + 1000 * extra_chunks
         conn.feed_eof()
     except ProtocolError:
         pass

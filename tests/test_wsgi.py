@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 from wsgiref.validate import validator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fcgi.wsgi import (
     ClientGone,
@@ -293,3 +296,26 @@ def test_read_after_readline_keeps_the_order() -> None:
     assert stream.readline() == b"line one\n"
     assert stream.read(4) == b"rest"
     assert stream.read(100) == b" of it\nmore"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=40), max_size=8),  # b"" means EOF
+    ops=st.lists(
+        st.tuples(st.sampled_from(["read", "readline"]), st.integers(min_value=-1, max_value=50)),
+        max_size=30,
+    ),
+    cut=st.integers(min_value=0, max_value=10),
+)
+def test_input_stream_reads_like_a_file(
+    pieces: list[bytes], ops: list[tuple[str, int]], cut: int
+) -> None:
+    body = b"".join(pieces)
+    limit = max(0, len(body) - cut)
+    stream = InputStream(chunks(*pieces), limit)
+    reference = io.BytesIO(body[:limit])
+    for name, size in ops:
+        got = getattr(stream, name)(size)
+        assert type(got) is bytes
+        assert got == getattr(reference, name)(size), (name, size)
+    assert stream.read() == reference.read()

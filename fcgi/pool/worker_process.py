@@ -19,6 +19,7 @@ respawning it blindly), anything else is a crash.
 from __future__ import annotations
 
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -248,6 +249,11 @@ def _serve(spec: WorkerSpec) -> int:
     driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
         return EXIT_OK
+    # Everything alive now (the app, its modules, the worker) lives as long as
+    # the process: frozen, full collections no longer walk it, and pages
+    # shared with the master are not dirtied by the collector's bookkeeping.
+    # No gc.collect() first: it would delay the worker's first request.
+    gc.freeze()
     hooks.ready()
     try:
         driver.serve_forever()
