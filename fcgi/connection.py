@@ -184,8 +184,11 @@ class ServerConnection:
     def role(self, request_id: int) -> int:
         return self._requests[request_id].role
 
-    def feed(self, data: bytes) -> list[ev.Event]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[ev.Event]:
         """Take bytes from the peer; return the events they complete.
+
+        ``data`` may be a view of a buffer the caller reuses: nothing is kept
+        that refers to a mutable buffer once this returns.
 
         Raises :class:`ProtocolError` if the stream cannot be parsed any further;
         the connection should then be closed.
@@ -214,7 +217,7 @@ class ServerConnection:
         return out
 
     def _stash(self, piece: bytes | bytearray | memoryview) -> None:
-        """Keep ``piece`` of an incomplete record without copying it, unless it is small.
+        """Keep ``piece`` of an incomplete record, uncopied if it is large and immutable.
 
         Small pieces are gathered into one bytearray, so a peer that trickles a
         record a byte at a time costs a bounded number of list entries.
@@ -222,13 +225,16 @@ class ServerConnection:
         parts = self._partial
         self._partial_len += len(piece)
         if len(piece) >= _SMALL_PIECE:
-            parts.append(piece)
+            # Kept by reference only if nobody can change it under us: a
+            # driver may feed views of a buffer it reuses for the next read.
+            immutable = type(piece) is bytes or (type(piece) is memoryview and piece.readonly)
+            parts.append(piece if immutable else bytes(piece))
         elif parts and type(parts[-1]) is bytearray:
             parts[-1] += piece
         else:
             parts.append(bytearray(piece))
 
-    def _finish_partial(self, data: bytes, out: list[ev.Event]) -> int:
+    def _finish_partial(self, data: bytes | bytearray | memoryview, out: list[ev.Event]) -> int:
         """Complete the stashed record from the start of ``data`` and process it.
 
         Returns how many bytes of ``data`` that took, or -1 if all of ``data``
@@ -268,7 +274,7 @@ class ServerConnection:
             )
 
     def _record(
-        self, rtype: int, rid: int, content: bytes | bytearray, out: list[ev.Event]
+        self, rtype: int, rid: int, content: bytes | bytearray | memoryview, out: list[ev.Event]
     ) -> None:
         req = self._requests.get(rid)
         if req is not None:
@@ -343,7 +349,9 @@ class ServerConnection:
             raise ProtocolError(f"{RecordType(rtype).name} record with the null request id 0")
         # Anything else is for an inactive id: ignored, as section 3.3 says.
 
-    def _begin(self, rid: int, content: bytes | bytearray, out: list[ev.Event]) -> None:
+    def _begin(
+        self, rid: int, content: bytes | bytearray | memoryview, out: list[ev.Event]
+    ) -> None:
         if rid == 0:
             raise ProtocolError("BEGIN_REQUEST with the null request id 0")
         if len(content) != BEGIN_REQUEST_BODY.size:
@@ -388,7 +396,7 @@ class ServerConnection:
         req.params = []
         out.append(ev.RequestRejected(rid, reason, status))
 
-    def _get_values(self, content: bytes | bytearray) -> None:
+    def _get_values(self, content: bytes | bytearray | memoryview) -> None:
         try:
             names = decode_pairs(content)
         except ProtocolError as exc:

@@ -45,15 +45,15 @@ from fcgi.wsgi import (
 
 log = logging.getLogger("fcgi.worker")
 
-_RECV_SIZE = 64 * 1024
+#: One buffer of this size per worker takes every read (recv_into): a large
+#: request body arrives in few reads, and no read allocates.
+_RECV_SIZE = 256 * 1024
 #: Most bytes read and thrown away while closing a connection whose request
 #: body the app did not read (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
 #: Kept-alive connections one worker holds between requests; past this the
 #: oldest is closed (the web server opens a new one when it needs it).
 _MAX_PARKED = 64
-#: Most connections taken from a listener in a row without a look at epoll.
-_ACCEPT_BURST = 16
 
 
 #: Below this many bytes a response is joined and sent with one send(); above
@@ -151,14 +151,31 @@ class _Peer:
 class _Connection:
     """One accepted transport connection being served by a sync worker."""
 
-    __slots__ = ("address", "conn", "pending", "registered", "served", "sock", "timeout")
+    __slots__ = (
+        "address",
+        "buffer",
+        "conn",
+        "pending",
+        "registered",
+        "served",
+        "sock",
+        "timeout",
+    )
 
     def __init__(
-        self, sock: socket.socket, address: object, limits: Limits, timeout: float
+        self,
+        sock: socket.socket,
+        address: object,
+        limits: Limits,
+        timeout: float,
+        buffer: memoryview,
     ) -> None:
         self.sock = sock
         self.address = address
         self.timeout = timeout
+        #: The worker's read buffer, shared by its connections: what a read
+        #: puts there is taken in by ServerConnection.feed before the next.
+        self.buffer = buffer
         self.conn = ServerConnection(limits)
         self.pending: deque[ev.Event] = deque()
         self.served = 0
@@ -169,12 +186,13 @@ class _Connection:
         """The web server's address, for log lines (formatted only if one is written)."""
         return _Peer(self.address, self.sock)
 
-    def recv(self) -> bytes:
-        """The next bytes from the peer, waiting at most ``timeout`` for them."""
+    def recv(self) -> memoryview:
+        """The next bytes from the peer (valid until the next read), waiting at most ``timeout``."""
         sock = self.sock
+        buffer = self.buffer
         while True:
             try:
-                return sock.recv(_RECV_SIZE, _DONTWAIT)
+                return buffer[: sock.recv_into(buffer, 0, _DONTWAIT)]
             except BlockingIOError:
                 if not wait_ready(sock, select.POLLIN, self.timeout):
                     raise _Timeout from None
@@ -324,6 +342,7 @@ class SyncWorker:
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller: select.epoll | None = None
+        self._buffer = memoryview(bytearray(_RECV_SIZE))
         #: Kept connections waiting for their next request, by fd, oldest first.
         self._parked: dict[int, tuple[_Connection, float]] = {}
 
@@ -368,7 +387,7 @@ class SyncWorker:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 64)
                     elif fd in listeners:
-                        self._accept_burst(*listeners[fd])
+                        self._accept(*listeners[fd])
                     elif fd in parked:
                         self._drive(parked.pop(fd)[0], readable=True)
                     if self._stopping or self.hooks.should_stop():
@@ -393,40 +412,24 @@ class SyncWorker:
             self._close(c, False)
         parked.clear()
 
-    def _accept_burst(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
-        """Serve connections waiting on ``listener``, one after another.
-
-        Under load the accept queue is rarely empty, and taking the next
-        connection straight away saves an epoll_wait() per request. With kept
-        connections parked, only one is taken, so their next requests do not
-        wait behind a run of new connections.
-        """
-        for _ in range(_ACCEPT_BURST):
-            if not self._accept(listener, kind) or self._parked:
-                return
-            if self._stopping or self.hooks.should_stop():
-                return
-
-    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> bool:
-        """Accept and serve one connection; False if none was waiting."""
+    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
         try:
             # socket.accept() without its wrapper's per-call enum conversions.
             fd, peer = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
-            return False
+            return
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("accept failed: %s", exc.strerror)
-                return False
+                return
             raise
         sock = socket.socket(*kind, fd)
         self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)
             sock.close()
-            return True
-        self._drive(_Connection(sock, peer, self.limits, self.options.read_timeout))
-        return True
+            return
+        self._drive(_Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer))
 
     def _park(self, c: _Connection) -> None:
         """Keep ``c`` for its next request without waiting on it here."""

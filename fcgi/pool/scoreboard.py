@@ -328,5 +328,3 @@ class SlotWriter:
     def sync(self) -> None:
         """Take up the counter after a whole-slot write by :meth:`Scoreboard.write_slot`."""
         self._seq = _SEQ.unpack_from(self._map, self._off)[0] & ~1
-
-
