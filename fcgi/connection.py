@@ -61,9 +61,6 @@ _DATA = 2
 _INPUT_DONE = 3
 _REJECTED = 4
 
-_STDOUT_END = 0
-_STDERR_END = 1
-
 #: The records that close a plain successful response (empty STDOUT, then
 #: END_REQUEST with appStatus 0), by request id: built once per id, not per request.
 _COMPLETE_TAILS: dict[int, bytes] = {}

@@ -257,6 +257,28 @@ def test_large_stdin_record_and_huge_feed() -> None:
     assert isinstance(events[-1], ev.StdinEnd)
 
 
+@pytest.mark.parametrize("read_size", [7, 5000, 65536, 70000])
+def test_views_of_a_reused_read_buffer_are_never_kept(read_size: int) -> None:
+    # The sync worker feeds views of one buffer it overwrites on every read;
+    # records split across reads must come out intact all the same.
+    body = bytes(range(256)) * 1024
+    stream = request_bytes(1, stdin=body)
+    conn = ServerConnection()
+    buffer = bytearray(read_size)
+    view = memoryview(buffer)
+    events: list[ev.Event] = []
+    for start in range(0, len(stream), read_size):
+        piece = stream[start : start + read_size]
+        view[: len(piece)] = piece
+        events += conn.feed(view[: len(piece)])
+        buffer[:] = b"\xee" * read_size  # the next read scribbles over it
+    assert conn.buffered == 0
+    chunks = [e.data for e in events if isinstance(e, ev.StdinData)]
+    assert all(type(c) is bytes for c in chunks)
+    assert b"".join(chunks) == body
+    assert isinstance(events[-1], ev.StdinEnd)
+
+
 def test_empty_stdin_records_after_stdin_end_are_ignored() -> None:
     conn = ServerConnection()
     conn.feed(request_bytes(1, keep_conn=True))

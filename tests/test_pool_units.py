@@ -8,12 +8,20 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from fcgi.errors import ConfigError
-from fcgi.pool import add_pool_arguments, check_config_command, config_from_args, load_config
+from fcgi.pool import (
+    add_pool_arguments,
+    check_config_command,
+    config_from_args,
+    load_config,
+    worker_hooks,
+)
+from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import listen_queue
 from fcgi.pool.scaling import Census, dynamic_decision
@@ -165,6 +173,58 @@ def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
     # The sequence counter is even (no write in progress) after each write.
     writer.sync()
     assert board.read_slot(1).state == SlotState.IDLE
+
+
+def _count_cpu_readings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = worker_hooks.resource.getrusage
+
+    def counting(who: int) -> object:
+        calls.append(who)
+        return real(who)
+
+    monkeypatch.setattr(worker_hooks.resource, "getrusage", counting)
+    return calls
+
+
+def test_cpu_is_read_at_most_once_a_millisecond_without_an_access_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    board = Scoreboard(1)
+    hooks = worker_hooks.ScoreboardHooks(PoolConfig(app="x:app"), board, 0, 1, [])
+    calls = _count_cpu_readings(monkeypatch)
+    params = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/fast"}
+    time.sleep(2 * worker_hooks.CPU_READ_INTERVAL)
+    hooks.request_finished(hooks.request_started(params), 200)
+    assert len(calls) == 1  # a request after an idle interval is always read
+    for _ in range(200):
+        hooks.request_finished(hooks.request_started(params), 200)
+    # 200 requests of a few microseconds each span a few milliseconds at most.
+    assert len(calls) < 100
+    # A request longer than the interval is always read, and its CPU is its own.
+    token = hooks.request_started({"REQUEST_METHOD": "GET", "REQUEST_URI": "/slow"})
+    before = len(calls)
+    spin_until = time.process_time() + 0.02
+    while time.process_time() < spin_until:
+        pass
+    hooks.request_finished(token, 200)
+    assert len(calls) == before + 1
+    slot = board.read_slot(0)
+    assert slot.requests == 202 and slot.uri == "/slow"
+    assert slot.last_cpu > 0 and slot.last_memory > 0
+
+
+def test_cpu_is_read_for_every_request_with_an_access_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = AccessLog(str(tmp_path / "access.log"), "%C %m %r")
+    hooks = worker_hooks.ScoreboardHooks(
+        PoolConfig(app="x:app"), Scoreboard(1), 0, 1, [], access_log=log
+    )
+    calls = _count_cpu_readings(monkeypatch)
+    for _ in range(50):
+        hooks.request_finished(hooks.request_started({"REQUEST_METHOD": "GET"}), 200)
+    assert len(calls) == 50
 
 
 def test_listen_queue_of_unix_and_tcp_sockets_from_the_kernel(tmp_path: Path) -> None:

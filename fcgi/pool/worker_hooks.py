@@ -145,7 +145,8 @@ class ScoreboardHooks:
     # pack of the fields that changed (see SlotWriter).
 
     def connection_accepted(self) -> None:
-        # Published with the next request's end: "accepted conn" needs no write of its own.
+        # Published with the next slot write (both request writes carry it):
+        # "accepted conn" needs no write of its own.
         self._slot.accepted += 1
 
     def request_started(self, params: Mapping[str, str]) -> object:
