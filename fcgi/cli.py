@@ -22,6 +22,15 @@ def _octal(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an octal file mode") from None
 
 
+def _size(text: str) -> int:
+    from fcgi.pool.config import parse_memory
+
+    try:
+        return parse_memory(text, "--max-body-size")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcgi", description="FastCGI server and process manager for Python web apps."
@@ -124,6 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="trio worker: most requests in progress at once (default: 256)",
     )
 
+    serve.add_argument(
+        "--max-body-size",
+        type=_size,
+        default=512 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest request body, e.g. 512M; larger ones get 413 (0: no limit; default: 512M)",
+    )
+    serve.add_argument(
+        "--request-header-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time a connection has to send its whole request head (default: 5)",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="total time one response may wait for the web server to read it (default: 60)",
+    )
+
     from fcgi.pool.arguments import add_pool_arguments
 
     add_pool_arguments(serve)
@@ -193,6 +224,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             threads=args.threads,
             max_conns=args.max_conns,
             max_reqs=args.max_reqs,
+            max_body_size=args.max_body_size,
+            request_header_timeout=args.request_header_timeout,
+            send_timeout=args.send_timeout,
         )
     except (ConfigError, AppImportError, OSError) as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)

@@ -114,6 +114,12 @@ class Limits:
     max_params_bytes: int = 256 * 1024
     max_conns: int = 1
     max_reqs: int = 1
+    #: Most FCGI_STDIN bytes one request may send (0: no limit). A declared
+    #: CONTENT_LENGTH above it is refused before the app runs (413); a body
+    #: without one is cut off when it crosses the limit. The web server's own
+    #: limit (nginx's client_max_body_size) is the front line; this one keeps
+    #: a peer that talks to the socket directly from filling memory or disk.
+    max_body_size: int = 512 * 1024 * 1024
     roles: Collection[int] = (Role.RESPONDER, Role.AUTHORIZER, Role.FILTER)
 
 

@@ -15,8 +15,19 @@ from fcgi.connection import Limits
 @dataclass(slots=True)
 class ServerOptions:
     #: Seconds a connection may stay silent (idle keep-alive, or a record
-    #: stalled half way) before it is closed with a log line.
+    #: stalled half way) before it is closed with a log line. Also the longest
+    #: a single write may wait for the web server to read.
     read_timeout: float = 30.0
+    #: Seconds from a connection's acceptance (or from the first byte of a
+    #: later request on a kept connection) until BEGIN_REQUEST and the whole
+    #: PARAMS stream have arrived. Bounds what a slow or silent client can
+    #: hold: read_timeout alone restarts with every byte.
+    request_header_timeout: float = 5.0
+    #: Seconds one request may spend, in total, waiting for the web server to
+    #: take its output. read_timeout bounds one stalled write; this bounds a
+    #: peer that reads a byte just often enough to never stall that long.
+    #: Time the app spends producing output does not count.
+    send_timeout: float = 60.0
     #: Protocol limits per connection (params count and size, concurrent ids).
     limits: Limits = field(default_factory=Limits)
     #: Where the app is mounted. None: trust what the web server sent, with the

@@ -50,6 +50,9 @@ def make_options(
     threads: int = 10,
     max_conns: int = 256,
     max_reqs: int = 256,
+    max_body_size: int = 512 * 1024 * 1024,
+    request_header_timeout: float = 5.0,
+    send_timeout: float = 60.0,
 ) -> ServerOptions:
     """Build :class:`ServerOptions` from keyword settings, validating each."""
     if read_timeout <= 0:
@@ -60,13 +63,27 @@ def make_options(
         raise ConfigError(f"script_name must be empty or start with '/', got {script_name!r}")
     if threads < 1 or max_conns < 1 or max_reqs < 1:
         raise ConfigError("threads, max_conns and max_reqs must be positive")
+    if request_header_timeout <= 0:
+        raise ConfigError(
+            f"request_header_timeout must be positive, got {request_header_timeout}"
+        )
+    if send_timeout <= 0:
+        raise ConfigError(f"send_timeout must be positive, got {send_timeout}")
+    if max_body_size < 0:
+        raise ConfigError(f"max_body_size must not be negative (0: no limit), got {max_body_size}")
     allowed = parse_allowed_clients(allowed_clients)
     env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
     if env_allowed:
         allowed += parse_allowed_clients(env_allowed)
     return ServerOptions(
         read_timeout=read_timeout,
-        limits=Limits(max_params=max_params, max_params_bytes=max_params_bytes),
+        limits=Limits(
+            max_params=max_params,
+            max_params_bytes=max_params_bytes,
+            max_body_size=max_body_size,
+        ),
+        request_header_timeout=request_header_timeout,
+        send_timeout=send_timeout,
         script_name=script_name,
         allowed_clients=allowed,
         multiprocess=multiprocess,

@@ -46,6 +46,9 @@ HOST_ARGUMENTS = {
     "threads": "threads",
     "max_conns": "max_conns",
     "max_reqs": "max_reqs",
+    "max_body_size": "max_body_size",
+    "request_header_timeout": "request_header_timeout",
+    "send_timeout": "send_timeout",
 }
 
 _HELP = {
@@ -66,6 +69,7 @@ _HELP = {
     "ping_path": "path answered with ping_response, e.g. /ping",
     "ping_response": "body of the ping answer (default: pong)",
     "status_listen": "extra socket answered by the master with the status page",
+    "status_full_query": "show query strings in the status page's ?full list",
     "listen": "address to listen on (repeatable)",
     "user": "user the workers run as",
     "group": "group the workers run as",

@@ -74,6 +74,9 @@ class PoolConfig:
     ping_path: str | None = None
     ping_response: str = "pong"
     status_listen: str | None = None
+    #: Show query strings in the status page's ?full list. Off by default:
+    #: they carry other users' tokens and search terms.
+    status_full_query: bool = False
 
     user: str | None = None
     group: str | None = None
@@ -91,6 +94,12 @@ class PoolConfig:
     #: Most FastCGI params, and most PARAMS bytes, one request may send.
     max_params: int = 1000
     max_params_bytes: int = 256 * 1024
+    #: Largest request body (bytes, or a size such as "512M"; 0: no limit).
+    max_body_size: int = 512 * 1024 * 1024
+    #: Seconds a new connection has to send its whole request head.
+    request_header_timeout: float = 5.0
+    #: Seconds one request may wait, in total, for the web server to read.
+    send_timeout: float = 60.0
     #: "sync" (one request at a time per worker) or "trio" (concurrent, ASGI).
     worker: str = "sync"
     #: "auto" (detect), "wsgi" or "asgi".
@@ -128,6 +137,9 @@ class PoolConfig:
             threads=self.threads,
             max_conns=self.max_conns,
             max_reqs=self.max_reqs,
+            max_body_size=self.max_body_size,
+            request_header_timeout=self.request_header_timeout,
+            send_timeout=self.send_timeout,
         )
         options.multithread = self.worker == "trio"
         return options
@@ -187,7 +199,7 @@ def _coerce(key: str, value: object, source: str) -> object:
     """Check a raw value against the field's type; return it converted."""
     kinds = _FIELD_KINDS[key]
     where = _where(key, source)
-    if key == "max_memory":
+    if key in ("max_memory", "max_body_size"):
         return parse_memory(value, key, source)
     if key == "listen_mode":
         if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
