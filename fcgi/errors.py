@@ -21,3 +21,12 @@ class LocalProtocolError(FastCGIError):
 
 class ConfigError(FastCGIError):
     """A setting is missing, unknown or out of range."""
+
+
+class RequestBodyTooLarge(FastCGIError):
+    """The request body crossed ``max_body_size``.
+
+    Raised from the app's next read of the body (``wsgi.input``, ASGI
+    ``receive()``) once the bytes below the limit are used up. An app that
+    lets it propagate gets a 413 answer instead of a 500 with a traceback.
+    """

@@ -28,6 +28,7 @@ class SpooledBody:
 
     __slots__ = (
         "_ended",
+        "_error",
         "_fd",
         "_lot",
         "_memory",
@@ -45,8 +46,9 @@ class SpooledBody:
         self._read_pos = 0
         self._write_pos = 0
         self._ended = False
+        #: Raised by receive() once the data before it is read (see fail()).
+        self._error: BaseException | None = None
         self._lot = trio.lowlevel.ParkingLot()
-        #: Bytes pushed so far.
 
     # -- producer side ---------------------------------------------------------
 
@@ -69,6 +71,16 @@ class SpooledBody:
         self._ended = True
         self._lot.unpark_all()
 
+    def fail(self, error: BaseException) -> None:
+        """End the stream with ``error``: the reader gets what came before, then the error.
+
+        Used when the body broke a limit: the app must not mistake a body
+        cut short for a complete one.
+        """
+        if not self._ended:
+            self._error = error
+        self.end()
+
     def _spill(self, data: bytes) -> None:
         if self._fd < 0:
             self._fd = _anonymous_file()
@@ -87,8 +99,13 @@ class SpooledBody:
 
     @property
     def exhausted(self) -> bool:
-        """True when the stream ended and every byte of it was read."""
-        return self._ended and not self._memory and self._read_pos == self._write_pos
+        """True when the stream ended and every byte of it was read (and no error waits)."""
+        return (
+            self._ended
+            and self._error is None
+            and not self._memory
+            and self._read_pos == self._write_pos
+        )
 
     @property
     def spilled(self) -> bool:
@@ -101,7 +118,10 @@ class SpooledBody:
         return self._memory_size + self._write_pos - self._read_pos
 
     def receive_nowait(self) -> bytes | None:
-        """The next piece, b"" at the end of the stream, or None if nothing is ready."""
+        """The next piece, b"" at the end of the stream, or None if nothing is ready.
+
+        Raises the error given to :meth:`fail` once everything before it was read.
+        """
         if self._memory:
             data = self._memory.popleft()
             self._memory_size -= len(data)
@@ -119,6 +139,8 @@ class SpooledBody:
                 os.ftruncate(self._fd, 0)
             return data
         if self._ended:
+            if self._error is not None:
+                raise self._error
             return b""
         return None
 
