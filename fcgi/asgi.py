@@ -21,9 +21,10 @@ from urllib.parse import quote
 
 import trio
 
-from fcgi.errors import FastCGIError
+from fcgi.errors import FastCGIError, RequestBodyTooLarge
+from fcgi.escape import Lines
 from fcgi.spool import SpooledBody
-from fcgi.wsgi import ClientGone, content_length, fix_script_name
+from fcgi.wsgi import ClientGone, content_length, error_response, fix_script_name
 
 log = logging.getLogger("fcgi.asgi")
 
@@ -308,6 +309,15 @@ class ASGIResponder:
         """Run the app; return (HTTP status, FastCGI appStatus)."""
         try:
             await self.app(self.scope, self.receive, self.send)
+        except RequestBodyTooLarge as exc:
+            # The client sent too much; the app did nothing wrong: no traceback.
+            log.warning("%s: %s", self.where, exc)
+            if not self._head_sent and self.gone is None:
+                self._head_sent = self._complete = True
+                self.status = 413
+                with contextlib.suppress(ClientGone):
+                    await self.write(error_response(413, "Content Too Large"))
+            return self.status or 413, 1
         except Exception:
             if self.gone is not None:
                 log.info(
@@ -332,7 +342,7 @@ class ASGIResponder:
 
     async def _failed(self) -> None:
         trace = traceback.format_exc()
-        log.error("app raised while serving %s\n%s", self.where, trace.rstrip())
+        log.error("app raised while serving %s\n%s", self.where, Lines(trace.rstrip()))
         if self.stderr is not None:
             text = f"fcgi: app raised while serving {self.where}\n{trace}"
             try:
@@ -441,7 +451,9 @@ class Lifespan:
         elif kind == "lifespan.shutdown.failed":
             log.error("the app's lifespan shutdown failed: %s", reply.get("message") or "")
         elif kind == "fcgi.app_exited" and reply.get("error") is not None:
-            log.error("the app raised during lifespan shutdown:\n%s", reply.get("trace", ""))
+            log.error(
+                "the app raised during lifespan shutdown:\n%s", Lines(reply.get("trace", ""))
+            )
         else:
             log.warning("unexpected ASGI message %r during lifespan shutdown", kind)
         with trio.move_on_after(LIFESPAN_EXIT_GRACE):

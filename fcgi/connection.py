@@ -124,7 +124,18 @@ class Limits:
 
 
 class _Request:
-    __slots__ = ("keep_conn", "params", "params_size", "role", "stage", "stderr_used")
+    __slots__ = (
+        "body_limit",
+        "body_size",
+        "data_size",
+        "declared",
+        "keep_conn",
+        "params",
+        "params_size",
+        "role",
+        "stage",
+        "stderr_used",
+    )
 
     def __init__(self, role: int, keep_conn: bool) -> None:
         self.role = role
@@ -133,6 +144,24 @@ class _Request:
         self.params: list[bytes] = []
         self.params_size = 0
         self.stderr_used = False
+        #: FCGI_STDIN bytes received so far, and the most that may come: the
+        #: declared CONTENT_LENGTH, else max_body_size (-1: no limit).
+        self.body_size = 0
+        self.body_limit = -1
+        #: True if body_limit is a declared CONTENT_LENGTH (going past it
+        #: breaks the protocol), False if it is max_body_size (too large).
+        self.declared = False
+        #: FCGI_DATA bytes received so far (FILTER role), capped by max_body_size.
+        self.data_size = 0
+
+
+def _declared_length(params: dict[str, str]) -> int | None:
+    """CONTENT_LENGTH as a number, or None if absent or not a plain decimal."""
+    value = params.get("CONTENT_LENGTH")
+    if not value:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() and value.isascii() else None
 
 
 class ServerConnection:
@@ -285,6 +314,11 @@ class ServerConnection:
             if rtype == STDIN:
                 if stage == _STDIN:
                     if content:
+                        size = req.body_size + len(content)
+                        if 0 <= req.body_limit < size:
+                            self._body_over_limit(req, rid, content, out)
+                            return
+                        req.body_size = size
                         out.append(ev.StdinData(rid, bytes(content)))
                     else:
                         req.stage = _DATA if req.role == Role.FILTER else _INPUT_DONE
@@ -320,6 +354,12 @@ class ServerConnection:
             if rtype == DATA:
                 if stage == _DATA:
                     if content:
+                        req.data_size += len(content)
+                        limit = self.limits.max_body_size
+                        if limit and req.data_size > limit:
+                            reason = f"FCGI_DATA is larger than max_body_size ({limit} bytes)"
+                            self._reject(req, rid, reason, 413, out)
+                            return
                         out.append(ev.DataChunk(rid, bytes(content)))
                     else:
                         req.stage = _INPUT_DONE
@@ -389,8 +429,52 @@ class ServerConnection:
         if len(params) > self.limits.max_params:
             self._reject(req, rid, f"more than {self.limits.max_params} PARAMS", 431, out)
             return
+        if req.role != Role.AUTHORIZER:
+            limit = self.limits.max_body_size
+            declared = _declared_length(params)
+            if declared is not None:
+                if limit and declared > limit:
+                    self._reject(
+                        req,
+                        rid,
+                        f"request body of {declared} bytes (CONTENT_LENGTH) is larger than "
+                        f"max_body_size ({limit} bytes)",
+                        413,
+                        out,
+                    )
+                    return
+                req.body_limit = declared
+                req.declared = True
+            elif limit:
+                req.body_limit = limit
         req.stage = _STDIN if req.role != Role.AUTHORIZER else _INPUT_DONE
         out.append(ev.Params(rid, params))
+
+    def _body_over_limit(
+        self,
+        req: _Request,
+        rid: int,
+        content: bytes | bytearray | memoryview,
+        out: list[ev.Event],
+    ) -> None:
+        """FCGI_STDIN went past its limit: pass on what fits, then reject the request.
+
+        The app has started by now, so the rejection only ends its input: with
+        a declared length it already has every byte it asked for (the excess
+        is dropped and reported as a protocol violation); without one, the
+        driver makes the app's next read fail, so a body cut short is never
+        mistaken for a whole one.
+        """
+        fits = req.body_limit - req.body_size
+        if fits > 0:
+            req.body_size += fits
+            out.append(ev.StdinData(rid, bytes(content[:fits])))
+        if req.declared:
+            reason = f"FCGI_STDIN is longer than its CONTENT_LENGTH of {req.body_limit} bytes"
+            self._reject(req, rid, reason, 400, out)
+        else:
+            reason = f"request body is larger than max_body_size ({req.body_limit} bytes)"
+            self._reject(req, rid, reason, 413, out)
 
     def _reject(
         self, req: _Request, rid: int, reason: str, status: int, out: list[ev.Event]

@@ -65,9 +65,12 @@ class AbortRequest(Event):
 class RequestRejected(Event):
     """The request broke a per-request rule (limits, stream order).
 
-    The connection itself is still sound. The driver should answer with an
-    error response (``http_status`` is a suggestion) and call end_request().
-    Further input for this id is dropped.
+    The connection itself is still sound. Further input for this id is dropped.
+    Before the request's Params event (the app has not started), the driver
+    should answer with an error response (``http_status`` is a suggestion)
+    and call end_request(). After it, the request's input simply ends: with
+    ``http_status`` 413 (the body crossed max_body_size) the driver makes the
+    app's next read raise :class:`fcgi.errors.RequestBodyTooLarge`.
     """
 
     reason: str

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from fcgi import events as ev
 from fcgi.connection import Limits, ServerConnection
-from fcgi.errors import ProtocolError
+from fcgi.errors import ProtocolError, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
 from fcgi.records import Role
@@ -228,11 +228,14 @@ class _Exchange:
     for them; ``send`` and ``stderr`` are what :func:`fcgi.wsgi.run_app` writes to.
     """
 
-    __slots__ = ("c", "data", "data_done", "rid", "stdin", "stdin_done")
+    __slots__ = ("c", "data", "data_done", "error", "rid", "stdin", "stdin_done")
 
     def __init__(self, c: _Connection, rid: int, role: int) -> None:
         self.c = c
         self.rid = rid
+        #: Raised by the next read once the input that came before it is used
+        #: up (the body crossed max_body_size: it must not look complete).
+        self.error: RequestBodyTooLarge | None = None
         # Made when the first chunk arrives: most requests have no body.
         self.stdin: deque[bytes] | None = None
         self.data: deque[bytes] | None = None
@@ -276,7 +279,10 @@ class _Exchange:
                 log.info("request %d from %s aborted by the web server", rid, self.c.peer)
                 self._end_input()
             elif kind is ev.RequestRejected:
-                log.warning("request from %s: %s", self.c.peer, event.reason)  # type: ignore[attr-defined]
+                reason = event.reason  # type: ignore[attr-defined]
+                log.warning("request from %s: %s", self.c.peer, reason)
+                if event.http_status == 413:  # type: ignore[attr-defined]
+                    self.error = RequestBodyTooLarge(reason)
                 self._end_input()
 
     def _end_input(self) -> None:
@@ -291,6 +297,8 @@ class _Exchange:
     def read_stdin(self) -> bytes:
         while not self.stdin:
             if self.stdin_done:
+                if self.error is not None:
+                    raise self.error
                 return b""
             self._pump()
         return self.stdin.popleft()
@@ -298,6 +306,8 @@ class _Exchange:
     def read_data(self) -> bytes:
         while not self.data:
             if self.data_done:
+                if self.error is not None:
+                    raise self.error
                 return b""
             self._pump()
         return self.data.popleft()
@@ -581,7 +591,11 @@ class SyncWorker:
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
         log.warning("rejected request from %s: %s", c.peer, event.reason)
-        reasons = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+        reasons = {
+            400: "Bad Request",
+            413: "Content Too Large",
+            431: "Request Header Fields Too Large",
+        }
         reason = reasons.get(event.http_status, "Bad Request")
         c.conn.send_stdout(event.request_id, error_response(event.http_status, reason))
         c.conn.end_request(event.request_id, 1)

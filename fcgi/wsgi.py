@@ -15,6 +15,9 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
+from fcgi.errors import RequestBodyTooLarge
+from fcgi.escape import Lines
+
 log = logging.getLogger("fcgi.wsgi")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
@@ -296,7 +299,7 @@ def content_length(params: Mapping[str, str]) -> int | None:
 
 # -- the response ------------------------------------------------------------------
 
-_STATUS_RE = re.compile(r"[1-9][0-9][0-9] [^\r\n]*\Z")
+_STATUS_RE = re.compile(r"[1-9][0-9][0-9] [^\r\n\0]*\Z")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _HOP_BY_HOP = frozenset(
     (
@@ -419,7 +422,9 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bo
         is_length = good_names.get(name) if type(name) is str else None
         if is_length is None:
             is_length = _check_name(name)
-        if type(value) is not str or "\n" in value or "\r" in value:
+        # CR and LF would split the header; NUL ends it early in some web
+        # servers (the ASGI path refuses the same three).
+        if type(value) is not str or "\n" in value or "\r" in value or "\0" in value:
             raise ValueError(f"invalid value for header {name}: {value!r}")
         if is_length:
             has_length = True
@@ -460,6 +465,16 @@ def run_app(
                 emit(b"", False)
     except ClientGone:
         raise
+    except RequestBodyTooLarge as exc:
+        # The body crossed max_body_size while the app read it: the client
+        # sent too much, the app did nothing wrong, so no traceback.
+        where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
+        log.warning("%s: %s", where, exc)
+        if not response.headers_sent:
+            response.headers_sent = True
+            response.status = 413
+            response.send(error_response(413, "Content Too Large"), False)
+        return response.status, 1
     except Exception:
         _app_failed(environ, response, stderr)
         return response.status or 500, 1
@@ -502,7 +517,7 @@ def _app_failed(
 ) -> None:
     where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
     trace = traceback.format_exc()
-    log.error("app raised while serving %s\n%s", where, trace.rstrip())
+    log.error("app raised while serving %s\n%s", where, Lines(trace.rstrip()))
     if stderr is not None:
         stderr(f"fcgi: app raised while serving {where}\n{trace}".encode("utf-8", "replace"))
     if not response.headers_sent:

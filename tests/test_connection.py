@@ -124,11 +124,23 @@ def test_appendix_b_params_split_mid_pair_and_stdin_data() -> None:
         + r.encode_record(r.STDIN, 1, b"quantity=100&item=3047936")
         + r.encode_record(r.STDIN, 1)
     )
-    assert conn.feed(data) == [
+    # The spec's example declares CONTENT_LENGTH 23 and then sends 25 bytes.
+    # A body longer than it says is a protocol violation: the app gets the 23
+    # bytes it was promised and the request's input ends there.
+    events = conn.feed(data)
+    assert events[:3] == [
         ev.BeginRequest(1, r.Role.RESPONDER, False),
         ev.Params(
             1, {"SERVER_PORT": "80", "SERVER_ADDR": "199.170.183.42", "CONTENT_LENGTH": "23"}
         ),
+        ev.StdinData(1, b"quantity=100&item=30479"),
+    ]
+    assert len(events) == 4
+    assert isinstance(events[3], ev.RequestRejected) and events[3].http_status == 400
+    # With the length it declares, the same records arrive whole.
+    conn = ServerConnection()
+    honest = data.replace(b"CONTENT_LENGTH23", b"CONTENT_LENGTH25")
+    assert conn.feed(honest)[2:] == [
         ev.StdinData(1, b"quantity=100&item=3047936"),
         ev.StdinEnd(1),
     ]
