@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcgi import systemd
+from fcgi import forkguard, systemd
 from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, resolve_interface
@@ -247,6 +247,7 @@ def run_single(
     try:
         server.serve_forever()
     finally:
+        forkguard.check()  # a child the app forked must not close or unlink anything
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()

@@ -13,10 +13,13 @@ import errno
 import grp
 import ipaddress
 import logging
+import math
 import os
 import pwd
 import socket
 import stat
+import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -140,26 +143,106 @@ def _open_unix(
     return sock
 
 
+#: How long a new server waits for processes left by a dead one to let go of
+#: the socket at its path (the workers of a master killed with SIGKILL finish
+#: their requests first). Past it, the start fails saying what holds the path.
+LEFTOVER_WAIT = 10.0
+#: Seconds between two connection probes while waiting.
+LEFTOVER_PROBE_INTERVAL = 0.2
+
+
 def _remove_stale_socket(path: str) -> None:
+    """Make way for a new socket at ``path``, unless a live server listens there.
+
+    Connection refused: nobody listens, the file is stale and is removed. A
+    connection is accepted into the queue: someone holds the listening
+    socket. If the process that called listen() on it (SO_PEERCRED) still
+    runs, that is another server: refuse. If it is gone, what holds the
+    socket are processes it left, such as the workers of a master killed
+    with SIGKILL finishing their requests before they exit: wait up to
+    LEFTOVER_WAIT for them, then refuse, naming the path to free. A full
+    queue (EAGAIN) is treated the same way, as nobody can be asked.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"cannot listen on unix:{path}: a file that is not a socket is there")
+    deadline = time.monotonic() + LEFTOVER_WAIT
+    warned = False
+    while True:
+        listening, creator = _probe_unix(path)
+        if not listening:
+            log.info("removing stale socket %s (nobody listens on it)", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        if creator is not None and _process_alive(creator):
+            raise ConfigError(
+                f"cannot listen on unix:{path}: another server is listening there (pid {creator})"
+            )
+        who = f"pid {creator}" if creator is not None else "a server that accepts nothing"
+        if not warned:
+            warned = True
+            log.warning(
+                "unix:%s: the server that created it (%s) is gone, but processes it left still "
+                "hold the socket; waiting up to %g s for them to finish",
+                path,
+                who,
+                LEFTOVER_WAIT,
+            )
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"cannot listen on unix:{path}: processes left by {who} still hold the socket "
+                f"after {LEFTOVER_WAIT:g} s; stop them (fuser -k {path}) or choose another path"
+            )
+        time.sleep(LEFTOVER_PROBE_INTERVAL)
+
+
+def _probe_unix(path: str) -> tuple[bool, int | None]:
+    """(someone holds a listening socket at path, pid that called listen() if known)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Non-blocking: a full queue must not hang the start (EAGAIN instead).
+    probe.setblocking(False)
     try:
         probe.connect(path)
+    except BlockingIOError:
+        return True, None
     except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from None
-        log.info("removing stale socket %s", path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False, None
+        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from None
     else:
-        raise ConfigError(f"cannot listen on unix:{path}: another server is listening there")
+        # For a unix stream socket, the peer credentials are the listener's
+        # as of its listen() call. A pid of 0: from another pid namespace.
+        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid = int(_UCRED.unpack(creds)[0])
+        return True, pid if pid > 0 else None
     finally:
         probe.close()
+
+
+#: struct ucred of SO_PEERCRED: pid, uid, gid.
+_UCRED = struct.Struct("3i")
+
+
+def _process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _uid(name: str) -> int:
@@ -216,6 +299,21 @@ def inherited_fd0() -> socket.socket | None:
     os.dup2(devnull, 0)
     os.close(devnull)
     return probe
+
+
+def defer_accept(sock: socket.socket, seconds: float) -> None:
+    """Have the kernel hold new TCP connections on ``sock`` until they send data.
+
+    With TCP_DEFER_ACCEPT (Linux) a connection that connects and stays silent
+    is not handed to accept() for about ``seconds``, so it never occupies a
+    worker; one that sends its request at once is accepted with the request
+    already readable. A no-op for unix sockets and where the option is missing.
+    """
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, math.ceil(seconds)))
 
 
 def socket_path(sock: socket.socket) -> str | None:

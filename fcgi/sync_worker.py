@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from fcgi import events as ev
+from fcgi import forkguard
 from fcgi.connection import Limits, ServerConnection
 from fcgi.errors import ProtocolError, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
@@ -199,6 +200,7 @@ class _Connection:
 
     def pump(self) -> None:
         """Read once from the peer and queue the events it completes."""
+        forkguard.check()  # a child the app forked must not read the worker's input
         try:
             data = self.recv()
         except OSError as exc:
@@ -211,6 +213,7 @@ class _Connection:
             self.flush()
 
     def flush(self) -> None:
+        forkguard.check()  # a child the app forked must not answer a second time
         buffers = self.conn.buffers_to_send()
         if buffers:
             try:
@@ -376,6 +379,7 @@ class SyncWorker:
     # -- main loop -----------------------------------------------------------
 
     def serve_forever(self) -> None:
+        forkguard.arm()
         poller = self._poller = select.epoll()
         #: fd -> (listener, (family, type, proto)) as plain ints for accept().
         listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]] = {}
@@ -576,6 +580,7 @@ class SyncWorker:
                     )
                 environ["fcgi.role"] = _ROLE_NAMES[role]
                 http_status, app_status = run_app(self.app, environ, exchange.send, stderr)
+                forkguard.check()
                 errors.flush()
             else:
                 conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))

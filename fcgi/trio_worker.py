@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import trio
 
 from fcgi import events as ev
+from fcgi import forkguard
 from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
 from fcgi.errors import ProtocolError
@@ -542,6 +543,7 @@ class TrioWorker:
 
     def serve_forever(self) -> None:
         """Run ``trio.run`` until stopped; raises LifespanFailure if ASGI startup fails."""
+        forkguard.arm()
         try:
             trio.run(self._main)
         except BaseExceptionGroup as group:
@@ -669,9 +671,11 @@ class TrioWorker:
         scope = build_scope(params, mount=self.options.script_name, state=self._state)
 
         async def write(data: bytes) -> None:
+            forkguard.check()  # a child the app forked must not answer a second time
             await c.send_stdout(req, data)
 
         async def stderr(data: bytes) -> None:
+            forkguard.check()
             await c.send_stderr(req, data)
 
         responder = ASGIResponder(
@@ -686,7 +690,9 @@ class TrioWorker:
         req.responder = responder
         if req.gone is not None:
             responder.disconnect(req.gone)
-        return await responder.run()
+        result = await responder.run()
+        forkguard.check()
+        return result
 
     async def _run_wsgi(self, c: _Connection, req: _Request) -> tuple[int, int, bytes]:
         options = self.options
@@ -706,6 +712,8 @@ class TrioWorker:
             raise ClientGone(req.gone or "request cancelled")
 
         def to_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+            # In a child the app forked there is no trio loop to wait for.
+            forkguard.check()
             try:
                 return trio.from_thread.run(for_request, fn, *args)
             except (trio.RunFinishedError, trio.Cancelled):
@@ -767,6 +775,9 @@ class TrioWorker:
                 result = run_app(app, environ, send, sink)
             except ClientGone:
                 return 0, 1
+            finally:
+                # A child forked in this thread has no trio loop to go back to.
+                forkguard.check()
             errors.flush()
             return result
 

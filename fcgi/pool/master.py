@@ -14,6 +14,12 @@ Read top to bottom, :meth:`Master.run` is the whole story::
 Signal handlers only queue the signal number; ``signal.set_wakeup_fd`` wakes
 the ``select`` so the loop does the work outside the handler. The master never
 runs a thread or an event loop, so ``fork()`` is always safe.
+
+No signal may find the master without its handlers: that would kill it and
+orphan its workers. They are blocked from the moment the master starts (and
+across the exec of a preload reload) until the handlers are installed, which
+is the first thing :meth:`Master.run` does; and around each ``fork()`` until
+the new worker has installed its own.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ class Master:
         self.sockets_by_spec: dict[str, socket.socket] = {}
         #: Workers of the master this one replaced by re-exec, still finishing.
         self.predecessors: set[int] = set()
+        #: Set once this process wrote config.pid_file (only then is it ours to remove).
+        self.pid_file_written = False
         self._wake_r = -1
         self._wake_w = -1
 
@@ -92,11 +100,17 @@ class Master:
 
     def run(self) -> int:
         """Run until stopped; return the exit code. Raises ConfigError before forking."""
-        self._open_sockets()
+        # Handlers first, then the signals held since the exec (or since the
+        # command line started the master) are let through: from here on a
+        # signal is queued for the loop, never fatal, however long the app
+        # takes to preload. Unblocked before the app is imported, so that any
+        # process the app starts does not inherit a blocked mask.
+        self._install_signals()
+        reexec.unblock_signals()
         try:
+            self._open_sockets()
             self._preload_apps()
             import_worker_code([pool.config.worker for pool in self.pools])
-            self._install_signals()
             self._write_pid_file()
             names = ", ".join(
                 f"{p.name} ({p.config.pm}, {', '.join(p.config.listen)})" for p in self.pools
@@ -121,7 +135,9 @@ class Master:
     def _finished(self) -> bool:
         if self.state == State.RUNNING:
             return False
-        return not any(pool.children for pool in self.pools)
+        # The previous master's workers are our children too (same pid
+        # across the exec): leaving before them would orphan them.
+        return not any(pool.children for pool in self.pools) and not self.predecessors
 
     def _wait(self) -> None:
         readers: list[int] = [self._wake_r, *self.outputs]
@@ -186,17 +202,7 @@ class Master:
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGQUIT,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-            signal.SIGCHLD,
-        ):
+        for sig in reexec.MASTER_SIGNALS:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -293,11 +299,20 @@ class Master:
             handler.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        # The child starts with the master's handlers, which would swallow a
+        # signal meant for it (SIGTERM), then with default ones, which would
+        # kill it (SIGUSR1 from logrotate): held until it has its own.
+        reexec.block_signals()
+        try:
+            pid = os.fork()
+        except OSError:
+            reexec.unblock_signals()
+            raise
         if pid == 0:  # pragma: no cover - the child never returns
             for pipe in pipes:
                 os.close(pipe.read_fd)
             run_worker(spec)
+        reexec.unblock_signals()
         child = Child(pid=pid, index=index, generation=gen, spawned=now, outputs=pipes)
         for pipe in pipes:
             pipe.pid = pid
@@ -455,6 +470,20 @@ class Master:
                 error,
             )
             return
+        # From here signals stay pending, and pending signals survive the
+        # exec: the new master handles them once its handlers are in place.
+        reexec.block_signals()
+        stops = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
+        if any(sig in stops for sig in self.signals):
+            # Asked to stop while the new code was checked: stop, don't exec.
+            reexec.unblock_signals()
+            log.info("reload cancelled: a stop was requested meanwhile")
+            return
+        # Queued here means not handled yet: hand them over as pending
+        # signals. A reload queued is the exec itself.
+        for sig in set(self.signals) - {signal.SIGHUP, signal.SIGUSR2}:
+            os.kill(os.getpid(), sig)
+        self.signals.clear()
         workers = [pid for pool in self.pools for pid in pool.children] + list(self.predecessors)
         log.info(
             "preload_app: re-executing the master to load new code; %d workers "
@@ -462,9 +491,17 @@ class Master:
             len(workers),
         )
         systemd.notify("RELOADING=1")
-        reexec.exec_master(
-            reexec.Handover(dict(self.sockets_by_spec), list(self.owned_paths), workers)
-        )
+        try:
+            reexec.exec_master(
+                reexec.Handover(dict(self.sockets_by_spec), list(self.owned_paths), workers)
+            )
+        except OSError as exc:
+            reexec.unblock_signals()
+            log.error(
+                "reload failed: cannot exec %s: %s; the old workers keep serving",
+                sys.executable,
+                exc,
+            )
 
     def _retire_predecessors(self, sig: int = signal.SIGTERM) -> None:
         for pid in self.predecessors:
@@ -544,6 +581,10 @@ class Master:
                             child.pid,
                         )
                         pool.kill(child)
+            for pid in self.predecessors:
+                log.warning("previous master's worker %d did not stop in time; killing it", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         if (
             not self.announced_ready
             and self.state == State.RUNNING
@@ -811,20 +852,11 @@ class Master:
         if self.config.pid_file:
             with open(self.config.pid_file, "w") as f:
                 f.write(f"{os.getpid()}\n")
+            self.pid_file_written = True
 
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGQUIT,
-            signal.SIGINT,
-            signal.SIGHUP,
-            signal.SIGUSR1,
-            signal.SIGUSR2,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-            signal.SIGCHLD,
-        ):
+        for sig in reexec.MASTER_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         for pool in self.pools:
             for child in pool.children.values():
@@ -844,7 +876,9 @@ class Master:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        if self.config.pid_file:
+        if self.config.pid_file and self.pid_file_written:
+            # Only our own: a start refused because another master holds the
+            # socket must not remove that master's pid file.
             with contextlib.suppress(OSError):
                 os.unlink(self.config.pid_file)
 
@@ -874,5 +908,8 @@ def run_master(config: MasterConfig) -> int:
     """
     from fcgi.pool.logs import setup_logging
 
+    # Until Master.run has its handlers, a signal waits instead of killing a
+    # master that is still starting (it may already hold sockets).
+    reexec.block_signals()
     setup_logging(config)
     return Master(config).run()

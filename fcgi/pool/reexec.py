@@ -6,6 +6,12 @@ new master. The master first checks in a subprocess that the new code imports
 the same command line. Its pid stays, its listening sockets stay open across
 the exec (so no connection is refused), and its old workers stay its children:
 the new master tells them to finish once its own workers are ready.
+
+Between the exec and the moment the new master has its handlers, a signal
+would meet the default disposition, which for most of them is death: the
+master would vanish and leave its workers orphaned. So the master's signals
+are blocked across the exec (the mask survives it) and stay pending until
+the new master has installed its handlers (see :func:`unblock_signals`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,8 +30,34 @@ from typing import NoReturn
 
 log = logging.getLogger("fcgi.pool")
 
+#: Environment variable carrying the :class:`Handover` (JSON) to the new master.
 ENV = "FCGI_REEXEC_STATE"
+#: Seconds the new code gets to import in the check subprocess.
 IMPORT_CHECK_TIMEOUT = 120.0
+
+#: Every signal the master handles: blocked across the exec (and, at the first
+#: start, from run_master on) until its handlers are in place.
+MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+def block_signals() -> None:
+    """Hold the master's signals pending: nothing can kill it before its handlers exist."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+
+
+def unblock_signals() -> None:
+    """Deliver what is pending to the handlers; forked or spawned processes start clean."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
 
 @dataclass(slots=True)
@@ -60,7 +93,13 @@ def import_error(apps: Iterable[tuple[str, str | None]]) -> str | None:
 
 
 def exec_master(handover: Handover) -> NoReturn:
-    """Replace this process with a new master started from the same command line."""
+    """Replace this process with a new master started from the same command line.
+
+    The master's signals are blocked when this returns by raising (exec
+    failed: the caller unblocks them), and the new master inherits them
+    blocked: whatever arrives meanwhile waits for its handlers.
+    """
+    block_signals()
     state = {
         "sockets": {spec: sock.fileno() for spec, sock in handover.sockets.items()},
         "owned": handover.owned_paths,

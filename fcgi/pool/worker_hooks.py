@@ -18,6 +18,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+from fcgi import forkguard
+from fcgi.escape import escape
 from fcgi.hooks import Answer
 from fcgi.pool.access_log import AccessLog, RequestRecord
 from fcgi.pool.config import PoolConfig
@@ -133,6 +135,7 @@ class ScoreboardHooks:
 
     def publish(self) -> None:
         """Write counters not yet on the scoreboard (connections without a request)."""
+        forkguard.check()  # the slot is the worker's, not a child's the app forked
         self._write_whole()
 
     def request_stop(self) -> None:
@@ -145,11 +148,13 @@ class ScoreboardHooks:
     # pack of the fields that changed (see SlotWriter).
 
     def connection_accepted(self) -> None:
+        forkguard.check()
         # Published with the next slot write (both request writes carry it):
         # "accepted conn" needs no write of its own.
         self._slot.accepted += 1
 
     def request_started(self, params: Mapping[str, str]) -> object:
+        forkguard.check()
         self._next_token = token = self._next_token + 1
         start = time.time()
         start_mono = time.monotonic()
@@ -190,6 +195,7 @@ class ScoreboardHooks:
             slot.content_length = 0
 
     def request_finished(self, token: object, status: int) -> None:
+        forkguard.check()
         running = self._running.pop(token, None)  # type: ignore[call-overload]
         if running is None:
             return
@@ -281,6 +287,10 @@ class ScoreboardHooks:
         return None
 
     def should_stop(self) -> bool:
+        if not self.stop_requested and forkguard.parent_gone():
+            # The master died and its death signal did not reach us.
+            self.stop_requested = True
+            self.stop_reason = "the master is gone"
         return self.stop_requested
 
     # -- slowlog ------------------------------------------------------------------
@@ -294,7 +304,8 @@ class ScoreboardHooks:
         stamp = time.strftime("%d-%b-%Y %H:%M:%S")
         text = (
             f"\n[{stamp}]  [pool {self.config.name}] pid {os.getpid()}\n"
-            f"request: {slot.method} {slot.uri} (running {elapsed:.3f} s)\n"
+            # Escaped: a CR or LF in the URI would write lines of its own.
+            f"request: {escape(slot.method)} {escape(slot.uri)} (running {elapsed:.3f} s)\n"
             "Traceback (most recent call last):\n" + "".join(traceback.format_stack(frame))
         )
         path = self.config.slowlog

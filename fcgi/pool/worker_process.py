@@ -14,11 +14,19 @@ Worker signals (sent by the master; not meant for people):
 
 Exit codes: 0 normal, 3 the app could not be loaded (the master must not keep
 respawning it blindly), anything else is a crash.
+
+A worker never outlives its master: the kernel sends it SIGTERM when the
+master dies (``PR_SET_PDEATHSIG``), and it checks its parent pid too (the
+master may have died before the worker asked for that signal, and the
+signal follows the thread that forked, not the process). It then finishes
+its request and exits, so a master killed with SIGKILL leaves nothing that
+serves unsupervised or holds the socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import grp
 import logging
@@ -34,12 +42,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, Protocol
 
+from fcgi import forkguard
 from fcgi.errors import ConfigError
 from fcgi.hooks import WorkerHooks
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
+from fcgi.pool.reexec import MASTER_SIGNALS
 from fcgi.pool.scoreboard import Scoreboard
 from fcgi.pool.worker_hooks import ScoreboardHooks
 
@@ -47,6 +57,9 @@ log = logging.getLogger("fcgi.pool")
 
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3
+
+#: prctl(2) option: the signal this process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class Driver(Protocol):
@@ -76,6 +89,9 @@ class WorkerSpec:
     #: Write ends of the stdout/stderr capture pipes (catch_workers_output).
     stdout_fd: int | None = None
     stderr_fd: int | None = None
+    #: The master's pid, taken when the spec is made: before the fork, so a
+    #: master that dies at once is still known as the parent to expect.
+    master_pid: int = field(default_factory=os.getpid)
 
 
 class BootError(Exception):
@@ -84,6 +100,8 @@ class BootError(Exception):
 
 def run_worker(spec: WorkerSpec) -> NoReturn:
     """Entry point in the child right after fork; never returns."""
+    # This process serves; a process the app forks from it must not (fork guard).
+    forkguard.arm()
     code = 1
     try:
         code = _serve(spec)
@@ -101,6 +119,9 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
         )
         code = 1
     finally:
+        # A child the app forked that got this far must not flush the
+        # worker's buffered output or log lines a second time.
+        forkguard.check()
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -109,12 +130,32 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
 
 
 def _reset_signals() -> None:
+    # The master forks with its signals blocked (see Master._spawn): they stay
+    # pending until _serve has installed the worker's handlers.
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(0))
+
+
+def _follow_master(master_pid: int, hooks: ScoreboardHooks) -> None:
+    """Arrange to stop (gracefully) when the master dies; stop now if it already has."""
+    forkguard.expect_parent(master_pid)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    # The master may have died before the prctl: then no signal will come.
+    if forkguard.parent_gone():
+        _orphaned(hooks)
+
+
+def _orphaned(hooks: ScoreboardHooks) -> None:
+    """The master is gone: stop after the current request, and say why at exit."""
+    hooks.stop_requested = True
+    hooks.stop_reason = "the master is gone"
 
 
 def _redirect_output(spec: WorkerSpec) -> None:
@@ -217,7 +258,10 @@ def _serve(spec: WorkerSpec) -> int:
     driver: Driver | None = None
 
     def graceful(signum: int, frame: FrameType | None) -> None:
-        hooks.request_stop()
+        if forkguard.parent_gone():
+            _orphaned(hooks)  # the death signal, not a stop asked by the master
+        else:
+            hooks.request_stop()
         if driver is not None:
             driver.stop()
 
@@ -233,11 +277,16 @@ def _serve(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGQUIT, graceful)
     signal.signal(signal.SIGUSR1, reopen)
     signal.signal(signal.SIGUSR2, slowlog)
+    # Handlers in place: what arrived since the fork is delivered now, and
+    # the app (and what it starts) runs with no signal held.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
 
     # Built before clear_env trims the environment: FCGI_WEB_SERVER_ADDRS is
     # a setting of the server, not part of the app's environment.
     options = config.server_options()
     drop_privileges(config.user, config.group)
+    # After the privilege drop: changing credentials clears the death signal.
+    _follow_master(spec.master_pid, hooks)
     prepare_environment(config)
     app = spec.app if spec.app is not None else load_pool_app(config.app)
     try:
