@@ -451,9 +451,7 @@ class Lifespan:
         elif kind == "lifespan.shutdown.failed":
             log.error("the app's lifespan shutdown failed: %s", reply.get("message") or "")
         elif kind == "fcgi.app_exited" and reply.get("error") is not None:
-            log.error(
-                "the app raised during lifespan shutdown:\n%s", Lines(reply.get("trace", ""))
-            )
+            log.error("the app raised during lifespan shutdown:\n%s", Lines(reply.get("trace", "")))
         else:
             log.warning("unexpected ASGI message %r during lifespan shutdown", kind)
         with trio.move_on_after(LIFESPAN_EXIT_GRACE):

@@ -200,7 +200,11 @@ def _wants_pool(args: argparse.Namespace) -> bool:
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if _wants_pool(args):
         return _serve_pool(args)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    from fcgi.escape import escaping_handler
+
+    # Escaping: a request URI cannot forge a line of the log (fcgi.escape).
+    handler = escaping_handler(logging.StreamHandler(sys.stderr), LOG_FORMAT)
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if not args.app:
         parser.error("serve needs an app: fcgi serve MODULE:APP")
     from fcgi.server import serve

@@ -39,7 +39,7 @@ def test_kill_9_of_a_busy_worker_fails_only_its_request(tmp_path: Path) -> None:
                 return [
                     p["pid"]
                     for p in procs
-                    if p["state"] == "Running" and p["request uri"] == "/sleep?3"
+                    if p["state"] == "Running" and p["request uri"] == "/sleep"
                 ]
 
             pids = wait_for(busy, what="a busy worker")
@@ -115,7 +115,7 @@ def test_graceful_stop_finishes_in_flight_requests(tmp_path: Path) -> None:
 
         def sleeping() -> int:
             procs = m.status()["processes"]
-            return sum(p["state"] == "Running" and p["request uri"] == "/sleep?1.5" for p in procs)
+            return sum(p["state"] == "Running" and p["request uri"] == "/sleep" for p in procs)
 
         def stop_when_busy() -> None:
             wait_for(lambda: sleeping() == 2, what="both requests running")
@@ -190,7 +190,7 @@ def test_status_listen_answers_when_every_worker_is_busy(tmp_path: Path) -> None
         doc = results[1]
         assert isinstance(doc, dict), results
         assert doc["idle processes"] == 0
-        assert doc["processes"][0]["request uri"] == "/sleep?1.5"  # type: ignore[index]
+        assert doc["processes"][0]["request uri"] == "/sleep"  # type: ignore[index]
 
 
 def test_catch_workers_output(tmp_path: Path) -> None:

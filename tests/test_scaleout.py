@@ -311,7 +311,9 @@ def worker_requests(status: dict[str, Any]) -> dict[int, int]:
 
 def serving_status(status: dict[str, Any]) -> int:
     """Pid of the worker that answered this status page."""
-    (pid,) = [p["pid"] for p in status["processes"] if p["request uri"] == STATUS]
+    # The page shows URIs without their query (status_full_query is off).
+    path = STATUS.split("?", 1)[0]
+    (pid,) = [p["pid"] for p in status["processes"] if p["request uri"] == path]
     return int(pid)
 
 

@@ -6,6 +6,13 @@ a FastCGI param, ``%f`` SCRIPT_FILENAME, ``%l`` CONTENT_LENGTH, ``%m`` method,
 query string, ``%Q`` ``?`` when there is a query string, ``%r`` request URI
 without its query, ``%R`` REMOTE_ADDR, ``%s`` status, ``%t`` / ``%T`` request
 start / end time, ``%u`` REMOTE_USER, ``%%`` a percent sign.
+
+Every value a format code puts in the line goes through
+:func:`fcgi.escape.escape_quoted`, as nginx does in its own access log: a
+control character becomes ``\\xHH``, and so do ``\\`` and ``"``. The
+request URI, the query string, the method and every other param are text the
+client chose; unescaped, a CR or LF in them would write a line of its own, and
+a quote would end the quoted ``"%m %r"`` field early.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from fcgi.escape import escape_quoted
 
 _TOKEN = re.compile(r"%(?:\{([^}]*)\})?([a-zA-Z%])")
 
@@ -81,7 +90,7 @@ def format_line(fmt: str, rec: RequestRecord) -> str:
             return p.get("REMOTE_USER", "-") or "-"
         return m.group(0)
 
-    return _TOKEN.sub(sub, fmt)
+    return _TOKEN.sub(lambda m: escape_quoted(sub(m)), fmt)
 
 
 class AccessLog:

@@ -3,6 +3,11 @@
 ``error_log`` unset: log to stderr (or keep whatever handler the caller, e.g.
 the ``fcgi`` command, already installed). Set: append to that file; SIGUSR1
 closes and reopens it, so logrotate can move it away first.
+
+Both handlers format with :class:`fcgi.escape.EscapingFormatter`: a request
+URI or an app's exception message cannot add a line of its own to the log.
+A handler the caller installed keeps the caller's formatter (wrap it with
+:func:`fcgi.escape.escaping_handler` to get the same protection).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from fcgi.escape import EscapingFormatter
 from fcgi.pool.config import MasterConfig
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -30,12 +36,12 @@ def setup_logging(config: MasterConfig) -> None:
     root.setLevel(LEVELS.get(config.log_level, logging.INFO))
     if config.error_log and config.error_log != "-":
         handler = logging.FileHandler(config.error_log, delay=False)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
         root.addHandler(handler)
         _file_handlers.append(handler)
     elif not root.handlers:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter(LOG_FORMAT))
+        stream.setFormatter(EscapingFormatter(LOG_FORMAT))
         root.addHandler(stream)
 
 

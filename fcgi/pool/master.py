@@ -615,6 +615,10 @@ class Master:
             seq = slot.request_seq
             if terminate and elapsed > terminate and child.terminated_seq != seq:
                 child.terminated_seq = seq
+                # Counted (PHP-FPM does not): the web server only sees the
+                # connection close, so the status page is where it shows.
+                pool.header.terminated_requests += 1
+                pool.board.write_header(pool.header)
                 log.warning(
                     "[pool %s] child %d, method %s, uri %s: execution timed out "
                     "(%.3f s > request_terminate_timeout %g s), terminating",
@@ -888,6 +892,8 @@ class StatusResponder:
 
     def __init__(self, pool: RunningPool) -> None:
         self.pool = pool
+        #: status_listen admits the same TCP peers as the pool's own sockets.
+        self.allowed_clients: tuple[str, ...] = tuple(pool.config.listen_allowed_clients)
 
     def __call__(self, params: dict[str, str]) -> PageAnswer:
         cfg: PoolConfig = self.pool.config

@@ -108,9 +108,11 @@ class Header:
     slow_requests: int = 0
     #: Current generation (bumped by every reload).
     generation: int = 0
+    #: Requests cut short by request_terminate_timeout (their worker killed).
+    terminated_requests: int = 0
 
 
-_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQI")
+_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQ")
 HEADER_SIZE = 128
 assert _HEADER.size <= HEADER_SIZE
 
@@ -147,6 +149,7 @@ class Scoreboard:
             header.max_children_reached,
             header.slow_requests,
             header.generation,
+            header.terminated_requests,
         )
         struct.pack_into("<I", self._map, 8, seq + 2)
 

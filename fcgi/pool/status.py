@@ -3,8 +3,17 @@
 Field names are PHP-FPM's (``reference/fpm/status.xml``) so existing habits,
 scripts and exporters carry over; the payload adds the configured limits so a
 dashboard needs no second source. Formats, chosen by the query string as in
-PHP-FPM: text (default), ``?json``, ``?openmetrics``, ``?html``; ``&full`` adds
-one block per worker.
+PHP-FPM: text (default), ``?json``, ``?xml``, ``?openmetrics``, ``?html``;
+``&full`` adds one block per worker.
+
+Two things differ from PHP-FPM on purpose. A worker's request URI is shown
+without its query string unless the pool sets ``status_full_query``: query
+strings carry other users' search terms, tokens and session ids, and the page
+is often reachable by more people than the logs are. And the method and URI,
+text a client chose, go through :func:`fcgi.escape.escape` before any format
+sees them, so a CR or LF in a URI cannot add a line (``idle processes: 999``)
+to the text page; the other formats get the same escaped text, so that every
+format shows the same thing.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from xml.sax.saxutils import escape as xml_escape
 
+from fcgi.escape import escape
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import ListenQueue
 from fcgi.pool.scoreboard import STATE_NAMES, Header, Scoreboard, Slot, SlotState
@@ -66,6 +77,8 @@ class PoolStatus:
     max_active_processes: int
     max_children_reached: int
     slow_requests: int
+    #: Requests whose worker request_terminate_timeout killed.
+    terminated_requests: int
     #: Requests running now over all workers (a trio worker runs several).
     active_requests: int
     limits: dict[str, int | float]
@@ -91,6 +104,9 @@ def collect(
     lq = queue.queued if queue else header.listen_queue
     workers = []
     for s in slots:
+        uri = s.uri
+        if not config.status_full_query:
+            uri = uri.split("?", 1)[0]
         if s.state == SlotState.BUSY:
             duration = max(0.0, mono - s.request_start_mono)
             cpu, memory = 0.0, 0
@@ -103,8 +119,8 @@ def collect(
                 start_time=s.started,
                 requests=s.requests,
                 request_duration_us=int(duration * 1e6),
-                request_method=s.method or "-",
-                request_uri=s.uri or "-",
+                request_method=escape(s.method) or "-",
+                request_uri=escape(uri) or "-",
                 content_length=s.content_length,
                 last_request_cpu=s.last_cpu if s.state != SlotState.BUSY else cpu,
                 last_request_memory=memory,
@@ -127,6 +143,7 @@ def collect(
         max_active_processes=max(header.max_active, active),
         max_children_reached=header.max_children_reached,
         slow_requests=header.slow_requests,
+        terminated_requests=header.terminated_requests,
         active_requests=sum(s.active for s in slots),
         limits={
             "max_children": config.max_children,
@@ -172,6 +189,7 @@ def _pool_rows(st: PoolStatus) -> list[tuple[str, object]]:
         ("max active processes", st.max_active_processes),
         ("max children reached", st.max_children_reached),
         ("slow requests", st.slow_requests),
+        ("terminated requests", st.terminated_requests),
         ("active requests", st.active_requests),
     ]
     rows += [(name.replace("_", " "), value) for name, value in st.limits.items()]
@@ -210,7 +228,8 @@ def render_text(st: PoolStatus, full: bool) -> str:
     return out
 
 
-def render_json(st: PoolStatus, full: bool) -> str:
+def _document(st: PoolStatus, full: bool) -> dict[str, object]:
+    """The JSON and XML pages' content (dates as unix time, as in PHP-FPM)."""
     doc: dict[str, object] = {
         "pool": st.pool,
         "process manager": st.process_manager,
@@ -226,6 +245,7 @@ def render_json(st: PoolStatus, full: bool) -> str:
         "max active processes": st.max_active_processes,
         "max children reached": st.max_children_reached,
         "slow requests": st.slow_requests,
+        "terminated requests": st.terminated_requests,
         "active requests": st.active_requests,
         "limits": dict(st.limits),
     }
@@ -250,7 +270,33 @@ def render_json(st: PoolStatus, full: bool) -> str:
             }
             for w in st.workers
         ]
-    return json.dumps(doc)
+    return doc
+
+
+def render_json(st: PoolStatus, full: bool) -> str:
+    return json.dumps(_document(st, full))
+
+
+def render_xml(st: PoolStatus, full: bool) -> str:
+    """PHP-FPM's ``?xml``: one element per field, spaces in names as hyphens.
+
+    Values are text XML escapes; no value holds a control character (XML 1.0
+    allows none, not even as a reference) because the only text a client
+    chose, method and URI, is escaped by :func:`collect` already.
+    """
+
+    def element(name: str, value: object) -> str:
+        tag = name.replace(" ", "-").replace("_", "-")
+        if isinstance(value, dict):
+            inner = "".join(element(k, v) for k, v in value.items())
+        elif isinstance(value, list):
+            inner = "".join(element("process", item) for item in value)
+        else:
+            inner = xml_escape(str(value))
+        return f"<{tag}>{inner}</{tag}>"
+
+    body = "".join(element(name, value) for name, value in _document(st, full).items())
+    return f'<?xml version="1.0" ?>\n<status>{body}</status>\n'
 
 
 def _om_label(value: str) -> str:
@@ -281,6 +327,12 @@ def render_openmetrics(st: PoolStatus, full: bool) -> str:
     metric("max_active_processes", "counter", "Most busy workers at once.", st.max_active_processes)
     metric("max_children_reached", "counter", "Times the pool was full.", st.max_children_reached)
     metric("slow_requests", "counter", "Requests over request_slowlog_timeout.", st.slow_requests)
+    metric(
+        "terminated_requests",
+        "counter",
+        "Requests killed by request_terminate_timeout.",
+        st.terminated_requests,
+    )
     metric("active_requests", "gauge", "Requests running now.", st.active_requests)
     for name, value in st.limits.items():
         metric(f"config_{name}", "gauge", f"Configured {name}.", value)
@@ -326,7 +378,7 @@ def render_html(st: PoolStatus, full: bool) -> str:
 
 
 def render(st: PoolStatus, query: str) -> PageAnswer:
-    """The status page for ``query`` (``json``, ``html``, ``openmetrics``, ``full``...)."""
+    """The status page for ``query`` (``json``, ``xml``, ``html``, ``openmetrics``, ``full``...)."""
     words = {part.split("=", 1)[0] for part in query.split("&") if part}
     full = "full" in words
     if "json" in words:
@@ -334,6 +386,8 @@ def render(st: PoolStatus, query: str) -> PageAnswer:
     elif "openmetrics" in words:
         ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8"
         text = render_openmetrics(st, full)
+    elif "xml" in words:
+        ctype, text = "text/xml; charset=utf-8", render_xml(st, full)
     elif "html" in words:
         ctype, text = "text/html; charset=utf-8", render_html(st, full)
     else:

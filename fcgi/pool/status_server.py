@@ -4,6 +4,11 @@ Workers answer ``status_path`` on the pool's own socket, which is no help when
 every worker is busy, the moment the page matters most. This socket is served
 by the master's loop, non-blocking, a connection at a time per readiness event
 and with a short deadline, so a stuck client cannot hold the master.
+
+A TCP ``status_listen`` takes connections only from the pool's
+``listen_allowed_clients``, as the workers do on the pool's own sockets: the
+page shows what every worker is doing, and an address that may not send
+requests has no business reading it.
 """
 
 from __future__ import annotations
@@ -12,19 +17,29 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 from fcgi import events as ev
 from fcgi.connection import ServerConnection
 from fcgi.errors import FastCGIError
 from fcgi.hooks import render_answer
 from fcgi.pool.status import PageAnswer
+from fcgi.sockets import peer_allowed
 
 log = logging.getLogger("fcgi.pool")
 
+#: Seconds a status_listen connection gets in all, so a stuck client cannot hold
+#: the master.
 DEADLINE = 5.0
 
-Responder = Callable[[dict[str, str]], PageAnswer]
+
+class Responder(Protocol):
+    """Makes the page for a request's params; knows which peers may ask."""
+
+    #: TCP peers allowed to connect (empty: any); unix peers always may.
+    allowed_clients: tuple[str, ...]
+
+    def __call__(self, params: dict[str, str], /) -> PageAnswer: ...
 
 
 class _StatusConnection:
@@ -64,12 +79,17 @@ class StatusServer:
     def _accept(self) -> None:
         for _ in range(16):
             try:
-                sock, _peer = self.listener.accept()
+                sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("status_listen: accept failed: %s", exc)
                 return
+            allowed = self.respond.allowed_clients
+            if allowed and not peer_allowed(peer, allowed):
+                log.warning("status_listen: refused %s: not an allowed client", peer)
+                sock.close()
+                continue
             sock.setblocking(False)
             self.connections[sock.fileno()] = _StatusConnection(sock)
 
