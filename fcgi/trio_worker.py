@@ -18,10 +18,18 @@ slice at a time: a request streaming a large body takes turns with the other
 ids instead of starving them, and a web server that reads slowly makes the apps
 wait (backpressure) instead of making the worker buffer whole responses.
 
-Limits: ``max_conns`` connections (one more is closed with a log line) and
-``max_reqs`` requests in progress in the whole process, any number of them on one
-connection (one more gets END_REQUEST OVERLOADED at once). GET_VALUES says so,
-with FCGI_MPXS_CONNS=1.
+Limits: ``max_conns`` connections and ``max_reqs`` requests in progress in the
+whole process, any number of them on one connection (one more gets END_REQUEST
+OVERLOADED at once). GET_VALUES says so, with FCGI_MPXS_CONNS=1. At
+``max_conns``, the connection quiet for longest (idle, or still waiting for its
+request head) is closed to make room; a new one is refused only when every
+connection is busy. A connection must deliver a whole request head
+(BEGIN_REQUEST and PARAMS) within ``request_header_timeout`` of its acceptance,
+or of the first byte of its next request; a request's output may wait for the
+web server ``send_timeout`` in all (``read_timeout`` per write).
+
+A web server that goes away (or a write that fails for any reason) ends that
+connection and its requests, with one log line; never the worker.
 
 ABORT_REQUEST (or the web server closing the connection) cancels that request's
 task: a WSGI app's next write fails so its iterable's close() runs; an ASGI app's
@@ -48,7 +56,8 @@ from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
-from fcgi.errors import ProtocolError
+from fcgi.errors import ProtocolError, RequestBodyTooLarge
+from fcgi.escape import Lines
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
 from fcgi.options import ServerOptions
@@ -78,8 +87,33 @@ _SLICE = 2 * 0xFFF8
 #: body was not read to the end (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
 _DRAIN_SECONDS = 2.0
+#: accept() failures from lack of resources: the listener is fine, wait a little.
 _ACCEPT_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+_ACCEPT_PAUSE = 0.1
+#: accept() failures that concern only the connection being accepted (Linux
+#: reports network errors pending on it this way; EPERM: a firewall rule).
+_ACCEPT_RETRY = frozenset(
+    (
+        errno.ECONNABORTED,
+        errno.EINTR,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+    )
+)
+#: accept() failures that mean the listening socket itself is unusable.
+_LISTENER_GONE = frozenset((errno.EBADF, errno.EINVAL, errno.ENOTSOCK))
+#: Pause after an accept() failure of an unknown kind, so it cannot spin.
+_ACCEPT_BACKOFF = 1.0
+#: Reason phrases of the answers to requests rejected before the app ran.
+_REASONS = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
 
 
 def _describe_peer(peer: object, sock: trio.socket.SocketType) -> str:
@@ -114,6 +148,7 @@ class _Request:
         "body",
         "data",
         "deferred",
+        "ended",
         "gone",
         "helpers",
         "input_done",
@@ -123,6 +158,8 @@ class _Request:
         "rid",
         "role",
         "scope",
+        "send_waited",
+        "since",
         "started",
     )
 
@@ -147,6 +184,14 @@ class _Request:
         self.responder: ASGIResponder | None = None
         #: WSGI output the thread handed over without flushing (sent with END_REQUEST).
         self.deferred: list[bytes] = []
+        #: True once END_REQUEST is queued: a rejected request that is then
+        #: aborted must not be ended twice (the second would be a driver bug
+        #: that takes the connection down).
+        self.ended = False
+        #: Seconds this request's output has waited for the web server to read.
+        self.send_waited = 0.0
+        #: When its head began to arrive (trio clock): see request_header_timeout.
+        self.since = 0.0
 
     def abort(self, reason: str) -> None:
         if self.gone is not None:
@@ -185,6 +230,13 @@ class _Connection:
         self._nursery: trio.Nursery | None = None
         self._read_scope: trio.CancelScope | None = None
         self._woken = False
+        #: When the head of the next request began to arrive (trio clock), or
+        #: None while no head is being waited for: from acceptance, since a
+        #: new connection owes us a request.
+        self.head_since: float | None = trio.current_time()
+        #: Since when the connection has had nothing in progress: the oldest
+        #: quiet connection is the first to go when max_conns is reached.
+        self.quiet_since = self.head_since
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -202,6 +254,16 @@ class _Connection:
                 self._retire(req)
             await self._close()
 
+    @property
+    def quiet(self) -> bool:
+        """True if nothing is in progress: no app running, no answer being written."""
+        return (
+            self.running == 0
+            and self.broken is None
+            and not self.lock.locked()
+            and all(req.gone is None for req in self.requests.values())
+        )
+
     def wake(self) -> None:
         """Make the reader look again at whether to go on (idle, stopping, closing)."""
         if self._read_scope is not None:
@@ -210,6 +272,8 @@ class _Connection:
 
     def became_idle(self) -> None:
         """The last request ended: close if due, else let the idle timeout run."""
+        self.head_since = None
+        self.quiet_since = trio.current_time()
         if self.worker.stopping or self.conn.should_close:
             self.wake()
         elif self._read_scope is not None and self._read_scope.deadline == math.inf:
@@ -245,6 +309,10 @@ class _Connection:
                         if not chunk:
                             break
                         drained += len(chunk)
+            if self.broken is None:
+                # Nothing may write to the descriptor now: its number may
+                # already belong to another connection.
+                self.broken = "the connection is closed"
             sock.close()
 
     # -- reading ------------------------------------------------------------------
@@ -255,12 +323,25 @@ class _Connection:
         conn = self.conn
         timeout = worker.options.read_timeout
         while True:
+            if self.broken is not None:
+                return self.broken  # evicted before this task first ran
             if not self.requests and (conn.should_close or worker.stopping):
                 return "closing"
             timed = self.running == 0 or conn.mid_record
+            now = trio.current_time()
+            head_deadline = self._head_deadline(now)
+            if head_deadline <= now:
+                log.warning(
+                    "closing connection from %s: no complete request head within %gs "
+                    "(request_header_timeout)",
+                    self.peer,
+                    worker.options.request_header_timeout,
+                )
+                # No answer is in flight to protect by draining the input.
+                self.broken = "request head timeout"
+                return self.broken
             with trio.CancelScope() as scope:
-                if timed:
-                    scope.deadline = trio.current_time() + timeout
+                scope.deadline = min(now + timeout if timed else math.inf, head_deadline)
                 self._read_scope = scope
                 try:
                     data = await self.stream.receive_some(_RECV_SIZE)
@@ -270,7 +351,8 @@ class _Connection:
                     return "the connection failed"
             self._read_scope = None
             if scope.cancelled_caught:
-                if self._woken:
+                if self._woken or trio.current_time() >= head_deadline:
+                    # Woken, or the head deadline passed: the loop's top says which.
                     self._woken = False
                     continue
                 if self.requests or conn.mid_record:
@@ -281,7 +363,8 @@ class _Connection:
                     )
                 else:
                     log.info("closing idle connection from %s after %gs", self.peer, timeout)
-                return "read timeout"
+                self.broken = "read timeout"  # a stalled peer: nothing to drain
+                return self.broken
             if not data:
                 try:
                     conn.feed_eof()
@@ -299,9 +382,32 @@ class _Connection:
             except ProtocolError as exc:
                 log.warning("closing connection from %s: protocol error: %s", self.peer, exc)
                 return f"protocol error: {exc}"
+            if not self.requests and conn.mid_record and self.head_since is None:
+                # The first bytes of the next request on a kept connection.
+                self.head_since = trio.current_time()
             for event in events:
                 self._dispatch(event)
-            await self._flush_control()
+            try:
+                await self._flush_control()
+            except ClientGone as exc:
+                # The peer left before it read what the connection answered
+                # by itself (GET_VALUES, a refusal): _break logged it.
+                return str(exc)
+
+    def _head_deadline(self, now: float) -> float:
+        """When the request head now being received must be complete (inf: none is).
+
+        A head is BEGIN_REQUEST and the whole PARAMS stream. The clock starts
+        when the connection is accepted, or at the first byte of a request on
+        a kept connection, and does not restart with every byte as the read
+        timeout does: a peer trickling a head cannot hold the worker.
+        """
+        since = math.inf if self.head_since is None else self.head_since
+        if len(self.requests) > self.running:
+            for req in self.requests.values():
+                if not req.started and req.gone is None and req.since < since:
+                    since = req.since
+        return since + self.worker.options.request_header_timeout
 
     def _dispatch(self, event: ev.Event) -> None:
         kind = type(event)
@@ -309,14 +415,14 @@ class _Connection:
         req = self.requests.get(rid)
         if kind is ev.StdinData:
             if req is not None:
-                req.body.push(event.data)  # type: ignore[attr-defined]
+                self._push(req, req.body, event.data)  # type: ignore[attr-defined]
         elif kind is ev.StdinEnd:
             if req is not None:
                 req.input_done = True
                 req.body.end()
         elif kind is ev.DataChunk:
             if req is not None and req.data is not None:
-                req.data.push(event.data)  # type: ignore[attr-defined]
+                self._push(req, req.data, event.data)  # type: ignore[attr-defined]
         elif kind is ev.DataEnd:
             if req is not None and req.data is not None:
                 req.data.end()
@@ -330,7 +436,8 @@ class _Connection:
                 assert self._nursery is not None
                 self._nursery.start_soon(self.worker._serve_request, self, req)
         elif kind is ev.AbortRequest:
-            if req is not None:
+            if req is not None and req.gone is None:
+                # (Once gone, the request is being answered already.)
                 log.info("request %d from %s aborted by the web server", rid, self.peer)
                 req.abort("aborted by the web server")
                 if not req.started:
@@ -340,13 +447,22 @@ class _Connection:
             log.warning("rejected request %d from %s: %s", rid, self.peer, reason)
             if req is not None:
                 if req.started:
-                    req.body.end()  # the app gets what arrived, then EOF
+                    if event.http_status == 413:  # type: ignore[attr-defined]
+                        # Cut at max_body_size: the app's next read raises,
+                        # so a partial body is never taken for the whole.
+                        too_large = RequestBodyTooLarge(reason)
+                        req.body.fail(too_large)
+                        if req.data is not None:
+                            req.data.fail(too_large)
+                    else:
+                        req.body.end()  # the app gets what arrived, then EOF
                 else:
                     status = event.http_status  # type: ignore[attr-defined]
                     answer = error_response(status, _REASONS.get(status, "Bad Request"))
                     req.gone = reason
                     self._spawn(self._finish_unstarted(req, answer, 1))
         elif kind is ev.RequestRefused:
+            self._refused()
             log.warning(
                 "refused request id %d from %s: protocol status %d (role %d)",
                 rid,
@@ -354,6 +470,19 @@ class _Connection:
                 event.protocol_status,  # type: ignore[attr-defined]
                 event.role,  # type: ignore[attr-defined]
             )
+
+    def _push(self, req: _Request, body: SpooledBody, data: bytes) -> None:
+        """Keep input for the app; a full disk fails that request, not the connection."""
+        try:
+            body.push(data)
+        except OSError as exc:
+            log.error(
+                "request %d from %s: cannot keep its body (%s); the app gets an error",
+                req.rid,
+                self.peer,
+                exc,
+            )
+            body.fail(exc)
 
     def _begin(self, event: ev.BeginRequest) -> None:
         worker = self.worker
@@ -366,10 +495,20 @@ class _Connection:
                 worker.active_requests,
             )
             self.conn.end_request(rid, 0, ProtocolStatus.OVERLOADED)
+            self._refused()
             return
         req = _Request(rid, event.role, event.keep_conn, worker.options.spool_threshold)
+        now = trio.current_time()
+        req.since = now if self.head_since is None else self.head_since
+        self.head_since = None
         self.requests[rid] = req
         worker.active_requests += 1
+
+    def _refused(self) -> None:
+        """A BEGIN_REQUEST was answered with a refusal: that request is over."""
+        if not self.requests:
+            self.head_since = None
+            self.quiet_since = trio.current_time()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -402,8 +541,10 @@ class _Connection:
         finally:
             self.lock.release()
 
-    async def _flush_locked(self) -> None:
-        timeout = self.worker.options.read_timeout
+    async def _flush_locked(self, req: _Request | None = None) -> None:
+        """Write everything queued; the time spent waiting counts against ``req``'s send_timeout."""
+        options = self.worker.options
+        timeout = options.read_timeout
         while True:
             data = self.conn.data_to_send()
             if not data:
@@ -422,25 +563,49 @@ class _Connection:
             if sent == len(data):
                 continue
             # Never cancelled half way: a partial record would corrupt the
-            # connection for every other request on it.
-            deadline = trio.current_time() + timeout
-            with trio.CancelScope(shield=True, deadline=deadline) as timer:
+            # connection for every other request on it. One wait is bounded
+            # by read_timeout, and all of a request's waits by send_timeout, so
+            # a peer that reads a little now and then cannot hold it forever.
+            budget = timeout
+            if req is not None:
+                budget = min(timeout, options.send_timeout - req.send_waited)
+            start = trio.current_time()
+            with trio.CancelScope(shield=True, deadline=start + budget) as timer:
                 try:
                     await self.stream.send_all(memoryview(data)[sent:])
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._break(f"writing to the web server failed: {exc.__cause__ or exc}")
+            if req is not None:
+                req.send_waited += trio.current_time() - start
             if timer.cancelled_caught:
-                self._break(f"the web server read nothing for {timeout:g}s")
+                if req is not None and budget < timeout:
+                    self._break(
+                        f"request {req.rid}: the web server took more than "
+                        f"{options.send_timeout:g}s in all to read the answer (send_timeout)",
+                        warning=True,
+                    )
+                else:
+                    self._break(f"the web server read nothing for {timeout:g}s")
             if self.broken is not None:
                 raise ClientGone(self.broken)
 
-    def _break(self, reason: str) -> None:
+    def _break(self, reason: str, *, warning: bool = False) -> None:
+        """The connection cannot be written any more: end it, and only it."""
         if self.broken is None:
-            self.broken = reason
-            log.info("connection from %s: %s", self.peer, reason)
-            self._abort_all(reason)
-            if self._nursery is not None:
-                self._nursery.cancel_scope.cancel()
+            level = logging.WARNING if warning else logging.INFO
+            log.log(level, "connection from %s: %s", self.peer, reason)
+            self._end(reason)
+
+    def evict(self) -> None:
+        """Close this quiet connection to make room for a new one (the caller logs it)."""
+        if self.broken is None:
+            self._end("closed to make room for a new connection (max_conns)")
+
+    def _end(self, reason: str) -> None:
+        self.broken = reason
+        self._abort_all(reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def send_stdout(self, req: _Request, data: bytes) -> None:
         """Send part of the response, a slice per turn; raises ClientGone."""
@@ -454,14 +619,14 @@ class _Connection:
                 if req.gone is not None:
                     raise ClientGone(req.gone)
                 self.conn.send_stdout(req.rid, piece if type(piece) is bytes else bytes(piece))
-                await self._flush_locked()
+                await self._flush_locked(req)
 
     async def send_stderr(self, req: _Request, data: bytes) -> None:
         async with self.lock:
             if req.gone is not None:
                 raise ClientGone(req.gone)
             self.conn.send_stderr(req.rid, data)
-            await self._flush_locked()
+            await self._flush_locked(req)
 
     async def end(
         self, req: _Request, app_status: int, tail: bytes = b"", *, force_tail: bool = False
@@ -473,13 +638,16 @@ class _Connection:
         async with self.lock:
             if self.broken is not None:
                 raise ClientGone(self.broken)
+            if req.ended:
+                return
             if tail and (req.gone is None or force_tail):
                 self.conn.send_stdout(req.rid, tail)
             # Retired before the bytes leave: the web server may reuse the id
             # as soon as it reads END_REQUEST.
             self._retire(req)
+            req.ended = True
             self.conn.end_request(req.rid, app_status)
-            await self._flush_locked()
+            await self._flush_locked(req)
 
 
 class TrioWorker:
@@ -517,6 +685,8 @@ class TrioWorker:
         self._connections: set[_Connection] = set()
         self._state: dict[str, Any] | None = None
         self._limiter: trio.CapacityLimiter | None = None
+        #: Listeners still being accepted on.
+        self._accepting = 0
 
     # -- control ------------------------------------------------------------------
 
@@ -559,7 +729,7 @@ class TrioWorker:
                 failure = exc
                 system.cancel_scope.cancel()
         if failure is not None:
-            log.error("%s", failure)
+            log.error("%s", Lines(str(failure)))
             raise failure
 
     async def _run(self, system: trio.Nursery) -> None:
@@ -597,39 +767,90 @@ class TrioWorker:
     async def _accept_loop(
         self, listener: trio.socket.SocketType, connections: trio.Nursery
     ) -> None:
+        self._accepting += 1
+        try:
+            while True:
+                try:
+                    sock, peer = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_RETRY:
+                        continue
+                    if exc.errno in _ACCEPT_ERRORS:
+                        log.error("accept failed: %s", exc.strerror)
+                        await trio.sleep(_ACCEPT_PAUSE)
+                        continue
+                    if exc.errno in _LISTENER_GONE:
+                        log.error("accept failed: %s; no longer accepting on it", exc)
+                        return
+                    # Unknown: say so, and keep the connections we have.
+                    log.error("accept failed: %s", exc)
+                    await trio.sleep(_ACCEPT_BACKOFF)
+                    continue
+                try:
+                    self._admit(sock, peer, connections)
+                except Exception:
+                    # Whatever went wrong concerns this one connection.
+                    log.exception("could not take a new connection")
+                    sock.close()
+        finally:
+            self._accepting -= 1
+            if not self._accepting:
+                self._begin_stop()  # nothing left to accept on: finish and exit
+
+    def _admit(self, sock: trio.socket.SocketType, peer: object, connections: trio.Nursery) -> None:
+        """Serve a new connection, unless it is not allowed or there is no room for it."""
         options = self.options
-        while True:
-            try:
-                sock, peer = await listener.accept()
-            except OSError as exc:
-                if exc.errno in _ACCEPT_ERRORS:
-                    log.error("accept failed: %s", exc.strerror)
-                    await trio.sleep(0.1)
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EINTR, errno.EPROTO):
-                    continue
-                raise
-            self.hooks.connection_accepted()
-            name = _describe_peer(peer, sock)
-            if options.allowed_clients and not peer_allowed(peer, options.allowed_clients):
-                log.warning("refused connection from %s: not an allowed client", name)
-                sock.close()
-                continue
-            if len(self._connections) >= options.max_conns:
+        self.hooks.connection_accepted()
+        name = _describe_peer(peer, sock)
+        if options.allowed_clients and not peer_allowed(peer, options.allowed_clients):
+            log.warning("refused connection from %s: not an allowed client", name)
+            sock.close()
+            return
+        if len(self._connections) >= options.max_conns:
+            victim = self._quietest()
+            if victim is None:
                 log.warning(
-                    "closing connection from %s: already serving %d connections (max_conns)",
+                    "closing connection from %s: all %d connections are busy (max_conns)",
                     name,
                     len(self._connections),
                 )
                 sock.close()
-                continue
-            c = _Connection(self, sock, name)
-            self._connections.add(c)
-            connections.start_soon(self._serve_connection, c)
+                return
+            log.warning(
+                "closing the connection from %s, quiet for %.1fs, to make room for one "
+                "from %s: %d connections (max_conns)",
+                victim.peer,
+                trio.current_time() - victim.quiet_since,
+                name,
+                len(self._connections),
+            )
+            self._connections.discard(victim)
+            victim.evict()
+        c = _Connection(self, sock, name)
+        self._connections.add(c)
+        connections.start_soon(self._serve_connection, c)
+
+    def _quietest(self) -> _Connection | None:
+        """The connection quiet for longest (no request in progress), or None if all are busy.
+
+        Idle kept connections and ones that have not sent a whole request
+        head yet cost the attacker nothing to open: when the slots run out,
+        one of them makes room instead of a new connection being refused.
+        """
+        best: _Connection | None = None
+        for c in self._connections:
+            if c.quiet and (best is None or c.quiet_since < best.quiet_since):
+                best = c
+        return best
 
     async def _serve_connection(self, c: _Connection) -> None:
         try:
             await c.serve()
+        except Exception:
+            # A bug met while serving one connection (the connection closed
+            # already, in serve()) must not end the worker with every other
+            # connection and request in it.
+            log.exception("connection from %s failed", c.peer)
         finally:
             self._connections.discard(c)
 
@@ -655,8 +876,14 @@ class TrioWorker:
                 app_status = 1
             await c.end(req, app_status, tail)
         except ClientGone as exc:
-            log.info("request %d from %s: not answered: %s", req.rid, c.peer, exc)
+            # Why was logged where it happened (write failure, abort, close):
+            # one line per event, not one more per request it touched.
+            log.debug("request %d from %s: not answered: %s", req.rid, c.peer, exc)
         finally:
+            if not req.ended:
+                # Cancelled from outside, or failed: a WSGI thread that goes on
+                # in the background must find the request gone, not write.
+                req.abort("the request did not finish")
             c.running -= 1
             req.close()
             c._retire(req)

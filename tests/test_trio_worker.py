@@ -391,16 +391,40 @@ def test_requests_past_max_reqs_get_overloaded_on_any_connection(tmp_path: Path)
         assert reply.body == b"done"
 
 
-def test_a_connection_past_max_conns_is_closed_and_the_others_go_on(
+def test_a_connection_past_max_conns_is_closed_when_all_are_busy_and_the_others_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gauge = Gauge()
+    release = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        gauge.enter()
+        release.wait(WAIT)
+        gauge.leave()
+        return hello_app(environ, start_response)
+
+    with running_worker(app, tmp_path, max_conns=1) as w:
+        first = w.client()
+        assert first.get_values([b"FCGI_MAX_CONNS"]) == {b"FCGI_MAX_CONNS": b"1"}  # accepted
+        first.send(b"".join(request_records(1, params_for("/", query="still"))))
+        assert gauge.wait_in_flight(1)
+        second = w.client()
+        assert second.closed_by_server()
+        release.set()
+        assert first.reply(1).body == b"hello still"
+    assert "max_conns" in caplog.text
+
+
+def test_at_max_conns_a_quiet_connection_makes_room_for_a_new_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with running_worker(hello_app, tmp_path, max_conns=1) as w:
-        first = w.client()
-        assert first.get_values([b"FCGI_MAX_CONNS"]) == {b"FCGI_MAX_CONNS": b"1"}  # accepted
-        second = w.client()
-        assert second.closed_by_server()
-        assert first.request(1, params_for("/", query="still")).body == b"hello still"
-    assert "max_conns" in caplog.text
+        idle = w.client()
+        assert idle.get_values([b"FCGI_MAX_CONNS"]) == {b"FCGI_MAX_CONNS": b"1"}  # accepted
+        new = w.client()
+        assert new.request(1, params_for("/", query="new")).body == b"hello new"
+        assert idle.closed_by_server()
+    assert "to make room" in caplog.text
 
 
 # -- abort ---------------------------------------------------------------------------------------
