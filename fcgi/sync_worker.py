@@ -9,12 +9,33 @@ The worker waits for connections with epoll (EPOLLEXCLUSIVE, so one waiting
 worker wakes per connection rather than all of them) together with a pipe that
 :meth:`SyncWorker.stop` writes to, which makes stopping safe from a signal
 handler without interrupting a request half way.
+
+A worker never waits on a connection that has not sent a whole request head
+(BEGIN_REQUEST and the end of PARAMS): until then the connection is *parked*
+in the worker's epoll set, and whatever it sends is taken in without blocking.
+So a silent or trickling peer costs a file descriptor, not a worker. Parked
+connections have deadlines: ``request_header_timeout`` for the head (from the
+accept, or from the first byte of a kept connection's next request) and
+``read_timeout`` for a kept connection idle between requests.
+
+Known limit: a connection this worker parked is served by this worker only.
+If its head completes while the worker runs a long request, it waits for that
+request even when other workers are idle. To keep that rare, a new connection
+that has sent nothing yet gets a short wait for its first bytes right after
+accept() (a web server writes its request right after connecting; TCP
+listeners use TCP_DEFER_ACCEPT, so there the bytes are already in), and the
+ready connections of one epoll wakeup are served before new ones are
+accepted. While silent connections keep arriving (an attack), that wait is
+skipped for a while, so a request head that arrives in pieces then may wait
+behind one request of its worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -32,7 +53,7 @@ from fcgi.errors import ProtocolError, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
 from fcgi.records import Role
-from fcgi.sockets import peer_allowed
+from fcgi.sockets import defer_accept, peer_allowed
 from fcgi.wsgi import (
     ClientGone,
     ErrorStream,
@@ -52,15 +73,51 @@ _RECV_SIZE = 256 * 1024
 #: Most bytes read and thrown away while closing a connection whose request
 #: body the app did not read (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
-#: Kept-alive connections one worker holds between requests; past this the
-#: oldest is closed (the web server opens a new one when it needs it).
-_MAX_PARKED = 64
+#: Longest that drain may take, in seconds: a peer trickling the rest of a
+#: body must not hold the worker (each read still waits up to read_timeout).
+_DRAIN_SECONDS = 2.0
+#: Connections one worker holds parked (waiting for a request head, or kept
+#: alive between requests). Past this the oldest idle kept connection is
+#: closed (the web server opens a new one when it needs it), else the oldest
+#: one still waiting for its head.
+_MAX_PARKED = 1024
+#: Seconds a worker waits, right after accept(), for the first bytes of a
+#: connection that has sent none yet. A web server writes its request right
+#: after connecting, so this is almost always enough; and a connection
+#: served at once cannot end up parked in a worker that then starts a long
+#: request while other workers sit idle (see the module docstring).
+_FIRST_BYTES_WAIT = 0.05
+#: After such a wait ran out (a silent peer: likely an attack), the next
+#: this many seconds of new connections are parked without waiting, so a
+#: flood of silent connections costs one wait per period, not one each.
+_IMPATIENT_FOR = 1.0
+#: The deadline heap is rebuilt from the parked connections once it holds
+#: more than this many entries per parked connection (stale entries pile up
+#: as kept connections come and go; the rebuild keeps its size bounded).
+_HEAP_SLACK = 4
 
 
 #: Below this many bytes a response is joined and sent with one send(); above
 #: it the buffers go to sendmsg() as they are, so a large body is never copied.
 _JOIN_LIMIT = 16 * 1024
 _IOV_MAX = 1024
+#: accept() errors that concern only the connection being taken (it was reset
+#: while queued, or the network under it failed): accept(2) says to go on.
+_ACCEPT_RETRY = frozenset(
+    code
+    for code in (
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        getattr(errno, "ENONET", errno.EHOSTDOWN),
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    )
+)
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
@@ -76,34 +133,77 @@ def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
     return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
 
-def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview], timeout: float) -> None:
+class SendBudget:
+    """Seconds one answer may still spend waiting for the web server to read it.
+
+    A stalled write is bounded by ``read_timeout`` on its own; a peer that
+    reads a little just before each write would time out keeps a worker for
+    as long as it likes. This is the total of those waits (``send_timeout``).
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
+class SendTimeout(TimeoutError):
+    """The answer used up its :class:`SendBudget`."""
+
+
+def send_buffers(
+    sock: socket.socket,
+    buffers: list[bytes | memoryview],
+    timeout: float,
+    budget: SendBudget | None = None,
+) -> None:
     """Write every buffer, in order, with as few copies and syscalls as it takes.
 
-    Raises :class:`TimeoutError` when the peer reads nothing for ``timeout`` seconds.
+    Raises :class:`TimeoutError` when the peer reads nothing for ``timeout``
+    seconds, :class:`SendTimeout` when the waits use up ``budget``.
     """
     if len(buffers) == 1:
         data = buffers[0]
     elif sum(map(len, buffers)) <= _JOIN_LIMIT:
         data = b"".join(buffers)
     else:
-        _send_vectored(sock, buffers, timeout)
+        _send_vectored(sock, buffers, timeout, budget)
         return
     try:
         sent = sock.send(data, _DONTWAIT)
     except BlockingIOError:
         sent = 0
     if sent < len(data):
-        _send_vectored(sock, [memoryview(data)[sent:]], timeout)
+        _send_vectored(sock, [memoryview(data)[sent:]], timeout, budget)
 
 
-def _send_vectored(sock: socket.socket, buffers: list[bytes | memoryview], timeout: float) -> None:
+def _wait_writable(sock: socket.socket, timeout: float, budget: SendBudget | None) -> None:
+    """Wait until ``sock`` takes more output, charging the wait to ``budget``."""
+    if budget is None:
+        if not wait_ready(sock, select.POLLOUT, timeout):
+            raise TimeoutError
+        return
+    start = time.monotonic()
+    ready = wait_ready(sock, select.POLLOUT, min(timeout, max(budget.left, 0.0)))
+    budget.left -= time.monotonic() - start
+    if budget.left <= 0:
+        raise SendTimeout
+    if not ready:
+        raise TimeoutError
+
+
+def _send_vectored(
+    sock: socket.socket,
+    buffers: list[bytes | memoryview],
+    timeout: float,
+    budget: SendBudget | None,
+) -> None:
     first = 0
     while first < len(buffers):
         try:
             sent = sock.sendmsg(buffers[first : first + _IOV_MAX], (), _DONTWAIT)
         except BlockingIOError:
-            if not wait_ready(sock, select.POLLOUT, timeout):
-                raise TimeoutError from None
+            _wait_writable(sock, timeout, budget)
             continue
         while sent:
             size = len(buffers[first])
@@ -154,10 +254,16 @@ class _Connection:
 
     __slots__ = (
         "address",
+        "budget",
         "buffer",
         "conn",
+        "deadline",
+        "head_deadline",
+        "idle",
+        "parked",
         "pending",
         "registered",
+        "send_expired",
         "served",
         "sock",
         "timeout",
@@ -181,6 +287,17 @@ class _Connection:
         self.pending: deque[ev.Event] = deque()
         self.served = 0
         self.registered = False
+        #: While parked: when it is closed unless it does something first.
+        self.deadline = 0.0
+        #: When its request head must be whole (request_header_timeout).
+        self.head_deadline = 0.0
+        #: Parked between requests (read_timeout), not waiting for a head.
+        self.idle = False
+        self.parked = False
+        #: What the answer being sent may still wait for the peer (send_timeout).
+        self.budget: SendBudget | None = None
+        #: True once an answer was cut off because the budget ran out.
+        self.send_expired = False
 
     @property
     def peer(self) -> _Peer:
@@ -197,6 +314,39 @@ class _Connection:
             except BlockingIOError:
                 if not wait_ready(sock, select.POLLIN, self.timeout):
                     raise _Timeout from None
+
+    def read_now(self) -> bool:
+        """Take in what the peer already sent, without waiting; False if nothing was there.
+
+        Raises :class:`_PeerClosed` at the end of the stream, ProtocolError
+        for bytes that are not FastCGI.
+        """
+        try:
+            size = self.sock.recv_into(self.buffer, 0, _DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise _PeerClosed(exc.strerror or str(exc)) from None
+        if not size:
+            self.conn.feed_eof()
+            raise _PeerClosed("the web server closed the connection")
+        self.pending.extend(self.conn.feed(self.buffer[:size]))
+        return True
+
+    @property
+    def head_ready(self) -> bool:
+        """True if what arrived needs the worker: a whole request head, or output to send.
+
+        A lone BEGIN_REQUEST does not: its PARAMS may never come.
+        """
+        if self.conn.has_output or self.conn.should_close:
+            return True
+        return any(type(event) is not ev.BeginRequest for event in self.pending)
+
+    @property
+    def in_head(self) -> bool:
+        """True while part of a request head (or of any record) has arrived."""
+        return bool(self.conn.active_requests) or self.conn.mid_record or bool(self.pending)
 
     def pump(self) -> None:
         """Read once from the peer and queue the events it completes."""
@@ -217,7 +367,10 @@ class _Connection:
         buffers = self.conn.buffers_to_send()
         if buffers:
             try:
-                send_buffers(self.sock, buffers, self.timeout)
+                send_buffers(self.sock, buffers, self.timeout, self.budget)
+            except SendTimeout:
+                self.send_expired = True
+                raise ClientGone("send_timeout spent waiting for the web server to read") from None
             except TimeoutError:
                 raise ClientGone("timed out writing to the web server") from None
             except OSError as exc:
@@ -331,10 +484,11 @@ class _Exchange:
 class SyncWorker:
     """Serve FastCGI connections on ``listeners`` until stopped.
 
-    Connections kept open with FCGI_KEEP_CONN are parked in the same epoll set
-    as the listeners between requests, so a worker serves whichever of its
-    connections has a request ready instead of sitting on one idle connection
-    while the web server sends the next request down another.
+    Connections are parked in the same epoll set as the listeners whenever
+    they have no whole request head to serve: new ones until their head has
+    arrived, kept ones (FCGI_KEEP_CONN) between requests. So a worker serves
+    whichever of its connections has a request ready instead of sitting on a
+    silent one, and a peer that trickles its head holds no worker.
     """
 
     def __init__(
@@ -356,13 +510,27 @@ class SyncWorker:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller: select.epoll | None = None
         self._buffer = memoryview(bytearray(_RECV_SIZE))
-        #: Kept connections waiting for their next request, by fd, oldest first.
-        self._parked: dict[int, tuple[_Connection, float]] = {}
+        #: Parked connections by fd, least recently parked first: kept ones
+        #: idle between requests, and ones still waiting for a request head.
+        self._idle: dict[int, _Connection] = {}
+        self._waiting: dict[int, _Connection] = {}
+        #: (deadline, tie-breaker, connection) of every parked connection;
+        #: entries whose connection moved on since are skipped when reached.
+        self._deadlines: list[tuple[float, int, _Connection]] = []
+        self._tie = itertools.count()
+        #: Until then, new silent connections are parked without a wait.
+        self._impatient_until = 0.0
 
     # -- control ------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to finish its current request and return. Signal-safe."""
+        """Ask the worker to serve what is queued and return. Signal-safe.
+
+        The request running goes on to its end; then the worker serves the
+        connections already waiting on its listeners (those queued when the
+        stop came: see :meth:`_drain`) and the parked ones that send a request
+        before their head deadline, and returns.
+        """
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
@@ -386,127 +554,308 @@ class SyncWorker:
         exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
         for sock in self.listeners:
             sock.setblocking(False)
+            # The kernel holds a TCP connection until its first bytes arrive.
+            defer_accept(sock, self.options.request_header_timeout)
             listeners[sock.fileno()] = (sock, (int(sock.family), int(sock.type), sock.proto))
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
-        parked = self._parked
         try:
-            while not self._stopping:
-                timeout = -1.0
-                if parked:
-                    oldest = next(iter(parked.values()))[1]
-                    timeout = max(0.0, oldest + self.options.read_timeout - time.monotonic())
-                for fd, _ in poller.poll(timeout):
-                    if fd == self._wake_r:
-                        with contextlib.suppress(OSError):
-                            os.read(self._wake_r, 64)
-                    elif fd in listeners:
-                        self._accept(*listeners[fd])
-                    elif fd in parked:
-                        self._drive(parked.pop(fd)[0], readable=True)
-                    if self._stopping or self.hooks.should_stop():
-                        return
-                if parked:
-                    self._expire_parked()
+            self._serve(listeners)
+            # Told to stop: serve what is queued. Leaving on its own
+            # (max_requests...): the other workers take the queue, but the
+            # connections this one already accepted are still its own.
+            self._drain(listeners, accept=self._stopping)
         finally:
             self._close_parked()
             poller.close()
             self._poller = None
 
-    def _close_parked(self) -> None:
-        """Serve what kept connections already sent, then close them all."""
-        parked = self._parked
+    def _serve(self, listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]]) -> None:
         poller = self._poller
-        if parked and poller is not None:
-            for fd, _ in poller.poll(0):
-                entry = parked.pop(fd, None)
-                if entry is not None:
-                    self._drive(entry[0], readable=True)
-        for c, _ in list(parked.values()):
-            self._close(c, False)
-        parked.clear()
+        assert poller is not None
+        idle = self._idle
+        waiting = self._waiting
+        wake_r = self._wake_r
+        while not self._stopping:
+            ready_listeners: list[int] = []
+            for fd, _ in poller.poll(self._poll_timeout()):
+                if fd == wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_r, 64)
+                elif fd in listeners:
+                    ready_listeners.append(fd)
+                else:
+                    c = idle.get(fd) or waiting.get(fd)
+                    if c is not None:
+                        self._wake(c)
+                if self._stopping or self.hooks.should_stop():
+                    return
+            # Connections already here first: a new one waits its turn.
+            for fd in ready_listeners:
+                self._accept(*listeners[fd])
+                if self._stopping or self.hooks.should_stop():
+                    return
+            self._expire()
 
-    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> None:
+    def _drain(
+        self, listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]], accept: bool
+    ) -> None:
+        """Graceful stop: serve the connections already queued, then return.
+
+        Closing a listening socket resets every connection still in its
+        queue: requests the web server already sent would fail. So each
+        listener is accepted from until it is empty, for at most as many
+        connections as the kernel said were queued when the stop began (every
+        worker sharing a listener takes its share; under steady load the
+        queue never empties, and a bound keeps the stop finite). Parked
+        connections still waiting for their head get until their deadline;
+        idle kept connections are closed. The pool's master bounds the whole
+        stop by process_control_timeout, and removes its own unix socket
+        paths first so that no new connection arrives by them meanwhile.
+
+        Without ``accept``, only the parked connections are seen to.
+        """
+        poller = self._poller
+        assert poller is not None
+        budgets: dict[int, int | None] = {}
+        for fd, (sock, _) in listeners.items():
+            try:
+                # Imported here: only a stopping worker needs it.
+                from fcgi.pool.listen_queue import listen_queue
+
+                budgets[fd] = listen_queue(sock).queued if accept else 0
+            except Exception:  # any failure of the kernel query (netlink, parsing)
+                budgets[fd] = None  # unknown: until the queue is empty
+        queued = sum(budget or 0 for budget in budgets.values())
+        if queued:
+            log.debug("stopping: serving the %d connections queued on the listeners", queued)
+        # Kept connections that already sent a request are served first.
+        self._wake_ready(0.0)
+        while True:
+            accepted = False
+            for fd, (sock, kind) in listeners.items():
+                budget = budgets[fd]
+                if budget is not None and budget <= 0:
+                    continue
+                if self._accept(sock, kind):
+                    accepted = True
+                    if budget is not None:
+                        budgets[fd] = budget - 1
+                else:
+                    budgets[fd] = 0  # empty now: nothing queued before the stop is left
+            for c in list(self._idle.values()):
+                self._unpark(c)
+                self._close(c, False)
+            if not accepted and not self._waiting:
+                return
+            for fd in [fd for fd, budget in budgets.items() if budget == 0]:
+                with contextlib.suppress(KeyError, OSError):
+                    poller.unregister(fd)
+                budgets[fd] = -1
+            self._wake_ready(0.0 if accepted else self._poll_timeout())
+            self._expire()
+
+    def _wake_ready(self, timeout: float) -> None:
+        """Wake the parked connections that have input (waiting up to ``timeout``)."""
+        assert self._poller is not None
+        for fd, _ in self._poller.poll(timeout):
+            if fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 64)
+                continue
+            c = self._idle.get(fd) or self._waiting.get(fd)
+            if c is not None:
+                self._wake(c)
+
+    def _close_parked(self) -> None:
+        """Close every parked connection (they sent no whole request)."""
+        for parked in (self._idle, self._waiting):
+            for c in list(parked.values()):
+                c.parked = False
+                self._close(c, False)
+            parked.clear()
+        self._deadlines.clear()
+
+    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> bool:
+        """Take one connection from ``listener``; False if none was waiting."""
         try:
             # socket.accept() without its wrapper's per-call enum conversions.
             fd, peer = listener._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log.error("accept failed: %s", exc.strerror)
-                return
+                return False
+            if exc.errno in _ACCEPT_RETRY:
+                return True  # that connection is gone; others may be queued
             raise
         sock = socket.socket(*kind, fd)
         self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)
             sock.close()
+            return True
+        c = _Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer)
+        c.head_deadline = time.monotonic() + self.options.request_header_timeout
+        self._wake(c, new=True)
+        return True
+
+    # -- parked connections --------------------------------------------------
+
+    def _wake(self, c: _Connection, new: bool = False) -> None:
+        """Take in what ``c`` sent; serve it if its head is whole, else (re)park it.
+
+        ``new``: just accepted. If it sent nothing yet, wait a moment for its
+        first bytes (see _FIRST_BYTES_WAIT), unless silent peers came lately.
+        """
+        try:
+            arrived = c.read_now()
+            if new and not arrived:
+                now = time.monotonic()
+                if now >= self._impatient_until:
+                    if wait_ready(c.sock, select.POLLIN, _FIRST_BYTES_WAIT):
+                        arrived = c.read_now()
+                    else:
+                        self._impatient_until = now + _IMPATIENT_FOR
+        except _PeerClosed as exc:
+            if c.in_head:
+                log.info("connection from %s closed before its request head ended: %s", c.peer, exc)
+            self._unpark(c)
+            self._close(c, False)
             return
-        self._drive(_Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer))
+        except ProtocolError as exc:
+            log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
+            self._unpark(c)
+            self._close(c, False)
+            return
+        if c.head_ready:
+            self._unpark(c)
+            self._drive(c)
+        elif not c.parked:
+            self._park(c)
+        elif c.idle and c.in_head:
+            # The first bytes of a kept connection's next request: from now
+            # on it has request_header_timeout for the rest of the head.
+            self._unpark(c)
+            self._start_head(c)
+            self._park(c)
+        elif arrived:
+            # Part of the head: read_timeout starts again, the head deadline stays.
+            c.deadline = self._deadline_of(c)
+            heapq.heappush(self._deadlines, (c.deadline, next(self._tie), c))
+
+    def _start_head(self, c: _Connection) -> None:
+        """``c`` begins a request head now (not idle between requests any more)."""
+        c.idle = False
+        c.head_deadline = time.monotonic() + self.options.request_header_timeout
+
+    def _deadline_of(self, c: _Connection) -> float:
+        """When ``c`` is closed if nothing more arrives from now on.
+
+        Idle between requests: read_timeout. Waiting for a head: read_timeout
+        after its last bytes (a stalled record), but never past its head
+        deadline (a peer trickling bytes restarts read_timeout forever).
+        """
+        silence = time.monotonic() + self.options.read_timeout
+        return silence if c.idle else min(silence, c.head_deadline)
 
     def _park(self, c: _Connection) -> None:
-        """Keep ``c`` for its next request without waiting on it here."""
-        parked = self._parked
+        """Wait for ``c`` in epoll instead of here, until its deadline from now."""
+        c.deadline = self._deadline_of(c)
         fd = c.sock.fileno()
         if not c.registered:
             assert self._poller is not None
             self._poller.register(fd, select.EPOLLIN)
             c.registered = True
-        parked[fd] = (c, time.monotonic())
-        if len(parked) > _MAX_PARKED:
-            oldest_fd = next(iter(parked))
-            log.debug("closing the oldest of %d kept connections", len(parked))
-            self._close(parked.pop(oldest_fd)[0], False)
+        c.parked = True
+        (self._idle if c.idle else self._waiting)[fd] = c
+        heap = self._deadlines
+        heapq.heappush(heap, (c.deadline, next(self._tie), c))
+        parked = len(self._idle) + len(self._waiting)
+        if len(heap) > _HEAP_SLACK * parked + _MAX_PARKED:
+            heap[:] = [(p.deadline, next(self._tie), p) for p in self._all_parked()]
+            heapq.heapify(heap)
+        if parked > _MAX_PARKED:
+            oldest = next(iter(self._idle.values() or self._waiting.values()))
+            log.info("closing the oldest of %d parked connections (from %s)", parked, oldest.peer)
+            self._unpark(oldest)
+            self._close(oldest, False)
 
-    def _expire_parked(self) -> None:
-        limit = time.monotonic() - self.options.read_timeout
-        parked = self._parked
-        while parked:
-            fd, (c, since) = next(iter(parked.items()))
-            if since > limit:
-                break
-            del parked[fd]
-            log.info("closing idle connection from %s after %gs", c.peer, self.options.read_timeout)
+    def _all_parked(self) -> list[_Connection]:
+        return [*self._idle.values(), *self._waiting.values()]
+
+    def _unpark(self, c: _Connection) -> None:
+        if c.parked:
+            c.parked = False
+            fd = c.sock.fileno()
+            (self._idle if c.idle else self._waiting).pop(fd, None)
+
+    def _poll_timeout(self) -> float:
+        """Seconds until the next parked connection's deadline (-1: none)."""
+        heap = self._deadlines
+        while heap:
+            deadline, _, c = heap[0]
+            if c.parked and c.deadline == deadline:
+                return max(0.0, deadline - time.monotonic())
+            heapq.heappop(heap)  # the connection moved on since
+        return -1.0
+
+    def _expire(self) -> None:
+        """Close the parked connections whose deadline has passed."""
+        heap = self._deadlines
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            deadline, _, c = heapq.heappop(heap)
+            if not c.parked or c.deadline != deadline:
+                continue
+            self._unpark(c)
+            if not c.idle and deadline >= c.head_deadline:
+                log.warning(
+                    "closing connection from %s: no whole request head within %gs "
+                    "(request_header_timeout)",
+                    c.peer,
+                    self.options.request_header_timeout,
+                )
+            elif c.in_head:
+                log.warning(
+                    "closing connection from %s: stalled for %gs in the middle of a request",
+                    c.peer,
+                    self.options.read_timeout,
+                )
+            else:
+                log.info(
+                    "closing idle connection from %s after %gs", c.peer, self.options.read_timeout
+                )
             self._close(c, False)
 
     # -- one connection ------------------------------------------------------
 
-    def _drive(self, c: _Connection, readable: bool = False) -> None:
-        """Serve ``c`` until it must wait for a new request, then park or close it.
+    def _drive(self, c: _Connection) -> None:
+        """Answer what ``c`` has queued (its requests, refusals...), then park or close it.
 
-        ``readable``: epoll just said the parked connection has input (or EOF).
+        Never waits for the peer except while a request runs (its body, as the
+        app reads it; its answer, as the peer takes it): the next request head
+        is waited for in epoll.
         """
         unread_body = False
+        completed = False
+        keep = False
         try:
-            while True:
-                if not c.pending:
-                    if c.conn.should_close:
-                        break
-                    between = c.served and not c.conn.active_requests and not c.conn.mid_record
-                    if between and not readable:
-                        # A kept connection waits for its next request in
-                        # epoll, so the worker can serve others meanwhile. A
-                        # new connection is served to its first request here,
-                        # as PHP-FPM does: parked, its request could wait
-                        # behind this worker's next one while others are idle.
-                        if self._stopping:
-                            break
-                        self._park(c)
-                        return
-                    readable = False
-                    c.pump()
-                    continue
-                event = c.pending.popleft()
+            pending = c.pending
+            while pending:
+                event = pending.popleft()
                 kind = type(event)
                 if kind is ev.Params:
                     unread_body = self._request(c, event)  # type: ignore[arg-type]
                     c.served += 1
+                    completed = True
                     if self._stopping or self.hooks.should_stop():
                         break
                 elif kind is ev.RequestRejected:
                     self._reject(c, event)  # type: ignore[arg-type]
                     c.served += 1
+                    completed = True
                 elif kind is ev.AbortRequest:
                     # Aborted before its PARAMS ended: the app never ran, but
                     # the web server still waits for END_REQUEST (section 5.4).
@@ -517,6 +866,7 @@ class SyncWorker:
                         c.conn.end_request(event.request_id)
                         c.flush()
                         c.served += 1
+                        completed = True
                 elif kind is ev.RequestRefused:
                     log.warning(
                         "refused request id %d from %s: protocol status %d (role %d)",
@@ -526,6 +876,9 @@ class SyncWorker:
                         event.role,  # type: ignore[attr-defined]
                     )
                     c.served += 1
+            else:
+                c.flush()
+                keep = not c.conn.should_close and not (self._stopping and not c.in_head)
         except ProtocolError as exc:
             log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
             unread_body = False
@@ -546,9 +899,27 @@ class SyncWorker:
                 log.info("connection from %s closed mid-request: %s", c.peer, exc)
             unread_body = False
         except ClientGone as exc:
-            log.info("web server %s went away while we answered: %s", c.peer, exc)
+            if c.send_expired:
+                log.warning(
+                    "closing connection from %s: its answer waited more than %gs in total "
+                    "for the web server to read it (send_timeout)",
+                    c.peer,
+                    self.options.send_timeout,
+                )
+            else:
+                log.info("web server %s went away while we answered: %s", c.peer, exc)
             unread_body = False
-        self._close(c, unread_body)
+        if not keep:
+            self._close(c, unread_body)
+            return
+        # A fresh head deadline only once a request was answered (or a kept
+        # connection starts its next one): refused ids or GET_VALUES do not
+        # keep a stalled head alive.
+        if completed:
+            c.idle = True
+        if c.idle and c.in_head:
+            self._start_head(c)
+        self._park(c)
 
     def _request(self, c: _Connection, event: ev.Params) -> bool:
         """Serve one request; return True if its body was left unread."""
@@ -560,6 +931,7 @@ class SyncWorker:
         role = conn.role(rid)
         token = hooks.request_started(params)
         exchange = _Exchange(c, rid, role)
+        c.budget = SendBudget(options.send_timeout)
         status = 0
         try:
             answer = hooks.intercept(params)
@@ -608,13 +980,22 @@ class SyncWorker:
 
     def _close(self, c: _Connection, unread_body: bool) -> None:
         sock = c.sock
+        if c.registered and self._poller is not None:
+            # Explicitly: a process the app forked may still share the socket,
+            # and epoll would go on reporting it under a number reused since.
+            with contextlib.suppress(OSError, ValueError):
+                self._poller.unregister(sock.fileno())
+            c.registered = False
         if unread_body:
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.
             with contextlib.suppress(OSError, _Timeout):
                 sock.shutdown(socket.SHUT_WR)
                 drained = 0
-                while drained < _MAX_DRAIN:
+                give_up = time.monotonic() + _DRAIN_SECONDS
+                while drained < _MAX_DRAIN and time.monotonic() < give_up:
+                    # No read waits past give_up either (the connection is closing).
+                    c.timeout = give_up - time.monotonic()
                     chunk = c.recv()
                     if not chunk:
                         break

@@ -247,6 +247,17 @@ class Master:
         systemd.notify("STOPPING=1")
         self._retire_predecessors(signal.SIGTERM if graceful else signal.SIGINT)
         now = time.monotonic()
+        # Remove the unix socket files this master created now, not at exit:
+        # while the workers serve what is already queued (issue #10), no new
+        # connection can join the queue by path, so the queue runs dry and
+        # nothing is left in it to be reset when the sockets close; and a new
+        # master may bind the path at once. Sockets inherited from systemd
+        # are not ours: their queue waits for the next master. Forgotten
+        # once removed, so the exit cannot remove a successor's socket file.
+        for path in self.owned_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.owned_paths = []
         if graceful:
             self.state = State.STOPPING
             grace = self.config.process_control_timeout
