@@ -48,8 +48,10 @@ class ServerOptions:
     interface: str = "auto"
     #: Trio worker: threads running WSGI apps at once (ASGI apps need none).
     threads: int = 10
-    #: Trio worker: most connections served at once; one more is closed at once
-    #: with a log line. Reported as FCGI_MAX_CONNS.
+    #: Trio worker: most connections served at once. One more makes the
+    #: connection quiet for longest (idle, or still without a whole request
+    #: head) close; it is refused, with a log line, only when every connection
+    #: is busy. Reported as FCGI_MAX_CONNS.
     max_conns: int = 256
     #: Trio worker: most requests in progress at once over all connections; one
     #: more gets END_REQUEST OVERLOADED. Reported as FCGI_MAX_REQS.

@@ -64,9 +64,7 @@ def make_options(
     if threads < 1 or max_conns < 1 or max_reqs < 1:
         raise ConfigError("threads, max_conns and max_reqs must be positive")
     if request_header_timeout <= 0:
-        raise ConfigError(
-            f"request_header_timeout must be positive, got {request_header_timeout}"
-        )
+        raise ConfigError(f"request_header_timeout must be positive, got {request_header_timeout}")
     if send_timeout <= 0:
         raise ConfigError(f"send_timeout must be positive, got {send_timeout}")
     if max_body_size < 0:
@@ -179,7 +177,9 @@ def serve(
         CGIHandler().run(app)
         return 0
     try:
-        run_single(app, listeners.sockets, options, worker=worker)
+        run_single(
+            app, listeners.sockets, options, worker=worker, owned_paths=listeners.owned_paths
+        )
     finally:
         listeners.close()
     return 0
@@ -228,9 +228,19 @@ def _serve_pool(
 
 
 def run_single(
-    app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions, worker: str = "sync"
+    app: WSGIApp,
+    listeners: Sequence[socket.socket],
+    options: ServerOptions,
+    worker: str = "sync",
+    owned_paths: list[str] | None = None,
 ) -> None:
-    """The single-process server: this process is the only worker."""
+    """The single-process server: this process is the only worker.
+
+    ``owned_paths``: the unix socket files this process created. A graceful
+    stop removes them at once (and empties the list), as the pool's master
+    does: while the queued requests are served no new connection can join the
+    queue by path, and a successor may bind the path without waiting.
+    """
     if worker == "trio":
         from fcgi.trio_worker import TrioWorker
 
@@ -240,6 +250,11 @@ def run_single(
 
     def graceful(signum: int, frame: object) -> None:
         server.stop()
+        if owned_paths:
+            for path in owned_paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            owned_paths.clear()
 
     previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGQUIT)}
     names = ", ".join(_listener_name(sock) for sock in listeners)

@@ -62,7 +62,7 @@ from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.records import ProtocolStatus, Role
-from fcgi.sockets import peer_allowed
+from fcgi.sockets import defer_accept, peer_allowed
 from fcgi.spool import SpooledBody
 from fcgi.wsgi import (
     ClientGone,
@@ -738,6 +738,9 @@ class TrioWorker:
             lifespan = Lifespan(self.app)
             await lifespan.startup(system)
             self._state = lifespan.state if lifespan.supported else None
+        for sock in self.listeners:
+            # The kernel holds a TCP connection until its first bytes arrive.
+            defer_accept(sock, self.options.request_header_timeout)
         try:
             listeners = [trio.socket.from_stdlib_socket(sock) for sock in self.listeners]
             async with trio.open_nursery() as connections:
