@@ -3,13 +3,19 @@
 Two cheap checks of process identity, for code that runs on behalf of a
 connection or a scoreboard slot:
 
-* :func:`check`: app code may ``fork()``. If the child returns into fcgi
-  instead of exiting, it holds copies of the worker's connection, listening
-  sockets and scoreboard slot: it would answer the request a second time,
-  then serve as a worker nobody supervises. :func:`arm` records the serving
-  process once it starts serving; :func:`check` ends any other process with
-  ``os._exit`` before it touches anything shared. The pid is the ground
-  truth: ``os.register_at_fork`` hooks miss forks made by C code.
+* :func:`check` and :func:`verify`: app code may ``fork()``. If the child
+  returns into fcgi instead of exiting, it holds copies of the worker's
+  connection, listening sockets and scoreboard slot: it would answer the
+  request a second time, then serve as a worker nobody supervises.
+  :func:`arm` records the serving process once it starts serving; both
+  functions end any other process with ``os._exit`` before it touches
+  anything shared. The pid is the ground truth, but getpid() is a system
+  call, and the request path would pay for several of them per request. So
+  :func:`check`, for the many places app code may call back into fcgi
+  (reads, writes, scoreboard updates), looks only at a flag that
+  ``os.register_at_fork`` sets in every child of ``os.fork()``; and
+  :func:`verify`, for the one place a child must pass when it returns from
+  the app, compares pids, which also catches a fork made by C code.
 * :func:`parent_gone`: a pool worker records its master's pid before it
   serves; once its parent is another process (the master died and the worker
   was re-parented), the worker must finish its request and exit.
@@ -29,21 +35,42 @@ STRAY_EXIT = 0
 
 #: The pid of the process that serves; 0 until :func:`arm` (no check then).
 _serving_pid = 0
+#: Set in the child of every os.fork() once armed (see :func:`check`).
+_forked = False
 #: The pid of the master this worker belongs to; 0 when not in a pool.
 _parent_pid = 0
 
 
 def arm() -> None:
     """Record the current process as the one serving (call as it starts serving)."""
-    global _serving_pid
+    global _serving_pid, _forked
+    if not _serving_pid:
+        os.register_at_fork(after_in_child=_mark_forked)
     _serving_pid = os.getpid()
+    _forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
 
 
 def check() -> None:
+    """Return in the serving process; ``os._exit`` in a child of its ``os.fork()``.
+
+    Free unless a fork happened (one flag test): fit for every read, write
+    and scoreboard update. A fork made by C code, which runs no Python hook,
+    is caught by :func:`verify` when the child returns from the app.
+    """
+    if _forked:
+        verify()
+
+
+def verify() -> None:
     """Return in the serving process; ``os._exit`` in any process forked from it.
 
-    Costs one getpid() system call (about 0.1 us): cheap enough for every
-    write to a connection and every scoreboard update.
+    One getpid() system call: for the points a child must pass on its way
+    back from the app into fcgi (once per request).
     """
     serving = _serving_pid
     if serving and os.getpid() != serving:

@@ -262,7 +262,7 @@ def run_single(
     try:
         server.serve_forever()
     finally:
-        forkguard.check()  # a child the app forked must not close or unlink anything
+        forkguard.verify()  # a child the app forked must not close or unlink anything
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()

@@ -44,6 +44,7 @@ from typing import Any, NoReturn, Protocol
 
 from fcgi import forkguard
 from fcgi.errors import ConfigError
+from fcgi.escape import Lines
 from fcgi.hooks import WorkerHooks
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
@@ -106,7 +107,10 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
     try:
         code = _serve(spec)
     except BootError as exc:
-        log.error("[pool %s] child %d cannot start: %s", spec.config.name, os.getpid(), exc)
+        # Lines: the reason may hold a traceback (the app failed to import),
+        # ours to show line by line, not peer text to write as \x0A.
+        name = spec.config.name
+        log.error("[pool %s] child %d cannot start: %s", name, os.getpid(), Lines(str(exc)))
         code = EXIT_BOOT_ERROR
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -115,13 +119,13 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
             "[pool %s] child %d crashed:\n%s",
             spec.config.name,
             os.getpid(),
-            traceback.format_exc(),
+            Lines(traceback.format_exc().rstrip()),
         )
         code = 1
     finally:
         # A child the app forked that got this far must not flush the
         # worker's buffered output or log lines a second time.
-        forkguard.check()
+        forkguard.verify()
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
