@@ -1,13 +1,47 @@
 """The access log, one line per request, in PHP-FPM's ``access.format`` language.
 
-Supported: ``%C`` CPU %, ``%d`` duration (seconds, 3 decimals), ``%{NAME}e``
-a FastCGI param, ``%f`` SCRIPT_FILENAME, ``%l`` CONTENT_LENGTH, ``%m`` method,
-``%M`` peak memory (bytes), ``%n`` pool, ``%p`` / ``%P`` pid / ppid, ``%q``
-query string, ``%Q`` ``?`` when there is a query string, ``%r`` request URI
-without its query, ``%R`` REMOTE_ADDR, ``%s`` status, ``%t`` / ``%T`` request
-start / end time, ``%u`` REMOTE_USER, ``%%`` a percent sign.
+A format is text with ``%`` codes, some taking a modifier in braces before the
+letter (``%{mili}d``), exactly as PHP-FPM's ``www.conf`` documents them:
 
-Every value a format code puts in the line goes through
+=====================  ========================================================
+``%%``                 a percent sign
+``%C``                 CPU used by the request, % (``%{total}C``; PHP-FPM's
+                       ``{user}`` / ``{system}`` split is not measured here)
+``%d``                 duration: ``%{seconds}d`` (default, 3 decimals),
+                       ``%{milli}d`` / ``%{milliseconds}d`` (3 decimals; also
+                       PHP-FPM's spellings ``mili`` / ``miliseconds``),
+                       ``%{micro}d`` / ``%{microseconds}d`` (an integer)
+``%{NAME}e``           the request's FastCGI param NAME (``%{HTTP_HOST}e``)
+``%f``                 SCRIPT_FILENAME
+``%l``                 CONTENT_LENGTH
+``%m``                 method
+``%M``                 the worker's peak memory: ``%{bytes}M`` (default),
+                       ``%{kilo}M`` / ``%{kilobytes}M``, ``%{mega}M`` /
+                       ``%{megabytes}M`` (whole units, rounded down)
+``%n``                 pool name
+``%p`` / ``%P``        pid of the worker / of the master
+``%q`` / ``%Q``        query string / ``?`` when there is one
+``%r``                 request URI without its query
+``%R``                 REMOTE_ADDR
+``%s``                 status
+``%t`` / ``%T``        time the request started / ended, by default as
+                       ``%d/%b/%Y:%H:%M:%S %z``; ``%{FORMAT}t`` takes any
+                       strftime(3) format (``%{%Y-%m-%dT%H:%M:%S%z}t``)
+``%u``                 REMOTE_USER
+=====================  ========================================================
+
+Modifier names are matched without regard to case, as PHP-FPM does. PHP-FPM's
+``%{NAME}o`` (a response header) is refused: the worker hooks that write this
+log see the status of a response, not its headers, and a code that always
+printed ``-`` would look like a working one.
+
+A format is compiled once, when the settings are validated: an unknown letter,
+an unknown modifier, a modifier on a letter that takes none, ``%e`` without a
+name or an unclosed brace is a :class:`~fcgi.errors.ConfigError` that names the
+format, before any worker starts (PHP-FPM too checks the format at start-up).
+Silently printing the code instead would be found only by reading the log.
+
+Every value a code puts in the line goes through
 :func:`fcgi.escape.escape_quoted`, as nginx does in its own access log: a
 control character becomes ``\\xHH``, and so do ``\\`` and ``"``. The
 request URI, the query string, the method and every other param are text the
@@ -18,15 +52,14 @@ a quote would end the quoted ``"%m %r"`` field early.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from fcgi.errors import ConfigError
 from fcgi.escape import escape_quoted
-
-_TOKEN = re.compile(r"%(?:\{([^}]*)\})?([a-zA-Z%])")
 
 
 @dataclass(slots=True)
@@ -36,61 +69,208 @@ class RequestRecord:
     start: float
     end: float
     cpu_percent: float
+    #: The worker's peak RSS in bytes (ru_maxrss), PHP-FPM's "peak of memory".
     peak_memory: int
     pool: str
 
 
-def _date(ts: float) -> str:
-    return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(ts))
+#: How ``%t`` / ``%T`` print a time without a modifier (PHP-FPM's, Apache's).
+DEFAULT_TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+
+#: One piece of a compiled format: the text it adds for a request.
+_Field = Callable[[RequestRecord], str]
+
+
+def _uri(p: Mapping[str, str]) -> str:
+    return p.get("REQUEST_URI", p.get("SCRIPT_NAME", "") + p.get("PATH_INFO", ""))
+
+
+def _seconds(rec: RequestRecord) -> str:
+    return f"{rec.end - rec.start:.3f}"
+
+
+def _milliseconds(rec: RequestRecord) -> str:
+    return f"{(rec.end - rec.start) * 1e3:.3f}"
+
+
+def _microseconds(rec: RequestRecord) -> str:
+    return str(round((rec.end - rec.start) * 1e6))
+
+
+def _bytes(rec: RequestRecord) -> str:
+    return str(rec.peak_memory)
+
+
+def _kilobytes(rec: RequestRecord) -> str:
+    return str(rec.peak_memory // 1024)
+
+
+def _megabytes(rec: RequestRecord) -> str:
+    return str(rec.peak_memory // (1024 * 1024))
+
+
+#: Codes with a choice of units: modifier (lower case) -> field. "" is the
+#: code without a modifier.
+_UNITS: dict[str, dict[str, _Field]] = {
+    "d": {
+        "": _seconds,
+        "seconds": _seconds,
+        "milli": _milliseconds,
+        "milliseconds": _milliseconds,
+        # PHP-FPM's first spelling, still accepted there for old configs.
+        "mili": _milliseconds,
+        "miliseconds": _milliseconds,
+        "micro": _microseconds,
+        "microseconds": _microseconds,
+    },
+    "M": {
+        "": _bytes,
+        "bytes": _bytes,
+        "kilo": _kilobytes,
+        "kilobytes": _kilobytes,
+        "mega": _megabytes,
+        "megabytes": _megabytes,
+    },
+    "C": {
+        "": lambda rec: f"{rec.cpu_percent:.2f}",
+        "total": lambda rec: f"{rec.cpu_percent:.2f}",
+    },
+}
+
+#: Codes that take no modifier.
+_PLAIN: dict[str, _Field] = {
+    "f": lambda rec: rec.params.get("SCRIPT_FILENAME", "-") or "-",
+    "l": lambda rec: rec.params.get("CONTENT_LENGTH", "") or "0",
+    "m": lambda rec: rec.params.get("REQUEST_METHOD", "-"),
+    "n": lambda rec: rec.pool,
+    "p": lambda rec: str(os.getpid()),
+    "P": lambda rec: str(os.getppid()),
+    "q": lambda rec: rec.params.get("QUERY_STRING", ""),
+    "Q": lambda rec: "?" if rec.params.get("QUERY_STRING") else "",
+    "r": lambda rec: _uri(rec.params).split("?", 1)[0] or "-",
+    "R": lambda rec: rec.params.get("REMOTE_ADDR", "-") or "-",
+    "s": lambda rec: str(rec.status),
+    "u": lambda rec: rec.params.get("REMOTE_USER", "-") or "-",
+}
+
+#: Why a known PHP-FPM modifier is refused, by code and modifier.
+_UNSUPPORTED = {
+    ("C", "user"): "only the total CPU time of a request is measured (use %C or %{total}C)",
+    ("C", "system"): "only the total CPU time of a request is measured (use %C or %{total}C)",
+}
+
+
+def _time_field(fmt: str, at_end: bool) -> _Field:
+    def field(rec: RequestRecord) -> str:
+        return time.strftime(fmt, time.localtime(rec.end if at_end else rec.start))
+
+    return field
+
+
+def _param_field(name: str) -> _Field:
+    return lambda rec: rec.params.get(name, "-")
+
+
+def _escaped(field: _Field) -> _Field:
+    return lambda rec: escape_quoted(field(rec))
+
+
+def _literal(text: str) -> _Field:
+    return lambda rec: text
+
+
+def _field(letter: str, modifier: str | None, fail: Callable[[str], ConfigError]) -> _Field:
+    """The field for one ``%{modifier}letter`` code."""
+    code = f"%{{{modifier}}}{letter}" if modifier is not None else f"%{letter}"
+    if letter in _UNITS:
+        choice = (modifier or "").strip().lower()
+        if (letter, choice) in _UNSUPPORTED:
+            raise fail(f"{code}: {_UNSUPPORTED[letter, choice]}")
+        if choice not in _UNITS[letter]:
+            allowed = ", ".join(k for k in _UNITS[letter] if k)
+            raise fail(f"{code}: unknown modifier {modifier!r} (expected one of {allowed})")
+        return _UNITS[letter][choice]
+    if letter in "tT":
+        strf = modifier or DEFAULT_TIME_FORMAT
+        try:
+            time.strftime(strf, time.localtime(0))
+        except ValueError as exc:
+            raise fail(f"{code}: not a strftime format: {exc}") from None
+        return _time_field(strf, at_end=letter == "T")
+    if letter == "e":
+        if not modifier:
+            raise fail(f"{code}: name the param in braces, as in %{{HTTP_HOST}}e")
+        return _param_field(modifier)
+    if letter == "o":
+        raise fail(
+            f"{code}: response headers are not available to the access log (use %s for the status)"
+        )
+    if letter in _PLAIN:
+        if modifier is not None:
+            raise fail(f"{code}: %{letter} takes no modifier")
+        return _PLAIN[letter]
+    raise fail(f"{code}: unknown format code")
+
+
+def compile_format(fmt: str) -> Callable[[RequestRecord], str]:
+    """Turn an ``access.format`` into a function that makes one log line.
+
+    Raises :class:`~fcgi.errors.ConfigError` naming the format and the code at
+    fault. Parsing once, here, rather than per request, is also what lets the
+    check run before any worker starts.
+    """
+
+    def fail(why: str) -> ConfigError:
+        # Callers add the setting's name (access_format) and the file.
+        return ConfigError(f"{fmt!r}: {why}")
+
+    parts: list[_Field] = []
+    literal: list[str] = []
+    i, n = 0, len(fmt)
+    while i < n:
+        pct = fmt.find("%", i)
+        if pct < 0:
+            literal.append(fmt[i:])
+            break
+        literal.append(fmt[i:pct])
+        i = pct + 1
+        if i >= n:
+            raise fail("a lone '%' at the end (write %% for a percent sign)")
+        modifier: str | None = None
+        if fmt[i] == "{":
+            close = fmt.find("}", i + 1)
+            if close < 0:
+                raise fail(f"{fmt[pct:]!r}: '{{' without its '}}'")
+            modifier = fmt[i + 1 : close]
+            i = close + 1
+            if i >= n:
+                raise fail(f"%{{{modifier}}}: the code letter is missing after the braces")
+        letter = fmt[i]
+        i += 1
+        if letter == "%" and modifier is None:
+            literal.append("%")
+            continue
+        if literal:
+            parts.append(_literal("".join(literal)))
+            literal = []
+        parts.append(_escaped(_field(letter, modifier, fail)))
+    if literal:
+        parts.append(_literal("".join(literal)))
+
+    def line(rec: RequestRecord) -> str:
+        return "".join([part(rec) for part in parts])
+
+    return line
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(fmt: str) -> Callable[[RequestRecord], str]:
+    return compile_format(fmt)
 
 
 def format_line(fmt: str, rec: RequestRecord) -> str:
-    p = rec.params
-    uri = p.get("REQUEST_URI", p.get("SCRIPT_NAME", "") + p.get("PATH_INFO", ""))
-
-    def sub(m: re.Match[str]) -> str:
-        arg, code = m.group(1), m.group(2)
-        if code == "%":
-            return "%"
-        if code == "C":
-            return f"{rec.cpu_percent:.2f}"
-        if code == "d":
-            return f"{rec.end - rec.start:.3f}"
-        if code == "e":
-            return p.get(arg or "", "-")
-        if code == "f":
-            return p.get("SCRIPT_FILENAME", "-") or "-"
-        if code == "l":
-            return p.get("CONTENT_LENGTH", "") or "0"
-        if code == "m":
-            return p.get("REQUEST_METHOD", "-")
-        if code == "M":
-            return str(rec.peak_memory)
-        if code == "n":
-            return rec.pool
-        if code == "p":
-            return str(os.getpid())
-        if code == "P":
-            return str(os.getppid())
-        if code == "q":
-            return p.get("QUERY_STRING", "")
-        if code == "Q":
-            return "?" if p.get("QUERY_STRING") else ""
-        if code == "r":
-            return uri.split("?", 1)[0] or "-"
-        if code == "R":
-            return p.get("REMOTE_ADDR", "-") or "-"
-        if code == "s":
-            return str(rec.status)
-        if code == "t":
-            return _date(rec.start)
-        if code == "T":
-            return _date(rec.end)
-        if code == "u":
-            return p.get("REMOTE_USER", "-") or "-"
-        return m.group(0)
-
-    return _TOKEN.sub(lambda m: escape_quoted(sub(m)), fmt)
+    """One log line for ``rec`` (the format compiled once and kept)."""
+    return _compiled(fmt)(rec)
 
 
 class AccessLog:
@@ -99,6 +279,9 @@ class AccessLog:
     def __init__(self, path: str, fmt: str) -> None:
         self.path = path
         self.format = fmt
+        # Compiled before the file is opened: a bad format names itself
+        # rather than leaving an empty log behind.
+        self._line = compile_format(fmt)
         self._fd = -1
         self.reopen()
 
@@ -112,7 +295,7 @@ class AccessLog:
             os.close(old)
 
     def write(self, rec: RequestRecord) -> None:
-        line = format_line(self.format, rec) + "\n"
+        line = self._line(rec) + "\n"
         with contextlib.suppress(OSError):
             os.write(self._fd, line.encode("utf-8", "replace"))
 

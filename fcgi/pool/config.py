@@ -30,12 +30,14 @@ from typing import Any
 
 from fcgi.errors import ConfigError
 from fcgi.options import ServerOptions
+from fcgi.pool.access_log import compile_format
 
 PM_MODES = ("static", "dynamic", "ondemand")
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
 
-#: PHP-FPM's default access.format.
-DEFAULT_ACCESS_FORMAT = '%R - %u %t "%m %r" %s'
+#: PHP-FPM's default access.format plus the duration in milliseconds, the
+#: figure an operator reads the access log for first.
+DEFAULT_ACCESS_FORMAT = '%R - %u %t "%m %r" %s %{milli}d'
 
 
 @dataclass(slots=True)
@@ -364,6 +366,11 @@ def validate_pool(pool: PoolConfig, source: str) -> None:
         value = getattr(pool, key)
         if value is not None and not value.startswith("/"):
             raise fail(key, f"must start with '/', got {value!r}")
+    try:
+        # Here, not in the worker: an ondemand pool has no worker until traffic.
+        compile_format(pool.access_format)
+    except ConfigError as exc:
+        raise fail("access_format", str(exc)) from None
     if pool.request_slowlog_timeout and pool.slowlog is None:
         pool.slowlog = "-"  # stderr, i.e. the master's log
     if pool.user is None and os.geteuid() == 0:

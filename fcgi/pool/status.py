@@ -21,7 +21,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape as xml_escape
 
@@ -303,20 +303,63 @@ def _om_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _om_number(value: float) -> str:
+    """A sample value: integers without a fraction, others as Python's shortest repr."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+#: Limits published as ``fcgi_config_*``: setting -> (unit, pm modes it acts
+#: in, whether 0 turns it off). A limit that does nothing in the pool's mode
+#: (spare servers outside dynamic, the idle timeout outside ondemand) or is off
+#: is left out: a dashboard comparing a worker with "its" limit would otherwise
+#: compare it with a number that limits nothing.
+_OM_LIMITS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "max_children": ("", ("static", "dynamic", "ondemand"), False),
+    "start_servers": ("", ("dynamic",), False),
+    "min_spare_servers": ("", ("dynamic",), False),
+    "max_spare_servers": ("", ("dynamic",), False),
+    "max_requests": ("", ("static", "dynamic", "ondemand"), True),
+    "process_idle_timeout": ("seconds", ("ondemand",), False),
+    "request_terminate_timeout": ("seconds", ("static", "dynamic", "ondemand"), True),
+    "request_slowlog_timeout": ("seconds", ("static", "dynamic", "ondemand"), True),
+    "max_memory": ("bytes", ("static", "dynamic", "ondemand"), True),
+}
+
+#: The states a worker's ``fcgi_process_state`` stateset always lists, so
+#: that each worker has the same series whatever it is doing.
+_OM_STATES = tuple(STATE_NAMES.values())
+
+
 def render_openmetrics(st: PoolStatus, full: bool) -> str:
-    """OpenMetrics 1.0 text (what Prometheus scrapes), metric names ``fcgi_*``."""
+    """OpenMetrics 1.0 text (what Prometheus scrapes), metric names ``fcgi_*``.
+
+    Names follow PHP-FPM's ``phpfpm_*`` where it has one, with the OpenMetrics
+    unit rules on top: a figure in seconds or bytes says so in its name and in
+    a ``# UNIT`` line. Per-worker series (``&full``) are labelled by pool and
+    pid only; a worker's state is the ``fcgi_process_state`` stateset, one
+    series per state, 1 for the current one. A state label on the counters
+    would give a worker a new series each time it went from idle to busy,
+    and ``rate()`` over such series is meaningless.
+    """
     pool = f'pool="{_om_label(st.pool)}"'
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_: str, value: object, labels: str = pool) -> None:
-        lines.append(f"# TYPE fcgi_{name} {kind}")
-        lines.append(f"# HELP fcgi_{name} {help_}")
-        suffix = "_total" if kind == "counter" else ""
-        lines.append(f"fcgi_{name}{suffix}{{{labels}}} {value}")
+    def family(name: str, kind: str, help_: str, unit: str = "") -> str:
+        """Write a family's metadata; return the sample name (``_total`` for counters)."""
+        full_name = f"fcgi_{name}_{unit}" if unit else f"fcgi_{name}"
+        lines.append(f"# TYPE {full_name} {kind}")
+        if unit:
+            lines.append(f"# UNIT {full_name} {unit}")
+        lines.append(f"# HELP {full_name} {help_}")
+        return full_name + "_total" if kind == "counter" else full_name
+
+    def metric(name: str, kind: str, help_: str, value: float, unit: str = "") -> None:
+        sample = family(name, kind, help_, unit)
+        lines.append(f"{sample}{{{pool}}} {_om_number(value)}")
 
     metric("up", "gauge", "Whether the pool answers.", 1)
-    metric("start_time", "gauge", "Unix time the pool started.", int(st.start_time))
-    metric("start_since", "counter", "Seconds since the pool started.", st.start_since)
+    metric("start_time", "gauge", "Unix time the pool started.", int(st.start_time), "seconds")
+    metric("start_since", "counter", "Seconds since the pool started.", st.start_since, "seconds")
     metric("accepted_connections", "counter", "Connections accepted.", st.accepted_conn)
     metric("listen_queue", "gauge", "Connections waiting in the kernel queue.", st.listen_queue)
     metric("max_listen_queue", "counter", "Largest listen queue seen.", st.max_listen_queue)
@@ -335,21 +378,69 @@ def render_openmetrics(st: PoolStatus, full: bool) -> str:
     )
     metric("active_requests", "gauge", "Requests running now.", st.active_requests)
     for name, value in st.limits.items():
-        metric(f"config_{name}", "gauge", f"Configured {name}.", value)
+        unit, modes, zero_is_off = _OM_LIMITS.get(name, ("", (st.process_manager,), False))
+        if st.process_manager not in modes or (zero_is_off and not value):
+            continue
+        metric(f"config_{name}", "gauge", f"Configured {name}.", value, unit)
     if full:
-        lines.append("# TYPE fcgi_process_requests counter")
-        lines.append("# HELP fcgi_process_requests Requests served by the worker.")
-        for w in st.workers:
-            labels = f'{pool},pid="{w.pid}",state="{w.state}"'
-            lines.append(f"fcgi_process_requests_total{{{labels}}} {w.requests}")
-        lines.append("# TYPE fcgi_process_request_duration gauge")
-        lines.append("# HELP fcgi_process_request_duration Current or last request, microseconds.")
-        for w in st.workers:
-            lines.append(
-                f'fcgi_process_request_duration{{{pool},pid="{w.pid}"}} {w.request_duration_us}'
-            )
+        _worker_metrics(st, pool, lines, family)
     lines.append("# EOF")
     return "\n".join(lines) + "\n"
+
+
+def _worker_metrics(
+    st: PoolStatus,
+    pool: str,
+    lines: list[str],
+    family: Callable[[str, str, str, str], str],
+) -> None:
+    """The ``&full`` per-worker families, each labelled by pool and pid only."""
+    labels = [f'{pool},pid="{w.pid}"' for w in st.workers]
+
+    def per_worker(name: str, kind: str, help_: str, values: list[float], unit: str = "") -> None:
+        sample = family(name, kind, help_, unit)
+        for label, value in zip(labels, values, strict=True):
+            lines.append(f"{sample}{{{label}}} {_om_number(value)}")
+
+    per_worker(
+        "process_requests",
+        "counter",
+        "Requests served by the worker.",
+        [w.requests for w in st.workers],
+    )
+    name = family("process_state", "stateset", "What the worker is doing.", "")
+    for label, w in zip(labels, st.workers, strict=True):
+        states = _OM_STATES if w.state in _OM_STATES else (*_OM_STATES, w.state)
+        for state in states:
+            on = 1 if state == w.state else 0
+            lines.append(f'{name}{{{label},{name}="{_om_label(state)}"}} {on}')
+    per_worker(
+        "process_active_requests",
+        "gauge",
+        "Requests the worker is running now.",
+        [w.active_requests for w in st.workers],
+    )
+    per_worker(
+        "process_request_duration",
+        "gauge",
+        "Running time of the current request, or duration of the last one when idle.",
+        [w.request_duration_us / 1e6 for w in st.workers],
+        "seconds",
+    )
+    per_worker(
+        "process_start_time",
+        "gauge",
+        "Unix time the worker started.",
+        [int(w.start_time) for w in st.workers],
+        "seconds",
+    )
+    per_worker(
+        "process_last_request_memory",
+        "gauge",
+        "Peak memory of the worker after its last request (0 while one runs).",
+        [w.last_request_memory for w in st.workers],
+        "bytes",
+    )
 
 
 def render_html(st: PoolStatus, full: bool) -> str:
