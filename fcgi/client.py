@@ -65,6 +65,11 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 30.0
+#: Exit code of ``fcgi request --fail`` for a 4xx or 5xx answer: curl's for
+#: ``--fail`` (CURLE_HTTP_RETURNED_ERROR), so scripts written for curl read it.
+EXIT_HTTP_ERROR = 22
+#: Where a bare port connects: the loopback, as ``fcgi serve --bind PORT`` listens.
+BARE_PORT_HOST = "127.0.0.1"
 _REQUEST_ID = 1
 _RECV_SIZE = 256 * 1024
 
@@ -119,10 +124,12 @@ class Response:
 
 
 def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
-    """``unix:/path``, ``/abs/path``, ``HOST:PORT`` or ``[v6]:PORT`` → (family, sockaddr).
+    """``unix:/path``, ``/abs/path``, ``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` → (family, sockaddr).
 
-    For TCP the host is returned unresolved; :func:`_connect` resolves it.
-    Raises :class:`ValueError` with a readable message for anything else.
+    A bare ``PORT`` means the loopback, as it does for ``fcgi serve --bind``:
+    the address the server was started with reaches it. For TCP the host is
+    returned unresolved; :func:`_connect` resolves it. Raises
+    :class:`ValueError` with a readable message for anything else.
     """
     if address.startswith("unix:"):
         path = address[5:]
@@ -131,7 +138,10 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
         return socket.AF_UNIX, path
     if address.startswith(("/", "./", "../")):
         return socket.AF_UNIX, address
-    if address.startswith("["):
+    if address.isdigit():
+        host, port_text = BARE_PORT_HOST, address
+        family = socket.AF_INET
+    elif address.startswith("["):
         host, sep, port_text = address[1:].partition("]:")
         if not sep or not host:
             raise ValueError(f"{address!r}: expected [IPv6]:PORT")
@@ -140,7 +150,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
         host, sep, port_text = address.rpartition(":")
         if not sep or not host:
             raise ValueError(
-                f"{address!r}: expected unix:/path, /abs/path, HOST:PORT or [IPv6]:PORT"
+                f"{address!r}: expected unix:/path, /abs/path, HOST:PORT, [IPv6]:PORT or PORT"
             )
         if ":" in host:
             raise ValueError(f"{address!r}: write IPv6 addresses as [ADDRESS]:PORT")
@@ -155,6 +165,8 @@ def _connect(address: str, timeout: float | None) -> socket.socket:
         _, sockaddr = parse_address(address)
     except ValueError as exc:
         raise ConnectionFailed(f"bad address {exc}") from None
+    if isinstance(sockaddr, tuple) and address.isdigit():
+        address = f"{sockaddr[0]}:{address}"  # say where a bare port went
     try:
         if isinstance(sockaddr, str):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -529,7 +541,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "address",
         metavar="ADDR",
-        help="backend address: unix:/path, /abs/path, HOST:PORT or [IPv6]:PORT",
+        help="backend address: unix:/path, /abs/path, HOST:PORT, [IPv6]:PORT, "
+        "or PORT for 127.0.0.1:PORT (as fcgi serve --bind)",
     )
     parser.add_argument(
         "target",
@@ -575,6 +588,13 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         "--include",
         action="store_true",
         help="print the status line and response headers before the body",
+    )
+    parser.add_argument(
+        "-f",
+        "--fail",
+        action="store_true",
+        help=f"like curl --fail: on a 4xx or 5xx answer print no body, only the status "
+        f"line on stderr, and exit {EXIT_HTTP_ERROR} (for health checks)",
     )
     parser.add_argument(
         "--role",
@@ -675,7 +695,14 @@ def build_params(
     return params
 
 
-def _write_response(response: Response, include: bool, out: BinaryIO, err: BinaryIO) -> None:
+def _write_response(
+    response: Response, include: bool, out: BinaryIO, err: BinaryIO, failed: bool = False
+) -> None:
+    """Print ``response``; with ``failed`` (``--fail`` and a 4xx/5xx) only say so on ``err``.
+
+    The backend's stderr and our own diagnosis are printed either way: they
+    say why a health check failed.
+    """
     if response.stderr:
         err.write(response.stderr)
         if not response.stderr.endswith(b"\n"):
@@ -684,6 +711,11 @@ def _write_response(response: Response, include: bool, out: BinaryIO, err: Binar
     if response.error:
         err.write(f"fcgi request: {response.error}\n".encode())
         err.flush()
+    if failed:
+        line = f"HTTP/1.1 {response.status} {response.reason}".rstrip()
+        err.write(f"fcgi request: the backend answered {line}\n".encode("utf-8", "replace"))
+        err.flush()
+        return
     if include:
         head = [f"HTTP/1.1 {response.status} {response.reason}".rstrip()]
         head += [f"{name}: {value}" for name, value in response.headers]
@@ -693,7 +725,12 @@ def _write_response(response: Response, include: bool, out: BinaryIO, err: Binar
 
 
 def request_command(args: argparse.Namespace) -> int:
-    """Run ``fcgi request``: 0 for a 1xx-4xx answer, 1 for a 5xx, 2 if there was none."""
+    """Run ``fcgi request``: 0 for a 1xx-4xx answer, 1 for a 5xx, 2 if there was none.
+
+    With ``--fail``, 22 for any 4xx or 5xx (as ``curl --fail``): a health
+    check that pings a path the backend does not serve then fails, instead of
+    passing on the 404.
+    """
     stdout = sys.stdout.buffer
     stderr = sys.stderr.buffer
     try:
@@ -715,11 +752,14 @@ def request_command(args: argparse.Namespace) -> int:
         stderr.write(f"fcgi request: {message}\n".encode())
         stderr.flush()
         return 2
+    failed = args.fail and response.status >= 400
     try:
-        _write_response(response, args.include, stdout, stderr)
+        _write_response(response, args.include, stdout, stderr, failed)
     except BrokenPipeError:
         # The reader went away (``| head``): not our error. Keep Python quiet at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+    if failed:
+        return EXIT_HTTP_ERROR
     return 1 if response.status >= 500 else 0

@@ -7,7 +7,9 @@
   the pid of the process that runs ExecStart (a small wrapper sets it to its
   own pid, then execs).  The .service binds ``fd://3``.
 * deploy/supervisord/fcgi-app.conf: a real supervisord (from PyPI) runs it.
-* deploy/docker/HEALTHCHECK: its CMD, run against a live and a dead socket.
+* deploy/docker/HEALTHCHECK: the container's CMD started as the image would
+  start it, and the health check's CMD run against it (pong, a 404, a 5xx)
+  and against a dead socket.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from webservers import (
     Backend,
     ServerError,
     backend_env,
-    fcgi_serve_command,
     read_text,
     stop_process,
     wait_until_accepting,
@@ -234,34 +235,71 @@ def test_supervisord_program(tmp_path: Path) -> None:
     assert code == 0, logs()
 
 
-def healthcheck_command(address: str) -> list[str]:
-    """The HEALTHCHECK's CMD, with the image's socket path replaced by ours and
-    the ``fcgi`` command by this work tree's."""
+#: The socket path the image's CMD and HEALTHCHECK share, replaced by the test's.
+IMAGE_SOCKET = "unix:/run/fcgi/app.sock"
+
+
+def docker_commands(address: str) -> tuple[list[str], list[str]]:
+    """The container's CMD and its HEALTHCHECK's CMD from deploy/docker/HEALTHCHECK.
+
+    Rewritten only where this machine differs from the image: the socket path,
+    the ``fcgi`` command (this work tree's), the app (tests/frontend_app.py
+    for the image's app.py) and, when the test runs as root, ``--user root``
+    standing in for the image's ``USER app`` line (a root master must be told
+    its workers' user).
+    """
     text = (DEPLOY_DIR / "docker" / "HEALTHCHECK").read_text()
-    match = re.search(r"^HEALTHCHECK\b.*?\bCMD (\[.*\])\s*$", text, re.M | re.S)
-    assert match, "deploy/docker/HEALTHCHECK has no exec-form CMD"
-    argv: list[str] = json.loads(match[1])
-    assert argv[0] == "fcgi" and "unix:/run/app.sock" in argv, argv
-    return [
-        *(sys.executable, "-m", "fcgi"),
-        *(address if arg == "unix:/run/app.sock" else arg for arg in argv[1:]),
-    ]
+    check = re.search(r"^HEALTHCHECK\b.*?\bCMD (\[.*\])\s*$", text, re.M | re.S)
+    assert check, "deploy/docker/HEALTHCHECK has no exec-form HEALTHCHECK CMD"
+    start = re.search(r"^CMD (\[.*\])\s*$", text, re.M)
+    assert start, "deploy/docker/HEALTHCHECK has no exec-form CMD starting the server"
+    assert re.search(r"^USER app$", text, re.M), "the image must not run as root"
+    serve: list[str] = json.loads(start[1])
+    ping: list[str] = json.loads(check[1])
+    assert serve[:3] == ["fcgi", "serve", "app:app"] and IMAGE_SOCKET in serve, serve
+    assert ping[:2] == ["fcgi", "request"] and IMAGE_SOCKET in ping, ping
+    # The check pings the pool's ping path, and fails on a 4xx/5xx.
+    assert "--fail" in ping, ping
+    assert serve[serve.index("--ping-path") + 1] == ping[-1], (serve, ping)
+
+    def local(argv: list[str]) -> list[str]:
+        return [
+            *(sys.executable, "-m", "fcgi"),
+            *(address if arg == IMAGE_SOCKET else arg for arg in argv[1:]),
+        ]
+
+    server = local(serve)
+    server[server.index("app:app")] = "frontend_app:app"
+    if os.geteuid() == 0:
+        server += ["--user", "root"]
+    return server, local(ping)
+
+
+def start_container(tmp_path: Path) -> tuple[Backend, list[str]]:
+    """The server as the container starts it, once it passes its check; the check."""
+    sock = tmp_path / "app.sock"
+    serve, check = docker_commands(f"unix:{sock}")
+    backend = Backend(command=serve, bind=f"unix:{sock}", workdir=tmp_path, env=backend_env())
+    backend.start()
+    # Docker's --start-period: checks fail until the workers are up (a hang
+    # guard, not a threshold).
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        result = subprocess.run(check, capture_output=True, env=backend_env(), timeout=120)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert result.returncode == 0, f"{result!r}\n{backend.diagnostics()}"
+    # The pool's own ping answer ("pong"), not the app's /ping route ("pong\n").
+    assert result.stdout == b"pong", f"{result!r}\n{backend.diagnostics()}"
+    return backend, check
 
 
 def test_docker_healthcheck(tmp_path: Path) -> None:
-    sock = tmp_path / "app.sock"
-    backend = Backend(
-        command=fcgi_serve_command("frontend_app:app", f"unix:{sock}"),
-        bind=f"unix:{sock}",
-        workdir=tmp_path,
-        env=backend_env(),
-    )
-    command = healthcheck_command(f"unix:{sock}")
+    backend, command = start_container(tmp_path)
     try:
-        backend.start()
         healthy = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
         assert healthy.returncode == 0, f"{healthy!r}\n{backend.diagnostics()}"
-        assert healthy.stdout == b"pong\n", f"{healthy!r}\n{backend.diagnostics()}"
     finally:
         backend.stop()
     assert backend.exit_status == 0, backend.diagnostics()
@@ -269,25 +307,27 @@ def test_docker_healthcheck(tmp_path: Path) -> None:
     assert unhealthy.returncode != 0, repr(unhealthy)
 
 
-def test_docker_healthcheck_fails_on_5xx(tmp_path: Path) -> None:
-    """An app that answers /ping with a 5xx makes the container unhealthy too."""
-    sock = tmp_path / "app.sock"
-    backend = Backend(
-        command=fcgi_serve_command("frontend_app:app", f"unix:{sock}"),
-        bind=f"unix:{sock}",
-        workdir=tmp_path,
-        env=backend_env(),
-    )
-    command = healthcheck_command(f"unix:{sock}")
-    command[-1] = "/ping/../fail"  # routes to the raising handler
+def test_docker_healthcheck_fails_on_404(tmp_path: Path) -> None:
+    """A ping path nothing serves is a failed check, not a pass (issue #11)."""
+    backend, command = start_container(tmp_path)
     try:
-        backend.start()
+        command[-1] = "/no-such-ping"  # what the app answers with 404
         result = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
-        assert result.returncode != 0, f"{result!r}\n{backend.diagnostics()}"
+        assert result.returncode == 22, f"{result!r}\n{backend.diagnostics()}"
+        assert b"404" in result.stderr and result.stdout == b"", repr(result)
+    finally:
+        backend.stop()
+
+
+def test_docker_healthcheck_fails_on_5xx(tmp_path: Path) -> None:
+    """An app that answers the check with a 5xx makes the container unhealthy too."""
+    backend, command = start_container(tmp_path)
+    try:
+        failing = [*command[:-1], "/ping/../fail"]  # routes to the raising handler
+        result = subprocess.run(failing, capture_output=True, env=backend_env(), timeout=120)
+        assert result.returncode == 22, f"{result!r}\n{backend.diagnostics()}"
         # The backend is fine after that.
-        ok = subprocess.run(
-            healthcheck_command(f"unix:{sock}"), capture_output=True, env=backend_env()
-        )
+        ok = subprocess.run(command, capture_output=True, env=backend_env(), timeout=120)
         assert ok.returncode == 0, f"{ok!r}\n{backend.diagnostics()}"
     finally:
         backend.stop()

@@ -207,7 +207,9 @@ def _kill_leftovers(pids: set[int]) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"fcgi\x00serve" in cmdline:
+        # A worker shows its process title (fcgi/proctitle.py), or the
+        # master's command line when setproctitle is missing.
+        if b"fcgi\x00serve" in cmdline or cmdline.startswith(b"fcgi worker "):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -55,6 +55,7 @@ from fcgi.pool.worker_process import (
     load_pool_app,
     run_worker,
 )
+from fcgi.proctitle import master_title, set_title
 
 log = logging.getLogger("fcgi.pool")
 
@@ -100,6 +101,15 @@ class Master:
 
     def run(self) -> int:
         """Run until stopped; return the exit code. Raises ConfigError before forking."""
+        # Set before any fork: workers start with it until they set their own,
+        # so ``ps`` never shows a worker as a copy of the command line.
+        source = self.config.source
+        set_title(
+            master_title(
+                [pool.name for pool in self.config.pools],
+                None if source.startswith("<") else source,
+            )
+        )
         # Handlers first, then the signals held since the exec (or since the
         # command line started the master) are let through: from here on a
         # signal is queued for the loop, never fatal, however long the app

@@ -26,6 +26,7 @@ from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.scoreboard import METHOD_LEN, URI_LEN, Scoreboard, Slot, SlotState
 from fcgi.pool.status import collect_from_board, ping_answer, render
+from fcgi.proctitle import set_title, worker_busy_prefix, worker_busy_title, worker_idle_title
 
 log = logging.getLogger("fcgi.pool")
 
@@ -121,6 +122,9 @@ class ScoreboardHooks:
         self._uri = b""
         self._writer = board.writer(index)
         self._write_whole()
+        #: Made once: an idle worker's title never changes, nor a busy one's start.
+        self._idle_title = worker_idle_title(config.name)
+        self._busy_prefix = worker_busy_prefix(config.name)
 
     def _write_whole(self) -> None:
         self.board.write_slot(self.index, self._slot)
@@ -132,6 +136,7 @@ class ScoreboardHooks:
         """The app is imported and the driver built: from now on we accept."""
         self._slot.state = SlotState.IDLE
         self._write_whole()
+        set_title(self._idle_title)
 
     def publish(self) -> None:
         """Write counters not yet on the scoreboard (connections without a request)."""
@@ -188,6 +193,8 @@ class ScoreboardHooks:
         slot.uri = uri = params.get("REQUEST_URI") or request_uri(params)
         self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
         self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
+        # The title follows the request shown, so it changes only with it.
+        set_title(worker_busy_title(self._busy_prefix, method, uri))
         length = params.get("CONTENT_LENGTH")
         try:
             slot.content_length = int(length) if length else 0
@@ -223,6 +230,7 @@ class ScoreboardHooks:
             slot.state = _BUSY
         else:
             slot.state = _IDLE
+            set_title(self._idle_title)
         slot.last_duration = duration
         slot.last_status = status
         self._writer.request_finished(

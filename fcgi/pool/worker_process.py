@@ -53,6 +53,7 @@ from fcgi.pool.config import PoolConfig
 from fcgi.pool.reexec import MASTER_SIGNALS
 from fcgi.pool.scoreboard import Scoreboard
 from fcgi.pool.worker_hooks import ScoreboardHooks
+from fcgi.proctitle import set_title, worker_starting_title
 
 log = logging.getLogger("fcgi.pool")
 
@@ -244,6 +245,8 @@ def load_pool_app(spec: str) -> Any:
 
 def _serve(spec: WorkerSpec) -> int:
     config = spec.config
+    # Until now the child showed the master's title; "idle" comes with ready().
+    set_title(worker_starting_title(config.name))
     _reset_signals()
     for fd in spec.close_fds:
         with contextlib.suppress(OSError):

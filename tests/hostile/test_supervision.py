@@ -25,17 +25,20 @@ BURST = (signal.SIGHUP, signal.SIGUSR2, signal.SIGUSR1) * 2
 
 
 def pool_processes(sock_path: str) -> dict[int, tuple[int, str]]:
-    """Every live process whose command line names ``sock_path``: pid -> (ppid, state)."""
+    """Every live process whose command line names ``sock_path``, or that runs in
+    its directory (a worker's process title no longer names it): pid -> (ppid, state)."""
     found = {}
+    home = str(Path(sock_path).parent)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
             stat = (entry / "stat").read_text()
+            cwd = str((entry / "cwd").readlink())
         except OSError:
             continue
-        if sock_path.encode() not in cmdline:
+        if sock_path.encode() not in cmdline and cwd != home:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if fields[0] in ("Z", "X"):
