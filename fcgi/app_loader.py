@@ -11,7 +11,16 @@ from fcgi.errors import FastCGIError
 
 
 class AppImportError(FastCGIError):
-    """The app spec could not be turned into a callable; the message says why."""
+    """The app spec could not be turned into a callable; the message says why.
+
+    ``usage`` is True when the spec itself is malformed (a command-line
+    mistake, exit status 2) rather than naming code that does not import or
+    does not exist (exit status 3).
+    """
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 def load_app(spec: str) -> Any:
@@ -22,7 +31,9 @@ def load_app(spec: str) -> Any:
     """
     module_name, sep, attr = spec.partition(":")
     if not module_name or not sep or not attr:
-        raise AppImportError(f"app {spec!r}: expected MODULE:NAME or MODULE:FACTORY()")
+        raise AppImportError(
+            f"app {spec!r}: expected MODULE:NAME or MODULE:FACTORY()", usage=True
+        )
     call = attr.endswith("()")
     if call:
         attr = attr[:-2]

@@ -12,6 +12,12 @@ from fcgi import __version__
 from fcgi.app_loader import AppImportError, load_app
 from fcgi.errors import ConfigError, FastCGIError
 
+#: Exit status for a usage or configuration mistake (argparse's own).
+EXIT_USAGE = 2
+#: Exit status when the app cannot be imported, from a single process as from
+#: a pool (fcgi.pool.worker_process.EXIT_BOOT_ERROR).
+EXIT_APP_IMPORT = 3
+
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
@@ -207,8 +213,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if not args.app:
         parser.error("serve needs an app: fcgi serve MODULE:APP")
+    from fcgi.pool.reexec import block_signals, unblock_signals
     from fcgi.server import serve
 
+    # Until the server has its handlers, a signal waits instead of killing a
+    # process that is still importing the app (run_single lets them through).
+    block_signals()
     try:
         if args.chdir:
             os.chdir(args.chdir)
@@ -231,15 +241,21 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             max_body_size=args.max_body_size,
             request_header_timeout=args.request_header_timeout,
             send_timeout=args.send_timeout,
+            app_spec=args.app,
         )
-    except (ConfigError, AppImportError, OSError) as exc:
+    except AppImportError as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE if exc.usage else EXIT_APP_IMPORT
+    except (ConfigError, OSError) as exc:
+        print(f"fcgi: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FastCGIError as exc:  # the app failed to start (ASGI lifespan startup)
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 0
+    finally:
+        unblock_signals()
     return 0
 
 

@@ -15,15 +15,17 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fcgi import forkguard, systemd
 from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
+from fcgi.pool import reexec
 from fcgi.sockets import (
     inherited_fd0,
     open_listener,
@@ -33,6 +35,9 @@ from fcgi.sockets import (
 )
 from fcgi.sync_worker import SyncWorker
 from fcgi.wsgi import WSGIApp
+
+if TYPE_CHECKING:
+    from fcgi.trio_worker import TrioWorker
 
 log = logging.getLogger("fcgi.serve")
 
@@ -115,8 +120,13 @@ def open_listeners(
 ) -> Listeners:
     """Bind every address; without any, adopt systemd's sockets or fd 0.
 
-    No sockets at all means "run as CGI".
+    After a reload (SIGHUP re-executes the process, see :func:`run_single`)
+    the sockets come from the previous image instead, still open and with
+    their queue intact. No sockets at all means "run as CGI".
     """
+    handover = reexec.take_handover()
+    if handover.sockets:
+        return Listeners(list(handover.sockets.values()), handover.owned_paths)
     if isinstance(bind, str):
         bind = [bind]
     if not bind:
@@ -148,9 +158,14 @@ def serve(
     backlog: int = 511,
     worker: str = "sync",
     workers: int | None = None,
+    app_spec: str | None = None,
     **settings: Any,
 ) -> int:
     """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
+
+    ``app_spec`` (``module:app``, as the command line names it) lets a reload
+    of the single-process server check that the new code imports before it
+    re-executes; without it the reload re-executes unchecked.
 
     ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
     the socket a web server left on fd 0, or plain CGI when there is none.
@@ -168,9 +183,15 @@ def serve(
     options.interface = interface
     worker = choose_worker(worker, interface)
     listeners = open_listeners(bind, mode=socket_mode, backlog=backlog)
-    if not listeners.sockets and interface == "asgi":
-        raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
     if not listeners.sockets:
+        if not _started_as_cgi():
+            raise ConfigError(
+                "nothing to listen on: give an address (--bind unix:/run/app.sock or "
+                "--bind 127.0.0.1:9000), or start fcgi from a web server that passes a "
+                "listening socket on fd 0"
+            )
+        if interface == "asgi":
+            raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
         from wsgiref.handlers import CGIHandler
 
         log.debug("fd 0 is not a listening socket: answering one request as CGI")
@@ -178,11 +199,32 @@ def serve(
         return 0
     try:
         run_single(
-            app, listeners.sockets, options, worker=worker, owned_paths=listeners.owned_paths
+            app,
+            listeners.sockets,
+            options,
+            worker=worker,
+            owned_paths=listeners.owned_paths,
+            app_spec=app_spec,
         )
     finally:
+        reexec.unblock_signals()
         listeners.close()
     return 0
+
+
+def _started_as_cgi() -> bool:
+    """True if a web server ran this process as a CGI script (RFC 3875).
+
+    A CGI server sets GATEWAY_INTERFACE and gives the request body on stdin;
+    a person at a terminal who forgot --bind gets an error, not one "CGI
+    request" answered with the terminal's environment.
+    """
+    if not os.environ.get("GATEWAY_INTERFACE", "").startswith("CGI/"):
+        return False
+    try:
+        return not os.isatty(0)
+    except OSError:
+        return True
 
 
 #: Keywords of make_options(): anything else given to serve() is a pool setting.
@@ -233,22 +275,35 @@ def run_single(
     options: ServerOptions,
     worker: str = "sync",
     owned_paths: list[str] | None = None,
+    app_spec: str | None = None,
 ) -> None:
     """The single-process server: this process is the only worker.
 
-    ``owned_paths``: the unix socket files this process created. A graceful
-    stop removes them at once (and empties the list), as the pool's master
-    does: while the queued requests are served no new connection can join the
-    queue by path, and a successor may bind the path without waiting.
-    """
-    if worker == "trio":
-        from fcgi.trio_worker import TrioWorker
+    Signals mean what they mean to a pool's master:
 
-        server: SyncWorker | TrioWorker = TrioWorker(listeners, app, options)
-    else:
-        server = SyncWorker(listeners, app, options)
+    * SIGTERM, SIGQUIT: graceful stop. The unix socket files this process
+      created (``owned_paths``) are removed at once (and the list emptied):
+      while the queued requests are served no new connection can join the
+      queue by path, and a successor may bind the path without waiting.
+    * SIGHUP, SIGUSR2: reload. The request in progress is finished, then the
+      process re-executes itself with the same command line, its listening
+      sockets kept open across the exec (connections wait in their queue, the
+      socket file is never removed). With ``app_spec`` the new code is first
+      imported in a subprocess; if that fails the old code goes on serving.
+    * SIGUSR1: reopen log files (the server itself logs to stderr: nothing to
+      do, but logrotate's signal must not kill it).
+    * SIGINT: stop at once.
+
+    The same signals are blocked while a re-executed image starts (they stay
+    pending until the handlers below are in place).
+    """
+    reload_asked = False
+    stop_asked = False
+    server: SyncWorker | TrioWorker
 
     def graceful(signum: int, frame: object) -> None:
+        nonlocal stop_asked
+        stop_asked = True
         server.stop()
         if owned_paths:
             for path in owned_paths:
@@ -256,17 +311,84 @@ def run_single(
                     os.unlink(path)
             owned_paths.clear()
 
-    previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGQUIT)}
+    def reload(signum: int, frame: object) -> None:
+        nonlocal reload_asked
+        reload_asked = True
+        server.stop()
+
+    def reopen(signum: int, frame: object) -> None:
+        log.info("SIGUSR1: nothing to reopen (this server logs to stderr)")
+
+    handlers = {
+        signal.SIGTERM: graceful,
+        signal.SIGQUIT: graceful,
+        signal.SIGHUP: reload,
+        signal.SIGUSR2: reload,
+        signal.SIGUSR1: reopen,
+    }
     names = ", ".join(_listener_name(sock) for sock in listeners)
-    log.info("serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker)
+    server = _make_worker(app, listeners, options, worker)
+    # Installed once, for the whole life of the process (reloads included):
+    # between two servers a signal must still find its handler.
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
-        server.serve_forever()
+        while True:
+            # Held since the exec of a reload (or the start of `fcgi serve`):
+            # delivered now, to the handlers.
+            reexec.unblock_signals()
+            log.info(
+                "serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker
+            )
+            try:
+                server.serve_forever()
+            finally:
+                forkguard.verify()  # a child the app forked must not close or unlink anything
+                server.close()
+            if stop_asked or not reload_asked:
+                break
+            reload_asked = False
+            error = reexec.import_error([(app_spec, None)]) if app_spec else None
+            if error is not None:
+                log.error(
+                    "reload failed: the new code does not import: %s; old code goes on", error
+                )
+                server = _make_worker(app, listeners, options, worker)
+                continue
+            # From here a signal waits for the next image; a stop asked during
+            # the check wins over the reload.
+            reexec.block_signals()
+            if stop_asked:
+                break
+            log.info("reloading: re-executing with the same sockets")
+            try:
+                reexec.exec_master(
+                    reexec.Handover(dict(_by_name(listeners)), list(owned_paths or []))
+                )
+            except OSError as exc:
+                log.error(
+                    "reload failed: cannot exec %s: %s; old code goes on", sys.executable, exc
+                )
+                server = _make_worker(app, listeners, options, worker)
     finally:
-        forkguard.verify()  # a child the app forked must not close or unlink anything
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        server.close()
+        reexec.unblock_signals()
     log.info("stopped")
+
+
+def _make_worker(
+    app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions, worker: str
+) -> SyncWorker | TrioWorker:
+    if worker == "trio":
+        from fcgi.trio_worker import TrioWorker
+
+        return TrioWorker(listeners, app, options)
+    return SyncWorker(listeners, app, options)
+
+
+def _by_name(listeners: Sequence[socket.socket]) -> list[tuple[str, socket.socket]]:
+    """Each listener under a name of its own (the handover's keys)."""
+    return [(f"{_listener_name(sock)}#{i}", sock) for i, sock in enumerate(listeners)]
 
 
 def _listener_name(sock: socket.socket) -> str:

@@ -45,6 +45,7 @@ import errno
 import logging
 import math
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -325,7 +326,14 @@ class _Connection:
         while True:
             if self.broken is not None:
                 return self.broken  # evicted before this task first ran
-            if not self.requests and (conn.should_close or worker.stopping):
+            # Stopping: a connection that owes us a request head (a new one,
+            # or a kept one whose next request began) is served first, within
+            # its head deadline; so is one whose input is already here. Only
+            # an idle kept connection closes at once.
+            if not self.requests and (
+                conn.should_close
+                or (worker.stopping and self.head_since is None and not self._input_waiting())
+            ):
                 return "closing"
             timed = self.running == 0 or conn.mid_record
             now = trio.current_time()
@@ -393,6 +401,15 @@ class _Connection:
                 # The peer left before it read what the connection answered
                 # by itself (GET_VALUES, a refusal): _break logged it.
                 return str(exc)
+
+    def _input_waiting(self) -> bool:
+        """True if the peer's next bytes (or its EOF) are already here to read."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return False
 
     def _head_deadline(self, now: float) -> float:
         """When the request head now being received must be complete (inf: none is).
@@ -921,7 +938,7 @@ class TrioWorker:
         if req.gone is not None:
             responder.disconnect(req.gone)
         result = await responder.run()
-        forkguard.check()
+        forkguard.verify()
         return result
 
     async def _run_wsgi(self, c: _Connection, req: _Request) -> tuple[int, int, bytes]:
@@ -1007,7 +1024,7 @@ class TrioWorker:
                 return 0, 1
             finally:
                 # A child forked in this thread has no trio loop to go back to.
-                forkguard.check()
+                forkguard.verify()
             errors.flush()
             return result
 

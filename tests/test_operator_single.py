@@ -1,0 +1,185 @@
+"""The single-process server is operable: signals as a pool's master, no accidental CGI.
+
+Driven as an operator would: ``python -m fcgi serve`` in a subprocess, real
+signals, a real unix socket, the app's code changed on disk between reloads.
+(deploy/systemd and deploy/supervisord run exactly this mode.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rawfcgi import ROOT, get_params, roundtrip, wait_connectable
+
+APP_TEMPLATE = '''
+import os
+import time
+
+VERSION = {version!r}
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        time.sleep(1.0)
+    body = f"{{VERSION}} {{os.getpid()}}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+'''
+
+
+def write_app(directory: Path, version: str) -> None:
+    (directory / "reloadapp.py").write_text(APP_TEMPLATE.format(version=version))
+    # A new .py of the same size within the same second would be taken for
+    # the cached one: the cache goes, so the new image compiles the source.
+    shutil.rmtree(directory / "__pycache__", ignore_errors=True)
+
+
+@dataclass
+class Single:
+    proc: subprocess.Popen[bytes]
+    address: str
+    path: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str = "/") -> tuple[str, int]:
+        reply = roundtrip(self.address, get_params(path))
+        assert reply.status == 200, reply
+        version, pid = reply.body.decode().split()
+        return version, int(pid)
+
+    def wait_for(self, version: str, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen, pid = self.get()
+            if seen == version:
+                return pid
+            time.sleep(0.05)
+        raise AssertionError(f"never served {version!r} (last {seen!r}):\n{self.log()}")
+
+
+@contextmanager
+def single(tmp_path: Path, *args: str) -> Iterator[Single]:
+    write_app(tmp_path, "one")
+    sock = tmp_path / "app.sock"
+    log_path = tmp_path / "server.log"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    with open(log_path, "wb") as log:
+        command = [sys.executable, "-m", "fcgi", "serve", "reloadapp:app", "--bind", f"unix:{sock}"]
+        proc = subprocess.Popen(
+            [*command, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+        )
+    try:
+        wait_connectable(f"unix:{sock}", proc, str(log_path))
+        yield Single(proc, f"unix:{sock}", sock, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("worker", ["sync", "trio"])
+def test_sighup_reloads_new_code_on_the_same_socket_and_loses_nothing(
+    tmp_path: Path, worker: str
+) -> None:
+    with single(tmp_path, "--worker", worker) as srv:
+        version, pid = srv.get()
+        assert (version, pid) == ("one", srv.proc.pid)
+        inode = srv.path.stat().st_ino
+        slow: list[str] = []
+        in_flight = threading.Thread(target=lambda: slow.append(srv.get("/slow")[0]))
+        in_flight.start()
+        time.sleep(0.3)  # the slow request is running
+        write_app(tmp_path, "two")
+        srv.proc.send_signal(signal.SIGHUP)
+        # Requests sent during the reload wait in the socket's queue: every
+        # one of them is answered, by the old code or by the new.
+        answers = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answers.append(srv.get()[0])
+            if answers[-1] == "two":
+                break
+        in_flight.join(30)
+        assert slow == ["one"], srv.log()  # the request in progress was finished
+        assert answers[-1] == "two", srv.log()
+        assert set(answers) <= {"one", "two"}
+        assert srv.proc.poll() is None
+        assert srv.wait_for("two") == srv.proc.pid  # same process, re-executed
+        assert srv.path.stat().st_ino == inode  # the socket file was never removed
+        assert "reloading" in srv.log()
+        # And again: the re-executed image handles the next SIGHUP too.
+        write_app(tmp_path, "three")
+        srv.proc.send_signal(signal.SIGHUP)
+        assert srv.wait_for("three") == srv.proc.pid
+
+
+def test_reload_with_broken_new_code_keeps_serving_the_old(tmp_path: Path) -> None:
+    with single(tmp_path) as srv:
+        (tmp_path / "reloadapp.py").write_text("this is not python\n")
+        shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload failed" not in srv.log():
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.05)
+        assert srv.get() == ("one", srv.proc.pid)
+        assert srv.path.exists()
+
+
+def test_signals_in_a_burst_are_never_fatal(tmp_path: Path) -> None:
+    """SIGHUP, SIGUSR1 (logrotate), SIGUSR2 at once, during reloads: none kills it."""
+    with single(tmp_path) as srv:
+        for _ in range(3):
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2):
+                srv.proc.send_signal(sig)
+                time.sleep(0.01)
+            time.sleep(0.2)
+        write_app(tmp_path, "after")
+        srv.proc.send_signal(signal.SIGHUP)
+        assert srv.wait_for("after") == srv.proc.pid
+        assert srv.proc.poll() is None
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        assert not srv.path.exists()  # a stop, unlike a reload, removes the socket file
+
+
+def test_without_an_address_a_terminal_user_gets_an_error_not_cgi() -> None:
+    """No --bind, no socket on fd 0, not started by a CGI server: a usage error."""
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_INTERFACE"}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcgi", "serve", "fcgi.demo:app"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc
+    assert "nothing to listen on" in proc.stderr
+    assert "--bind" in proc.stderr
+    assert "Status:" not in proc.stdout  # no CGI answer, no environment dump
