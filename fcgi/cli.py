@@ -262,9 +262,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _serve_pool(args: argparse.Namespace) -> int:
     from fcgi.pool.arguments import config_from_args
     from fcgi.pool.master import run_master
+    from fcgi.pool.preflight import StartupError
 
     try:
         return run_master(config_from_args(args))
+    except StartupError as exc:
+        for problem in exc.problems:
+            print(f"fcgi: error: {problem.message}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return 2

@@ -91,7 +91,15 @@ def test_check_config_prints_effective_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "fcgi.toml"
+    # check-config imports each app as its workers would (#11): GOOD names
+    # modules that do not exist, so it is valid only with apps that do.
     path.write_text(GOOD)
+    assert check_config_command(str(path)) == 3
+    err = capsys.readouterr().err
+    assert "[pool.www] app:" in err and "[pool.api] app:" in err
+    path.write_text(
+        GOOD.replace('"poolapp:app"', '"fcgi.demo:app"').replace('"api:app"', '"fcgi.demo:app"')
+    )
     assert check_config_command(str(path)) == 0
     out = capsys.readouterr().out
     assert "[pool.www]" in out and "start_servers = 3" in out and 'listen_mode = "0660"' in out

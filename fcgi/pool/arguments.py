@@ -218,11 +218,20 @@ def format_effective(config: MasterConfig) -> str:
 
 def check_config_command(path: str) -> int:
     """``fcgi check-config FILE``: validate, print the effective settings; 0 if valid."""
+    from fcgi.pool import preflight
+
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return 2
+    # What `fcgi serve --config FILE` would meet before "ready" (users, chdir,
+    # files, the app's import): valid here means it starts there.
+    found = preflight.problems(config)
+    for problem in found:
+        print(f"fcgi: error: {problem.message}", file=sys.stderr)
+    if found:
+        return preflight.exit_code(found)
     sys.stdout.write(format_effective(config))
     print(f"# {path}: configuration is valid", file=sys.stderr)
     return 0

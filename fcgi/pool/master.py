@@ -38,7 +38,7 @@ from types import FrameType
 
 from fcgi import systemd
 from fcgi.errors import ConfigError
-from fcgi.pool import reexec
+from fcgi.pool import preflight, reexec
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.running_pool import Child, Reload, RunningPool
@@ -938,5 +938,13 @@ def run_master(config: MasterConfig) -> int:
     # Until Master.run has its handlers, a signal waits instead of killing a
     # master that is still starting (it may already hold sockets).
     reexec.block_signals()
+    # Before anything is bound, written or forked: a mistake that would only
+    # show when a worker starts (an ondemand pool's first request) stops the
+    # start instead, and leaves nothing behind.
+    try:
+        preflight.check(config)
+    except BaseException:
+        reexec.unblock_signals()
+        raise
     setup_logging(config)
     return Master(config).run()
