@@ -23,16 +23,24 @@ class AppImportError(FastCGIError):
         self.usage = usage
 
 
+#: What a bare ``MODULE`` serves, first found first: ``application`` is what
+#: Django's generated wsgi.py/asgi.py and gunicorn look for, ``app`` the
+#: usual name elsewhere (Flask, Starlette, FastAPI).
+DEFAULT_NAMES = ("application", "app")
+
+
 def load_app(spec: str) -> Any:
     """Import ``module:attr`` (dotted attrs allowed) and call it if it ends in ``()``.
+
+    A bare ``module`` serves its ``application``, else its ``app``.
 
     The current directory is put on sys.path first, as ``python -m`` would, so
     ``fcgi serve app:app`` works from the project folder.
     """
     module_name, sep, attr = spec.partition(":")
-    if not module_name or not sep or not attr:
+    if not module_name or (sep and not attr):
         raise AppImportError(
-            f"app {spec!r}: expected MODULE:NAME or MODULE:FACTORY()", usage=True
+            f"app {spec!r}: expected MODULE, MODULE:NAME or MODULE:FACTORY()", usage=True
         )
     call = attr.endswith("()")
     if call:
@@ -51,6 +59,17 @@ def load_app(spec: str) -> Any:
         raise AppImportError(
             f"app {spec!r}: importing {module_name} failed:\n{traceback.format_exc()}"
         ) from None
+    if not sep:
+        # A bare module: Django's and gunicorn's convention first.
+        for name in DEFAULT_NAMES:
+            if hasattr(module, name):
+                attr = name
+                break
+        else:
+            names = " nor ".join(repr(n) for n in DEFAULT_NAMES)
+            raise AppImportError(
+                f"app {spec!r}: {module_name} has neither {names}; name it as MODULE:NAME"
+            )
     obj: Any = module
     for part in attr.split("."):
         try:

@@ -183,3 +183,34 @@ def test_without_an_address_a_terminal_user_gets_an_error_not_cgi() -> None:
     assert "nothing to listen on" in proc.stderr
     assert "--bind" in proc.stderr
     assert "Status:" not in proc.stdout  # no CGI answer, no environment dump
+
+
+def test_a_bare_module_serves_its_application_as_django_names_it(tmp_path: Path) -> None:
+    """`fcgi serve mysite.wsgi`: the module's ``application`` (Django, gunicorn), else ``app``."""
+    package = tmp_path / "mysite"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "wsgi.py").write_text(
+        "def application(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'django-style 0']\n"
+        "def app(environ, start_response):\n"
+        "    raise AssertionError('application comes first')\n"
+    )
+    sock = tmp_path / "app.sock"
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fcgi", "serve", "mysite.wsgi", "--bind", f"unix:{sock}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+    try:
+        wait_connectable(f"unix:{sock}", proc, str(log_path))
+        reply = roundtrip(f"unix:{sock}", get_params("/"))
+        assert reply.status == 200 and reply.body == b"django-style 0"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

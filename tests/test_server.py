@@ -453,7 +453,8 @@ def test_plain_cgi_when_fd0_is_not_a_socket() -> None:
         (["no_such_module:app"], "no module named 'no_such_module'", 3),
         (["fcgi.demo:nothing"], "has no attribute 'nothing'", 3),
         # 2: a usage or configuration mistake.
-        (["fcgi.demo"], "expected MODULE:NAME", 2),
+        (["fcgi.errors"], "has neither 'application' nor 'app'", 3),
+        (["fcgi.demo:"], "expected MODULE, MODULE:NAME", 2),
         (["fcgi.demo:app", "--bind", "localhost:notaport"], "is not a number", 2),
         (["fcgi.demo:app", "--bind", "/nonexistent-dir/x.sock"], "cannot listen on", 2),
     ],

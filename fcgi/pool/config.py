@@ -301,9 +301,9 @@ def validate_pool(pool: PoolConfig, source: str) -> None:
 
     if pool.app_object is None:
         if not pool.app:
-            raise fail("app", "missing (expected MODULE:APP)")
-        if ":" not in pool.app:
-            raise fail("app", f"expected MODULE:APP or MODULE:factory(), got {pool.app!r}")
+            raise fail("app", "missing (expected MODULE or MODULE:APP)")
+        if pool.app.startswith(":") or pool.app.endswith(":"):
+            raise fail("app", f"expected MODULE, MODULE:APP or MODULE:factory(), got {pool.app!r}")
     elif not callable(pool.app_object):
         raise fail("app", f"{type(pool.app_object).__name__} object is not callable")
     if pool.worker not in ("sync", "trio"):
