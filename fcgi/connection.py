@@ -155,13 +155,23 @@ class _Request:
         self.data_size = 0
 
 
+#: More significant digits than any body can have: such a CONTENT_LENGTH is
+#: taken as this many bytes (larger than any limit) rather than given to int(),
+#: which refuses strings of more than 4300 digits (a ValueError out of feed()).
+_MAX_LENGTH_DIGITS = 19
+_HUGE_LENGTH = 10**_MAX_LENGTH_DIGITS
+
+
 def _declared_length(params: dict[str, str]) -> int | None:
     """CONTENT_LENGTH as a number, or None if absent or not a plain decimal."""
     value = params.get("CONTENT_LENGTH")
     if not value:
         return None
     value = value.strip()
-    return int(value) if value.isdigit() and value.isascii() else None
+    if not (value.isdigit() and value.isascii()):
+        return None
+    digits = value.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else _HUGE_LENGTH
 
 
 class ServerConnection:

@@ -23,6 +23,17 @@ class ConfigError(FastCGIError):
     """A setting is missing, unknown or out of range."""
 
 
+class RequestBodyIncomplete(FastCGIError):
+    """The web server stopped sending the request body before its end.
+
+    It closed the connection, or sent nothing for read_timeout, in the middle
+    of FCGI_STDIN. Raised from the app's next read past what did arrive, so a
+    cut-off upload is never taken for a whole one (only the web server's empty
+    FCGI_STDIN record ends a body). An app that lets it propagate gets a 400
+    (if the web server is still there to read it), not a 500 and a traceback.
+    """
+
+
 class RequestBodyTooLarge(FastCGIError):
     """The request body crossed ``max_body_size``.
 

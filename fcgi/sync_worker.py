@@ -49,7 +49,7 @@ from dataclasses import replace
 from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.connection import Limits, ServerConnection
-from fcgi.errors import ProtocolError, RequestBodyTooLarge
+from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
 from fcgi.records import Role
@@ -119,6 +119,12 @@ _ACCEPT_RETRY = frozenset(
     )
 )
 _DONTWAIT = socket.MSG_DONTWAIT
+#: accept() errors from lack of resources (out of file descriptors, memory):
+#: the connection stays queued and the listener stays ready, so retrying at
+#: once would spin (and log) as fast as the CPU allows until a descriptor frees.
+_ACCEPT_STARVED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+#: Seconds the worker waits before trying accept() again after one of those.
+_ACCEPT_PAUSE = 0.1
 
 
 def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
@@ -145,6 +151,12 @@ class SendBudget:
 
     def __init__(self, seconds: float) -> None:
         self.left = seconds
+
+
+#: The budget of what a connection answers by itself (GET_VALUES results,
+#: refusals): nothing. One shared object, not one per request: it only ever
+#: goes further below zero, which means the same.
+_UNASKED = SendBudget(0.0)
 
 
 class SendTimeout(TimeoutError):
@@ -224,6 +236,7 @@ class _PeerClosed(Exception):
 
 
 _ROLE_NAMES = {role.value: role.name for role in Role}
+_BEGIN = ev.BeginRequest
 _AUTHORIZER = int(Role.AUTHORIZER)
 _FILTER = int(Role.FILTER)
 
@@ -339,9 +352,12 @@ class _Connection:
 
         A lone BEGIN_REQUEST does not: its PARAMS may never come.
         """
+        pending = self.pending
+        if pending and type(pending[-1]) is not _BEGIN:
+            return True  # the usual case: the head ends with its Params
         if self.conn.has_output or self.conn.should_close:
             return True
-        return any(type(event) is not ev.BeginRequest for event in self.pending)
+        return any(type(event) is not _BEGIN for event in pending)
 
     @property
     def in_head(self) -> bool:
@@ -391,7 +407,7 @@ class _Exchange:
         self.rid = rid
         #: Raised by the next read once the input that came before it is used
         #: up (the body crossed max_body_size: it must not look complete).
-        self.error: RequestBodyTooLarge | None = None
+        self.error: RequestBodyTooLarge | RequestBodyIncomplete | None = None
         # Made when the first chunk arrives: most requests have no body.
         self.stdin: deque[bytes] | None = None
         self.data: deque[bytes] | None = None
@@ -475,7 +491,13 @@ class _Exchange:
         try:
             self.c.pump()
         except (_PeerClosed, _Timeout, ProtocolError) as exc:
-            log.warning("request body from %s cut short: %s", self.c.peer, exc or "read timeout")
+            # A _Timeout has no text of its own (an exception object is true
+            # even when its message is empty).
+            reason = str(exc) or f"nothing arrived for {self.c.timeout:g}s (read_timeout)"
+            log.warning("request body from %s cut short: %s", self.c.peer, reason)
+            # Not a clean end: the app's next read raises, so a cut-off body
+            # is never taken for a whole one.
+            self.error = RequestBodyIncomplete(f"request body cut short: {reason}")
             self._end_input()
             return
         self._dispatch()
@@ -520,6 +542,8 @@ class SyncWorker:
         self._tie = itertools.count()
         #: Until then, new silent connections are parked without a wait.
         self._impatient_until = 0.0
+        #: True from an accept() that failed for lack of resources until one works.
+        self._starved = False
 
     # -- control ------------------------------------------------------------
 
@@ -576,9 +600,11 @@ class SyncWorker:
         idle = self._idle
         waiting = self._waiting
         wake_r = self._wake_r
+        deadlines = self._deadlines
         while not self._stopping:
             ready_listeners: list[int] = []
-            for fd, _ in poller.poll(self._poll_timeout()):
+            timeout = self._poll_timeout() if idle or deadlines else -1.0
+            for fd, _ in poller.poll(timeout):
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
                         os.read(wake_r, 64)
@@ -595,7 +621,8 @@ class SyncWorker:
                 self._accept(*listeners[fd])
                 if self._stopping or self.hooks.should_stop():
                     return
-            self._expire()
+            if idle or deadlines:
+                self._expire()
 
     def _drain(
         self, listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]], accept: bool
@@ -684,13 +711,26 @@ class SyncWorker:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.error("accept failed: %s", exc.strerror)
+            if exc.errno == errno.EMFILE and (self._idle or self._waiting):
+                # RLIMIT_NOFILE (often 1024) is reached before _MAX_PARKED:
+                # the oldest parked connection makes room, as it would there,
+                # rather than silent peers keeping every real one out. One
+                # per call: the next try comes with the next epoll wakeup.
+                self._close_oldest_parked()
+                return True
+            if exc.errno in _ACCEPT_STARVED:
+                if not self._starved:  # one line per episode, not one per retry
+                    log.error("accept failed: %s; retrying every %gs", exc.strerror, _ACCEPT_PAUSE)
+                    self._starved = True
+                time.sleep(_ACCEPT_PAUSE)
                 return False
             if exc.errno in _ACCEPT_RETRY:
                 return True  # that connection is gone; others may be queued
             raise
         sock = socket.socket(*kind, fd)
+        if self._starved:
+            self._starved = False
+            log.warning("accepting connections again")
         self.hooks.connection_accepted()
         if self.options.allowed_clients and not peer_allowed(peer, self.options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", peer)
@@ -742,8 +782,8 @@ class SyncWorker:
             self._park(c)
         elif arrived:
             # Part of the head: read_timeout starts again, the head deadline stays.
-            c.deadline = self._deadline_of(c)
-            heapq.heappush(self._deadlines, (c.deadline, next(self._tie), c))
+            self._unpark(c)
+            self._park(c)
 
     def _start_head(self, c: _Connection) -> None:
         """``c`` begins a request head now (not idle between requests any more)."""
@@ -769,21 +809,29 @@ class SyncWorker:
             self._poller.register(fd, select.EPOLLIN)
             c.registered = True
         c.parked = True
-        (self._idle if c.idle else self._waiting)[fd] = c
-        heap = self._deadlines
-        heapq.heappush(heap, (c.deadline, next(self._tie), c))
+        if c.idle:
+            # An idle connection's deadline is read_timeout from the moment it
+            # is parked, so the dict's insertion order is their order: no heap
+            # entry for the common case, a kept connection between requests.
+            self._idle[fd] = c
+        else:
+            self._waiting[fd] = c
+            heap = self._deadlines
+            heapq.heappush(heap, (c.deadline, next(self._tie), c))
+            if len(heap) > _HEAP_SLACK * len(self._waiting) + _MAX_PARKED:
+                heap[:] = [(p.deadline, next(self._tie), p) for p in self._waiting.values()]
+                heapq.heapify(heap)
         parked = len(self._idle) + len(self._waiting)
-        if len(heap) > _HEAP_SLACK * parked + _MAX_PARKED:
-            heap[:] = [(p.deadline, next(self._tie), p) for p in self._all_parked()]
-            heapq.heapify(heap)
         if parked > _MAX_PARKED:
-            oldest = next(iter(self._idle.values() or self._waiting.values()))
-            log.info("closing the oldest of %d parked connections (from %s)", parked, oldest.peer)
-            self._unpark(oldest)
-            self._close(oldest, False)
+            self._close_oldest_parked()
 
-    def _all_parked(self) -> list[_Connection]:
-        return [*self._idle.values(), *self._waiting.values()]
+    def _close_oldest_parked(self) -> None:
+        """Close the oldest idle kept connection, else the oldest one waiting for its head."""
+        parked = len(self._idle) + len(self._waiting)
+        oldest = next(iter(self._idle.values() or self._waiting.values()))
+        log.info("closing the oldest of %d parked connections (from %s)", parked, oldest.peer)
+        self._unpark(oldest)
+        self._close(oldest, False)
 
     def _unpark(self, c: _Connection) -> None:
         if c.parked:
@@ -793,21 +841,35 @@ class SyncWorker:
 
     def _poll_timeout(self) -> float:
         """Seconds until the next parked connection's deadline (-1: none)."""
+        soonest = math.inf
+        if self._idle:
+            soonest = next(iter(self._idle.values())).deadline
         heap = self._deadlines
         while heap:
             deadline, _, c = heap[0]
-            if c.parked and c.deadline == deadline:
-                return max(0.0, deadline - time.monotonic())
+            if c.parked and not c.idle and c.deadline == deadline:
+                soonest = min(soonest, deadline)
+                break
             heapq.heappop(heap)  # the connection moved on since
-        return -1.0
+        if soonest == math.inf:
+            return -1.0
+        return max(0.0, soonest - time.monotonic())
 
     def _expire(self) -> None:
         """Close the parked connections whose deadline has passed."""
-        heap = self._deadlines
         now = time.monotonic()
+        idle = self._idle
+        while idle:
+            c = next(iter(idle.values()))
+            if c.deadline > now:
+                break
+            self._unpark(c)
+            log.info("closing idle connection from %s after %gs", c.peer, self.options.read_timeout)
+            self._close(c, False)
+        heap = self._deadlines
         while heap and heap[0][0] <= now:
             deadline, _, c = heapq.heappop(heap)
-            if not c.parked or c.deadline != deadline:
+            if not c.parked or c.idle or c.deadline != deadline:
                 continue
             self._unpark(c)
             if not c.idle and deadline >= c.head_deadline:
@@ -841,6 +903,11 @@ class SyncWorker:
         unread_body = False
         completed = False
         keep = False
+        # What the connection answers by itself (GET_VALUES results, refusals,
+        # 4xx rejections) is small and never waited on: a peer that leaves
+        # it unread until the buffers fill must not hold the worker in a
+        # write while it has sent no request. _request sets a request's own.
+        c.budget = _UNASKED
         try:
             pending = c.pending
             while pending:
@@ -877,7 +944,8 @@ class SyncWorker:
                     )
                     c.served += 1
             else:
-                c.flush()
+                if c.conn.has_output:
+                    c.flush()
                 keep = not c.conn.should_close and not (self._stopping and not c.in_head)
         except ProtocolError as exc:
             log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
@@ -899,7 +967,12 @@ class SyncWorker:
                 log.info("connection from %s closed mid-request: %s", c.peer, exc)
             unread_body = False
         except ClientGone as exc:
-            if c.send_expired:
+            if c.send_expired and c.budget is _UNASKED:
+                log.warning(
+                    "closing connection from %s: it does not read the answers to what it sends",
+                    c.peer,
+                )
+            elif c.send_expired:
                 log.warning(
                     "closing connection from %s: its answer waited more than %gs in total "
                     "for the web server to read it (send_timeout)",
@@ -952,7 +1025,7 @@ class SyncWorker:
                     )
                 environ["fcgi.role"] = _ROLE_NAMES[role]
                 http_status, app_status = run_app(self.app, environ, exchange.send, stderr)
-                forkguard.check()
+                forkguard.verify()  # where a child the app forked comes back
                 errors.flush()
             else:
                 conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))

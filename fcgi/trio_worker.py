@@ -57,7 +57,7 @@ from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
-from fcgi.errors import ProtocolError, RequestBodyTooLarge
+from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
@@ -554,12 +554,21 @@ class _Connection:
         # finds nothing to send.
         self.lock.acquire_nowait()
         try:
-            await self._flush_locked()
+            # With no app running, all that is queued is the connection's own
+            # answers: see _flush_locked's ``patient``.
+            await self._flush_locked(patient=self.running > 0)
         finally:
             self.lock.release()
 
-    async def _flush_locked(self, req: _Request | None = None) -> None:
-        """Write everything queued; the time spent waiting counts against ``req``'s send_timeout."""
+    async def _flush_locked(self, req: _Request | None = None, patient: bool = True) -> None:
+        """Write everything queued; the time spent waiting counts against ``req``'s send_timeout.
+
+        Not ``patient``: nothing but answers the connection sent by itself
+        (GET_VALUES results, refusals) is queued, and they are small; a peer
+        that leaves them unread until the buffers fill is closed rather than
+        waited for, since waiting would keep the connection busy, which
+        max_conns never evicts (enough such peers would lock everyone out).
+        """
         options = self.worker.options
         timeout = options.read_timeout
         while True:
@@ -579,6 +588,9 @@ class _Connection:
                 raise ClientGone(self.broken or "") from None
             if sent == len(data):
                 continue
+            if not patient:
+                self._break("it does not read the answers to what it sends", warning=True)
+                raise ClientGone(self.broken or "")
             # Never cancelled half way: a partial record would corrupt the
             # connection for every other request on it. One wait is bounded
             # by read_timeout, and all of a request's waits by send_timeout, so
@@ -788,6 +800,9 @@ class TrioWorker:
         self, listener: trio.socket.SocketType, connections: trio.Nursery
     ) -> None:
         self._accepting += 1
+        #: True from an accept() that failed for lack of resources until one
+        #: works: one log line per episode, not one per retry (ten a second).
+        starved = False
         try:
             while True:
                 try:
@@ -796,7 +811,11 @@ class TrioWorker:
                     if exc.errno in _ACCEPT_RETRY:
                         continue
                     if exc.errno in _ACCEPT_ERRORS:
-                        log.error("accept failed: %s", exc.strerror)
+                        if not starved:
+                            log.error(
+                                "accept failed: %s; retrying every %gs", exc.strerror, _ACCEPT_PAUSE
+                            )
+                            starved = True
                         await trio.sleep(_ACCEPT_PAUSE)
                         continue
                     if exc.errno in _LISTENER_GONE:
@@ -806,6 +825,9 @@ class TrioWorker:
                     log.error("accept failed: %s", exc)
                     await trio.sleep(_ACCEPT_BACKOFF)
                     continue
+                if starved:
+                    starved = False
+                    log.warning("accepting connections again")
                 try:
                     self._admit(sock, peer, connections)
                 except Exception:
@@ -969,11 +991,12 @@ class TrioWorker:
         async def read(body: SpooledBody) -> bytes:
             with trio.move_on_after(timeout):
                 return await body.receive()
-            log.warning(
-                "request body from %s stalled for %gs; treating it as ended", c.peer, timeout
-            )
-            body.end()
-            return b""
+            log.warning("request body from %s cut short: nothing arrived for %gs", c.peer, timeout)
+            # Not a clean end: this read and the next raise, so a cut-off body
+            # is never taken for a whole one.
+            error = RequestBodyIncomplete(f"request body cut short: nothing for {timeout:g}s")
+            body.fail(error)
+            raise error
 
         def reader(body: SpooledBody) -> Callable[[], bytes]:
             def fill() -> bytes:

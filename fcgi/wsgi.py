@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from fcgi.errors import RequestBodyTooLarge
+from fcgi.errors import RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
 
 log = logging.getLogger("fcgi.wsgi")
@@ -465,15 +465,20 @@ def run_app(
                 emit(b"", False)
     except ClientGone:
         raise
-    except RequestBodyTooLarge as exc:
-        # The body crossed max_body_size while the app read it: the client
-        # sent too much, the app did nothing wrong, so no traceback.
+    except (RequestBodyTooLarge, RequestBodyIncomplete) as exc:
+        # The body crossed max_body_size, or stopped arriving, while the app
+        # read it: the client's doing, not the app's, so no traceback.
         where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
         log.warning("%s: %s", where, exc)
         if not response.headers_sent:
+            status, reason = (
+                (413, "Content Too Large")
+                if isinstance(exc, RequestBodyTooLarge)
+                else (400, "Bad Request")
+            )
             response.headers_sent = True
-            response.status = 413
-            response.send(error_response(413, "Content Too Large"), False)
+            response.status = status
+            response.send(error_response(status, reason), False)
         return response.status, 1
     except Exception:
         _app_failed(environ, response, stderr)

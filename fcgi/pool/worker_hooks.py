@@ -200,6 +200,10 @@ class ScoreboardHooks:
             slot.content_length = int(length) if length else 0
         except ValueError:
             slot.content_length = 0
+        if not 0 <= slot.content_length < 1 << 63:
+            # The scoreboard field is a signed 64-bit integer: a peer's
+            # -99999999999999999999 must not crash the worker in pack_into.
+            slot.content_length = 0
 
     def request_finished(self, token: object, status: int) -> None:
         forkguard.check()
