@@ -864,7 +864,7 @@ class SyncWorker:
             if c.deadline > now:
                 break
             self._unpark(c)
-            log.info("closing idle connection from %s after %gs", c.peer, self.options.read_timeout)
+            self._log_silence(c, mid_request=False)
             self._close(c, False)
         heap = self._deadlines
         while heap and heap[0][0] <= now:
@@ -872,24 +872,27 @@ class SyncWorker:
             if not c.parked or c.idle or c.deadline != deadline:
                 continue
             self._unpark(c)
-            if not c.idle and deadline >= c.head_deadline:
+            if deadline >= c.head_deadline:
                 log.warning(
-                    "closing connection from %s: no whole request head within %gs "
+                    "closing connection from %s: no complete request head within %gs "
                     "(request_header_timeout)",
                     c.peer,
                     self.options.request_header_timeout,
                 )
-            elif c.in_head:
-                log.warning(
-                    "closing connection from %s: stalled for %gs in the middle of a request",
-                    c.peer,
-                    self.options.read_timeout,
-                )
             else:
-                log.info(
-                    "closing idle connection from %s after %gs", c.peer, self.options.read_timeout
-                )
+                self._log_silence(c, mid_request=c.in_head)
             self._close(c, False)
+
+    def _log_silence(self, c: _Connection, mid_request: bool) -> None:
+        """The one line for a connection closed because it sent nothing for read_timeout."""
+        if mid_request:
+            log.warning(
+                "closing connection from %s: stalled for %gs in the middle of a request",
+                c.peer,
+                self.options.read_timeout,
+            )
+        else:
+            log.info("closing idle connection from %s after %gs", c.peer, self.options.read_timeout)
 
     # -- one connection ------------------------------------------------------
 
@@ -951,16 +954,7 @@ class SyncWorker:
             log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
             unread_body = False
         except _Timeout:
-            if c.conn.active_requests or c.conn.mid_record:
-                log.warning(
-                    "closing connection from %s: stalled for %gs in the middle of a request",
-                    c.peer,
-                    self.options.read_timeout,
-                )
-            else:
-                log.info(
-                    "closing idle connection from %s after %gs", c.peer, self.options.read_timeout
-                )
+            self._log_silence(c, mid_request=bool(c.conn.active_requests) or c.conn.mid_record)
             unread_body = False
         except _PeerClosed as exc:
             if c.conn.active_requests:

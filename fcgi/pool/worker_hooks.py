@@ -30,6 +30,10 @@ from fcgi.proctitle import set_title, worker_busy_prefix, worker_busy_title, wor
 
 log = logging.getLogger("fcgi.pool")
 
+#: Seconds between two checks, at the end of a request, that the master is
+#: still this worker's parent (the backstop for a missed PR_SET_PDEATHSIG).
+MASTER_CHECK_INTERVAL = 1.0
+
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Plain ints: an IntEnum member costs a class attribute lookup on each use.
 _BUSY = int(SlotState.BUSY)
@@ -124,6 +128,8 @@ class ScoreboardHooks:
         self._write_whole()
         #: Made once: an idle worker's title never changes, nor a busy one's start.
         self._idle_title = worker_idle_title(config.name)
+        #: When request_finished next asks whether the master still lives.
+        self._next_master_check = 0.0
         self._busy_prefix = worker_busy_prefix(config.name)
 
     def _write_whole(self) -> None:
@@ -213,6 +219,9 @@ class ScoreboardHooks:
         slot = self._slot
         params, start, start_mono = running
         end_mono = time.monotonic()
+        if end_mono >= self._next_master_check:
+            self._next_master_check = end_mono + MASTER_CHECK_INTERVAL
+            self._check_master()
         duration = max(0.0, end_mono - start_mono)
         self._busy_since_mark += duration
         if self.access_log is not None or end_mono - self._cpu_mark_at >= CPU_READ_INTERVAL:
@@ -299,11 +308,19 @@ class ScoreboardHooks:
         return None
 
     def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def _check_master(self) -> None:
+        """Stop after this request if the master died and its death signal missed us.
+
+        At the end of a request, at most once per MASTER_CHECK_INTERVAL (a
+        getppid() system call): should_stop() is asked several times per
+        request and stays a plain flag. An idle worker learns of the master's
+        death from PR_SET_PDEATHSIG.
+        """
         if not self.stop_requested and forkguard.parent_gone():
-            # The master died and its death signal did not reach us.
             self.stop_requested = True
             self.stop_reason = "the master is gone"
-        return self.stop_requested
 
     # -- slowlog ------------------------------------------------------------------
 
