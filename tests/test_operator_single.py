@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from rawfcgi import ROOT, get_params, roundtrip, wait_connectable
+from rawfcgi import ROOT, Server, get_params, roundtrip, running_server, wait_connectable
 
 APP_TEMPLATE = '''
 import os
@@ -47,16 +47,18 @@ def write_app(directory: Path, version: str) -> None:
 
 @dataclass
 class Single:
-    proc: subprocess.Popen[bytes]
-    address: str
+    server: Server
     path: Path
-    log_path: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.server.proc
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.server.log()
 
     def get(self, path: str = "/") -> tuple[str, int]:
-        reply = roundtrip(self.address, get_params(path))
+        reply = roundtrip(self.server.address, get_params(path))
         assert reply.status == 200, reply
         version, pid = reply.body.decode().split()
         return version, int(pid)
@@ -74,30 +76,12 @@ class Single:
 
 @contextmanager
 def single(tmp_path: Path, *args: str) -> Iterator[Single]:
+    """``fcgi serve reloadapp:app`` on a socket in ``tmp_path``, whose app it can rewrite."""
     write_app(tmp_path, "one")
     sock = tmp_path / "app.sock"
-    log_path = tmp_path / "server.log"
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    with open(log_path, "wb") as log:
-        command = [sys.executable, "-m", "fcgi", "serve", "reloadapp:app", "--bind", f"unix:{sock}"]
-        proc = subprocess.Popen(
-            [*command, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=env,
-        )
-    try:
-        wait_connectable(f"unix:{sock}", proc, str(log_path))
-        yield Single(proc, f"unix:{sock}", sock, log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    chdir = ("--chdir", str(tmp_path))
+    with running_server("reloadapp:app", *chdir, *args, bind=f"unix:{sock}") as server:
+        yield Single(server, sock)
 
 
 @pytest.mark.parametrize("worker", ["sync", "trio"])
