@@ -316,7 +316,7 @@ class ASGIResponder:
                 self._head_sent = self._complete = True
                 self.status = 413
                 with contextlib.suppress(ClientGone):
-                    await self.write(error_response(413, "Content Too Large"))
+                    await self.write(error_response(413))
             return self.status or 413, 1
         except Exception:
             if self.gone is not None:

@@ -367,14 +367,9 @@ class _Connection:
     def pump(self) -> None:
         """Read once from the peer and queue the events it completes."""
         forkguard.check()  # a child the app forked must not read the worker's input
-        try:
-            data = self.recv()
-        except OSError as exc:
-            raise _PeerClosed(exc.strerror or str(exc)) from None
-        if not data:
-            self.conn.feed_eof()
-            raise _PeerClosed("the web server closed the connection")
-        self.pending.extend(self.conn.feed(data))
+        while not self.read_now():
+            if not wait_ready(self.sock, select.POLLIN, self.timeout):
+                raise _Timeout
         if self.conn.has_output:
             self.flush()
 
@@ -406,7 +401,8 @@ class _Exchange:
         self.c = c
         self.rid = rid
         #: Raised by the next read once the input that came before it is used
-        #: up (the body crossed max_body_size: it must not look complete).
+        #: up: the body crossed max_body_size, or was cut off before its end,
+        #: and must not look complete.
         self.error: RequestBodyTooLarge | RequestBodyIncomplete | None = None
         # Made when the first chunk arrives: most requests have no body.
         self.stdin: deque[bytes] | None = None
@@ -1035,13 +1031,7 @@ class SyncWorker:
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
         log.warning("rejected request from %s: %s", c.peer, event.reason)
-        reasons = {
-            400: "Bad Request",
-            413: "Content Too Large",
-            431: "Request Header Fields Too Large",
-        }
-        reason = reasons.get(event.http_status, "Bad Request")
-        c.conn.send_stdout(event.request_id, error_response(event.http_status, reason))
+        c.conn.send_stdout(event.request_id, error_response(event.http_status))
         c.conn.end_request(event.request_id, 1)
         c.flush()
 

@@ -113,8 +113,6 @@ _ACCEPT_RETRY = frozenset(
 _LISTENER_GONE = frozenset((errno.EBADF, errno.EINVAL, errno.ENOTSOCK))
 #: Pause after an accept() failure of an unknown kind, so it cannot spin.
 _ACCEPT_BACKOFF = 1.0
-#: Reason phrases of the answers to requests rejected before the app ran.
-_REASONS = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
 
 
 def _describe_peer(peer: object, sock: trio.socket.SocketType) -> str:
@@ -475,7 +473,7 @@ class _Connection:
                         req.body.end()  # the app gets what arrived, then EOF
                 else:
                     status = event.http_status  # type: ignore[attr-defined]
-                    answer = error_response(status, _REASONS.get(status, "Bad Request"))
+                    answer = error_response(status)
                     req.gone = reason
                     self._spawn(self._finish_unstarted(req, answer, 1))
         elif kind is ev.RequestRefused:

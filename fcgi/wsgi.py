@@ -321,8 +321,20 @@ _ERROR_RESPONSE = (
 )
 
 
-def error_response(status: int, reason: str) -> bytes:
-    """A minimal CGI response for errors found before the app ran."""
+#: Reason phrases of the errors fcgi answers by itself (rejected requests,
+#: bodies too large or cut off), written once for every driver.
+ERROR_REASONS = {
+    400: "Bad Request",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
+
+
+def error_response(status: int, reason: str | None = None) -> bytes:
+    """A minimal CGI response for an error fcgi answers itself (reason: from ERROR_REASONS)."""
+    if reason is None:
+        reason = ERROR_REASONS.get(status, "Error")
     body = f"{status} {reason}\n".encode("latin-1")
     return (
         f"Status: {status} {reason}\r\nContent-Type: text/plain\r\n"
@@ -471,14 +483,10 @@ def run_app(
         where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
         log.warning("%s: %s", where, exc)
         if not response.headers_sent:
-            status, reason = (
-                (413, "Content Too Large")
-                if isinstance(exc, RequestBodyTooLarge)
-                else (400, "Bad Request")
-            )
+            status = 413 if isinstance(exc, RequestBodyTooLarge) else 400
             response.headers_sent = True
             response.status = status
-            response.send(error_response(status, reason), False)
+            response.send(error_response(status), False)
         return response.status, 1
     except Exception:
         _app_failed(environ, response, stderr)
