@@ -7,6 +7,8 @@ Routes, chosen by ``PATH_INFO`` (falling back to the path of ``REQUEST_URI``):
 * ``/size/N`` -- N bytes of ``x`` (N <= 16 MiB), for the cost curve
 * ``/post``   -- reads the request body, answers its length as text
 * ``/upload`` -- same as ``/post``; used with a 1 MiB body
+* ``/slow``   -- sleeps 50 ms (blocking, as a sync app waiting on a database would), then
+  answers ``slept 50 ms``; the mixed-latency workload sends 1% of its requests here
 * anything else -- 404 ``Not Found``
 
 Request headers are not looked at, so 40 (or 100) of them must simply not hurt.
@@ -15,12 +17,16 @@ The body is read in 64 KiB pieces so the app itself never holds a whole upload.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 StartResponse = Callable[..., Any]
 
 HELLO = b"Hello, world!"
+#: /slow's wait: long next to a ~0.1 ms request, short enough for 1% of a run's requests
+SLOW_SECONDS = 0.05
+SLOW_BODY = b"slept 50 ms"
 BODY_64K = b"x" * 65536
 MAX_SIZE = 16 * 1024 * 1024
 CHUNK = 65536
@@ -72,6 +78,9 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         body = BODY_64K
     elif path in ("/post", "/upload"):
         body = str(_read_length(environ)).encode()
+    elif path == "/slow":
+        time.sleep(SLOW_SECONDS)
+        body = SLOW_BODY
     elif path.startswith("/size/") and path[6:].isdigit() and int(path[6:]) <= MAX_SIZE:
         body = _sized(int(path[6:]))
     else:

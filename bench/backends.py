@@ -1,7 +1,11 @@
 """The backends under test, how to start and stop them, and /proc accounting of their processes.
 
-Every backend serves ``bench.app:app`` (or the same routes in C) on its own unix socket with
-``workers`` processes.  Command lines are templates; the placeholders are ``{python}``,
+Every backend serves ``bench.app:app`` (or the same routes in C, or their ASGI twin
+``bench.asgi_app:app``) on its own unix socket with ``workers`` processes.  The FastCGI
+backends speak FastCGI to nginx; the HTTP peers (uvicorn, granian, gunicorn, hypercorn) are
+what a team picks instead of FastCGI, and speak HTTP/1.1 to nginx's ``proxy_pass``.
+
+Command lines are templates; the placeholders are ``{python}``,
 ``{sock}``, ``{workers}``, ``{build}`` (compiled C programs), ``{root}`` (repo root) and
 ``{uwsgi}`` (the uwsgi program) and ``{user}`` (who runs the harness).
 """
@@ -40,6 +44,11 @@ class BackendSpec:
     command: str
     keep_conn: bool  # honours FCGI_KEEP_CONN, so it also gets an nginx keepalive row
     note: str = ""
+    protocol: str = "fastcgi"  # or "http": behind proxy_pass, checked and timed over HTTP
+
+    @property
+    def http(self) -> bool:
+        return self.protocol == "http"
 
 
 SPECS: dict[str, BackendSpec] = {
@@ -85,8 +94,49 @@ SPECS: dict[str, BackendSpec] = {
         BackendSpec(
             "fcgi", "fcgi", FCGI_COMMAND, True, "this project; the command actually used is above"
         ),
+        # The HTTP peers, each as its docs recommend it behind nginx (bench/nginx.py gives
+        # them an upstream keepalive pool over HTTP/1.1).  Access logs are off, as for the rest.
+        BackendSpec(
+            "uvicorn",
+            "uvicorn (uvloop + httptools)",
+            "{python} -m uvicorn bench.asgi_app:app --uds {sock} --workers {workers}"
+            " --loop uvloop --http httptools --no-access-log",
+            False,
+            "HTTP peer, ASGI app (bench/asgi_app.py)",
+            "http",
+        ),
+        BackendSpec(
+            "granian",
+            "granian (WSGI)",
+            "{python} -m granian --interface wsgi --uds {sock} --workers {workers}"
+            " --no-access-log bench.app:app",
+            False,
+            "HTTP peer, WSGI app; Rust HTTP/1.1 stack, the app in its blocking threads",
+            "http",
+        ),
+        BackendSpec(
+            "gunicorn",
+            "gunicorn sync",
+            "{python} -m gunicorn --workers {workers} --worker-class sync --bind unix:{sock}"
+            " bench.app:app",
+            False,
+            "HTTP peer, WSGI app; the sync worker closes the connection after each answer",
+            "http",
+        ),
+        BackendSpec(
+            "hypercorn",
+            "hypercorn (trio)",
+            "{python} -m hypercorn --worker-class trio --workers {workers} --bind unix:{sock}"
+            " bench.asgi_app:app",
+            False,
+            "HTTP peer, ASGI app (bench/asgi_app.py) on trio",
+            "http",
+        ),
     )
 }
+
+#: The HTTP peers whose faster one is the "best HTTP peer" of issue 12's targets.
+BEST_HTTP = ("uvicorn", "granian")
 
 
 def _help(module_args: list[str]) -> tuple[bool, str]:
@@ -202,8 +252,12 @@ class Backend:
         return pids
 
     def workers(self) -> list[int]:
-        """The worker processes: the tree without its root, or the root alone."""
-        pids = self.tree()
+        """The worker processes: the tree without its root, or the root alone.
+
+        multiprocessing's resource tracker (started by uvicorn's and hypercorn's spawned
+        workers) is a helper, not a worker, so it is left out.
+        """
+        pids = [p for p in self.tree() if not _is_helper(p)]
         return pids[1:] if len(pids) > 1 else pids
 
     def alive(self) -> bool:
@@ -264,6 +318,14 @@ class Backend:
             with contextlib.suppress(OSError):
                 os.unlink(self.sock)
         self.proc = None
+
+
+def _is_helper(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"resource_tracker" in cmdline
 
 
 def _in_group(pid: int, pgid: int) -> bool:

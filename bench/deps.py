@@ -26,6 +26,14 @@ PIP = {
     "fcgisgi": "fcgisgi",
     "matplotlib": "matplotlib",
     "uwsgi": "uwsgi",  # a program: compiled by pip, takes a minute or two
+    # the HTTP peers (issue 12): what a team picks instead of a FastCGI server
+    "uvicorn": "uvicorn[standard]",  # [standard] brings uvloop and httptools
+    "uvloop": "uvicorn[standard]",
+    "httptools": "uvicorn[standard]",
+    "granian": "granian",
+    "gunicorn": "gunicorn",
+    "hypercorn": "hypercorn",
+    "trio": "trio",  # hypercorn's trio worker class
 }
 
 #: binary -> (source, extra gcc arguments)
@@ -33,6 +41,7 @@ PROGRAMS = {
     "responder": ("responder.c", []),
     "libfcgi_responder": ("libfcgi_responder.c", ["-lfcgi"]),
     "fcgiload": ("fcgiload.c", []),
+    "httpload": ("httpload.c", []),
 }
 
 
@@ -88,6 +97,7 @@ def ensure_pip() -> None:
         if not found:
             missing.append(req)
     missing += _project_requirements_missing()
+    missing = list(dict.fromkeys(missing))  # one requirement may stand for several modules
     if missing:
         _log(f"pip install {' '.join(missing)}")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)

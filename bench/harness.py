@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import deps, fcgiclient
+from bench import deps, fcgiclient, httpunix
+from bench.app import SLOW_BODY
 from bench.backends import (
     BUILD,
     ROOT,
@@ -46,11 +47,13 @@ from bench.nginx import version as nginx_version
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 CONNS = 16
+#: The mixed-latency workload sends every SLOW_EVERY-th request to /slow (1%).
+SLOW_EVERY = 100
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One kind of request, timed through nginx (wrk) or directly (fcgiload)."""
+    """One kind of request, timed through nginx (wrk, or httpload when mixed) or directly."""
 
     key: str
     label: str
@@ -62,6 +65,7 @@ class Workload:
     expect: bytes = b"Hello, world!"
     lua: str | None = None
     keep: bool = False  # direct only: FCGI_KEEP_CONN
+    slow_every: int = 0  # nginx only: every Nth request goes to /slow, timed by httpload
 
     def expect_args(self) -> list[str]:
         if len(self.expect) <= 64:
@@ -95,6 +99,13 @@ WORKLOADS = [
     Workload(
         "headers40", "40 headers via nginx", "nginx", "/hello", headers=40, lua="headers40.lua"
     ),
+    Workload(
+        "mixed",
+        "hello + 1% /slow (50 ms) via nginx",
+        "nginx",
+        "/hello",
+        slow_every=SLOW_EVERY,
+    ),
     Workload("direct-new", "hello direct, new conn/request", "direct", "/hello"),
     Workload("direct-keep", "hello direct, kept conns", "direct", "/hello", keep=True),
 ]
@@ -106,11 +117,11 @@ CURVE_HEADERS = [0, 10, 20, 40, 70, 100]
 
 @dataclass
 class Target:
-    """A backend as reached by one workload family: nginx, nginx + keepalive, or direct."""
+    """A backend as reached by one workload family: nginx (+ keepalive), proxy_pass, direct."""
 
     name: str
     backend: str  # key into SPECS
-    front: str  # "nginx", "nginx-ka" or "direct"
+    front: str  # "nginx", "nginx-ka", "proxy" (an HTTP peer) or "direct"
     port: int = 0
 
 
@@ -149,11 +160,14 @@ def _raise_interrupt(signum: int, _frame: types.FrameType | None) -> None:
 # ------------------------------------------------------------------------------ checks
 
 
-def check_direct(sock: str, w: Workload, keep: bool = False) -> str | None:
-    """One request straight to the backend; returns an error text or None."""
+def check_direct(sock: str, w: Workload, keep: bool = False, http: bool = False) -> str | None:
+    """One request straight to the backend (FastCGI, or HTTP for an HTTP peer); error or None."""
     body = b"b" * w.body
+    resp: fcgiclient.Response | httpunix.Response
     try:
-        if keep:
+        if http:
+            resp = httpunix.request(sock, w.path, w.method, body, w.headers)
+        elif keep:
             import socket
 
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -194,24 +208,26 @@ def check_http(port: int, w: Workload) -> str | None:
     return None
 
 
-def full_check(sock: str, keep_conn: bool) -> str | None:
+def full_check(sock: str, keep_conn: bool, http: bool = False) -> str | None:
     """Every route, plus a 404, plus (if the backend keeps connections) a kept connection."""
-    for w in WORKLOADS:
+    extra = [
+        Workload("size", "", "direct", "/size/1000", expect=b"x" * 1000),
+        Workload("slow", "", "direct", "/slow", expect=SLOW_BODY),
+    ]
+    for w in WORKLOADS + extra:
         if w.key == "direct-keep":
             continue
-        err = check_direct(sock, w)
+        err = check_direct(sock, w, http=http)
         if err:
             return err
-    err = check_direct(sock, Workload("size", "", "direct", "/size/1000", expect=b"x" * 1000))
-    if err:
-        return err
     try:
-        resp = fcgiclient.request(sock, "/nope")
-        if resp.status != 404:
-            return f"/nope answered {resp.status}, not 404"
+        get = httpunix.request if http else fcgiclient.request
+        status = get(sock, "/nope").status
+        if status != 404:
+            return f"/nope answered {status}, not 404"
     except Exception as exc:
         return f"/nope: {exc}"
-    if keep_conn:
+    if keep_conn and not http:
         return check_direct(sock, WORKLOADS[0], keep=True)
     return None
 
@@ -269,6 +285,23 @@ def run_wrk(port: int, w: Workload, duration: int) -> dict[str, Any]:
     if code != 0 or res["requests"] == 0:
         res["errors"] = max(1, res["errors"])
         res["failure"] = (err or out).strip()[-300:]
+    return res
+
+
+def run_httpload(port: int, w: Workload, duration: int) -> dict[str, Any]:
+    """The mixed-latency workload: ``bench/build/httpload`` times fast and slow requests apart.
+
+    wrk cannot: one latency histogram for all requests, and Lua hooks that cannot pair a
+    response with its request (see bench/c/httpload.c).  p50_us/p99_us are the fast ones'.
+    """
+    cmd = [str(BUILD / "httpload"), "-p", str(port), "-c", str(CONNS), "-d", str(duration)]
+    cmd += ["-f", w.path, "-F", w.expect.decode(), "-s", "/slow", "-S", SLOW_BODY.decode()]
+    cmd += ["-n", str(w.slow_every)]
+    _code, out, err = _run(cmd, duration + 60)
+    try:
+        res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"rps": 0.0, "requests": 0, "errors": 1, "failure": err.strip()[-300:]}
     return res
 
 
@@ -348,7 +381,7 @@ class Run:
                 log(f"{key}: did not start: {self.unavailable[key]}")
                 be.stop()
                 continue
-            err = full_check(sock, spec.keep_conn)
+            err = full_check(sock, spec.keep_conn, spec.http)
             if err:
                 self.unavailable[key] = f"wrong answer: {err}"
                 log(f"{key}: FAILED the correctness check: {err}")
@@ -367,6 +400,11 @@ class Run:
     def start_nginx(self) -> None:
         fronts: list[Front] = []
         for key, be in self.backends.items():
+            if SPECS[key].http:
+                port = free_port()
+                self.targets.append(Target(SPECS[key].label, key, "proxy", port))
+                fronts.append(Front(key, port, be.sock, True, "http"))
+                continue
             port = free_port()
             self.targets.append(Target(SPECS[key].label, key, "nginx", port))
             fronts.append(Front(key, port, be.sock, False))
@@ -376,7 +414,8 @@ class Run:
                 self.targets.append(Target(name, key, "nginx-ka", port))
                 fronts.append(Front(f"{key}-ka", port, be.sock, True))
         for key in self.backends:
-            self.targets.append(Target(SPECS[key].label, key, "direct"))
+            if not SPECS[key].http:
+                self.targets.append(Target(SPECS[key].label, key, "direct"))
         nginx = Nginx(self.tmp / "nginx", fronts)
         self.cleanup.push("nginx", nginx.stop)
         nginx.start()
@@ -396,9 +435,11 @@ class Run:
 
     def time_one(self, t: Target, w: Workload, duration: int) -> dict[str, Any]:
         be = self.backends[t.backend]
-        if not be.alive():
+        if not be.alive() and not self.revive(t.backend, w):
             return {"rps": 0.0, "requests": 0, "errors": 1, "failure": "backend died"}
         err = check_direct(be.sock, w) if t.front == "direct" else check_http(t.port, w)
+        if not err and w.slow_every:
+            err = check_http(t.port, Workload("slow", "", "nginx", "/slow", expect=SLOW_BODY))
         if err:
             return {"rps": 0.0, "requests": 0, "errors": 1, "failure": f"check: {err}"}
         workers = be.workers()
@@ -411,6 +452,8 @@ class Run:
             res = run_fcgiload(
                 be.sock, w.path, duration, w.keep, w.body, w.headers, w.expect_args()
             )
+        elif w.slow_every:
+            res = run_httpload(t.port, w, duration)
         else:
             res = run_wrk(t.port, w, duration)
         cpu = cpu_seconds(pids) - cpu0
@@ -422,6 +465,25 @@ class Run:
             mem = self.memory[t.backend]
             mem["upload_peak_kib"] = max(mem.get("upload_peak_kib", 0), peak)
         return res
+
+    def revive(self, key: str, w: Workload) -> bool:
+        """Restart a backend that exited during the run, so one crash costs one row, not all.
+
+        A peer can die of a client hanging up mid-request (wrk stops with uploads in flight;
+        hypercorn's trio worker has been seen to take the whole server down then).  The
+        restart is written into RESULTS.md's notes, with the log to read.
+        """
+        be = self.backends[key]
+        note = f"{SPECS[key].label} exited during the run; restarted before `{w.key}`"
+        log(note)
+        be.stop()
+        try:
+            be.start()
+        except RuntimeError as exc:
+            self.notes.append(f"{note}, but it did not come back: {exc}")
+            return False
+        self.notes.append(f"{note} (see bench/out/logs/{key}.log)")
+        return True
 
     def rounds(self) -> None:
         workloads = [w for w in WORKLOADS if w.key in self.args.workloads]
@@ -520,6 +582,12 @@ class Run:
             "uwsgi": ver([uwsgi_path(), "--version"]),
             "flup": dist("flup"),
             "fcgisgi": dist("fcgisgi"),
+            "uvicorn": dist("uvicorn"),
+            "uvloop": dist("uvloop"),
+            "httptools": dist("httptools"),
+            "granian": dist("granian"),
+            "gunicorn": dist("gunicorn"),
+            "hypercorn": dist("hypercorn"),
             "fcgi": dist("fcgi"),
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
@@ -539,6 +607,7 @@ class Run:
                 k: {
                     "label": SPECS[k].label,
                     "note": SPECS[k].note,
+                    "protocol": SPECS[k].protocol,
                     "argv": " ".join(self.backends[k].argv) if k in self.backends else "",
                 }
                 for k in self.args.backends

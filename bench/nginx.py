@@ -3,6 +3,12 @@
 Each target gets its own ``server`` on a 127.0.0.1 port.  A ``keepalive`` target goes through
 an ``upstream`` with ``keepalive 16`` and ``fastcgi_keep_conn on``; the others use a plain
 ``fastcgi_pass unix:...`` (a new backend connection per request, nginx's default).
+
+An HTTP peer (``protocol="http"``) is reached the way uvicorn's, granian's, gunicorn's and
+hypercorn's docs put nginx in front: ``proxy_pass`` to an ``upstream { keepalive 16; }`` over
+HTTP/1.1 with the ``Connection`` header cleared (without both, nginx opens a new connection
+per request), passing the client's Host, address and scheme as the FastCGI rows pass them in
+their params.
 """
 
 from __future__ import annotations
@@ -40,6 +46,15 @@ _PARAMS = """
 """
 
 
+_PROXY = """
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+"""
+
+
 @dataclass(frozen=True)
 class Front:
     """One nginx server block: a port in front of a backend socket."""
@@ -48,6 +63,7 @@ class Front:
     port: int
     sock: str
     keepalive: bool
+    protocol: str = "fastcgi"  # or "http": proxy_pass (always through a keepalive upstream)
 
 
 def free_port() -> int:
@@ -60,20 +76,24 @@ def render(prefix: Path, fronts: list[Front]) -> str:
     user = "user root;\n" if os.geteuid() == 0 else ""
     blocks: list[str] = []
     for i, front in enumerate(fronts):
-        if front.keepalive:
-            upstream = f"up{i}"
+        http = front.protocol == "http"
+        upstream = f"up{i}"
+        if front.keepalive or http:
             blocks.append(
                 f"    upstream {upstream} {{\n        server unix:{front.sock};\n"
                 "        keepalive 16;\n    }\n"
             )
-            passing = f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;"
+        if http:
+            passing = f"proxy_pass http://{upstream};\n{_PROXY}"
+        elif front.keepalive:
+            passing = f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;\n{_PARAMS}"
         else:
-            passing = f"fastcgi_pass unix:{front.sock};"
+            passing = f"fastcgi_pass unix:{front.sock};\n{_PARAMS}"
         blocks.append(
             f"    server {{  # {front.name}\n"
             f"        listen 127.0.0.1:{front.port};\n"
             "        location / {\n"
-            f"        {passing}\n{_PARAMS}"
+            f"        {passing}"
             "        }\n    }\n"
         )
     return (
@@ -88,6 +108,8 @@ def render(prefix: Path, fronts: list[Front]) -> str:
         "    client_body_buffer_size 2m;\n"  # keep a 1 MiB upload in memory, not a temp file
         "    fastcgi_buffer_size 16k;\n"
         "    fastcgi_buffers 16 16k;\n"  # a 64 KiB answer fits in memory
+        "    proxy_buffer_size 16k;\n"  # the same for the HTTP peers
+        "    proxy_buffers 16 16k;\n"
         f"    client_body_temp_path {prefix}/client_body;\n"
         f"    fastcgi_temp_path {prefix}/fastcgi;\n"
         f"    proxy_temp_path {prefix}/proxy;\n"

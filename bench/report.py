@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.backends import BEST_HTTP
+
 REFS = {"flup": "flup prefork", "uwsgi": "uWSGI", "c": "C responder (raw protocol)"}
 FCGI, FCGI_KA = "fcgi", "fcgi + keepalive"
 NGINX_WORKLOADS = ["hello", "64k", "post16k", "upload1m", "headers40"]
@@ -41,8 +43,20 @@ def summarize(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
                 "runs": len(runs),
                 "stalled": max((int(r.get("stalled", 0)) for r in ok), default=0),
                 "reconnects": sum(int(r.get("reconnects", 0)) for r in ok),
+                # the mixed-latency workload only (bench/c/httpload.c)
+                "slow_p50_us": _med([r.get("slow_p50_us") for r in ok]),
+                "slow_p99_us": _med([r.get("slow_p99_us") for r in ok]),
+                "fast": sum(int(r.get("fast", 0)) for r in ok),
+                "slow": sum(int(r.get("slow", 0)) for r in ok),
             }
     return out
+
+
+def best_http(data: dict[str, Any], per: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
+    """The faster of the BEST_HTTP peers in one workload's rows: (row name, median req/s)."""
+    names = [t["name"] for t in data["targets"] if t["backend"] in BEST_HTTP]
+    rows = [(n, float(per[n]["median"])) for n in names if per.get(n, {}).get("median")]
+    return max(rows, key=lambda row: row[1]) if rows else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -122,6 +136,47 @@ def target_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any]
     return rows
 
 
+def issue12_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Issue 12's targets for fcgi (both nginx configurations), one markdown row each."""
+    rows: list[str] = []
+    uw, c = REFS["uwsgi"], REFS["c"]
+
+    def add(what: str, r: float | None, need: float, more: bool = True) -> None:
+        sign = "≥" if more else "≤"
+        if r is None:
+            rows.append(f"| {what} | - | {sign} {need:g}x | not measured |")
+            return
+        ok = r >= need if more else r <= need
+        gap = "" if ok else f" (gap {abs(r / need - 1) * 100:.0f}%)"
+        rows.append(f"| {what} | {r:.2f}x | {sign} {need:g}x | {'yes' if ok else 'NO' + gap} |")
+
+    def med(w: str, name: str, key: str = "median") -> float | None:
+        v = summ.get(w, {}).get(name, {}).get(key)
+        return float(v) if v else None
+
+    for w in ("hello", "64k", "post16k"):
+        if w not in summ:
+            continue
+        best = best_http(data, summ[w])
+        for name in (FCGI, FCGI_KA):
+            peer = f" ({best[0]})" if best else ""
+            versus = _ratio(med(w, name), best[1]) if best else None
+            add(f"{w}: {name} vs best HTTP peer{peer}", versus, 1.1)
+            add(f"{w}: {name} vs uWSGI", _ratio(med(w, name), med(w, uw)), 1.2)
+    if "upload1m" in summ:
+        for name in (FCGI, FCGI_KA):
+            versus = _ratio(med("upload1m", name), med("upload1m", uw))
+            add(f"upload1m: {name} vs uWSGI", versus, 1.0)
+    if "hello" in summ:
+        for name, ref in ((FCGI, c), (FCGI_KA, f"{c} + keepalive")):
+            cpu = _ratio(med("hello", name, "cpu_per_1k"), med("hello", ref, "cpu_per_1k"))
+            add(f"hello: {name} backend CPU/request vs C, same nginx config", cpu, 1.5, False)
+    if "mixed" in summ:
+        p99 = _ratio(med("mixed", FCGI_KA, "p99_us"), med("mixed", FCGI, "p99_us"))
+        add("mixed: fast requests' p99, keepalive vs without", p99, 1.0, False)
+    return rows
+
+
 def _fit(points: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
     """Least-squares line y = a + b·x over the points; returns (a, b, r²)."""
     pts = [(p["x"], p[key]) for p in points if p.get(key) is not None]
@@ -151,7 +206,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         f"**Machine:** {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; nginx {m['nginx']}, "
         f"wrk {m['wrk']}, Python {m['python']}, uWSGI {m['uwsgi']}, flup {m['flup']}, "
-        f"fcgisgi {m['fcgisgi']}, fcgi {m['fcgi']}; {m['date']}.",
+        f"fcgisgi {m['fcgisgi']}, "
+        + "".join(
+            f"{k} {m[k]}, "
+            for k in ("uvicorn", "uvloop", "httptools", "granian", "gunicorn", "hypercorn")
+            if k in m
+        )
+        + f"fcgi {m['fcgi']}; {m['date']}.",
         "",
         f"**Settings:** {s['rounds']} alternating round(s) x {s['duration']} s per run, "
         f"{s['workers']} processes per backend, {s['connections']} connections "
@@ -164,6 +225,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         for key, why in data["unavailable"].items():
             lines.append(f"- {_label(data, key)}: {why}")
         lines.append("")
+    if data.get("notes"):
+        lines += ["**Notes:**", "", *(f"- {note}" for note in data["notes"]), ""]
 
     # compact matrix
     names: list[str] = []
@@ -186,19 +249,24 @@ def render_markdown(data: dict[str, Any]) -> str:
         "## All rows",
         "",
         "req/s: median of the rounds [min-max]. Latency: median over rounds of each run's p50 "
-        "and p99. CPU: backend processes' utime+stime per 1,000 requests (from /proc). "
-        "Ratios are median req/s against the same workload's flup, uWSGI and C-responder rows.",
+        "and p99 (for the mixed workload: of the fast requests only). CPU: backend processes' "
+        "utime+stime per 1,000 requests (from /proc). Ratios are median req/s against the same "
+        "workload's flup, uWSGI and C-responder rows, and against the best HTTP peer: the "
+        "faster of uvicorn and granian in that workload. The HTTP peers are always reached "
+        "through nginx's keepalive upstream (proxy_pass, HTTP/1.1).",
         "",
         "| workload | backend | req/s | min-max | p50 ms | p99 ms | CPU s/1k req | x flup "
-        "| x uWSGI | x C | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x uWSGI | x C | x best HTTP | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for wkey, per in summ.items():
+        best = best_http(data, per)
         for name, r in per.items():
             refs = [
                 _ratio(r["median"], per.get(REFS[k], {}).get("median"))
                 for k in ("flup", "uwsgi", "c")
             ]
+            refs.append(_ratio(r["median"], best[1]) if best else None)
             err = str(r["errors"])
             if r["failures"]:
                 err += " (failed: " + r["failures"][0][:80].replace("|", "/") + ")"
@@ -214,6 +282,38 @@ def render_markdown(data: dict[str, Any]) -> str:
                 + f" | {err} |"
             )
     lines.append("")
+
+    if "mixed" in summ:
+        lines += [
+            "## Mixed latency: 1% of requests wait 50 ms",
+            "",
+            "`bench/build/httpload` (16 keep-alive connections, closed loop like wrk) sends "
+            "every 100th request to `/slow` (the app sleeps 50 ms: blocking in WSGI, awaited in "
+            "ASGI) and the rest to `/hello`, and times each request from its first byte written "
+            "to its last byte read. The fast requests' p50/p99 show how long a quick request "
+            "waits behind slow ones: in a worker busy with a slow request, or on a connection "
+            "nginx parked there. Medians over rounds.",
+            "",
+            "| backend | req/s | fast p50 ms | fast p99 ms | slow p50 ms | fast / slow requests "
+            "| x best HTTP (fast p99) | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        per = summ["mixed"]
+        best = best_http(data, per)
+        best_p99 = per[best[0]]["p99_us"] if best else None
+        for name, r in per.items():
+            lines.append(
+                f"| {name} | {_fmt_num(r['median'])} | {_fmt_ms(r['p50_us'])} | "
+                f"{_fmt_ms(r['p99_us'])} | {_fmt_ms(r['slow_p50_us'])} | "
+                f"{r['fast']:,} / {r['slow']:,} | {_fmt_ratio(_ratio(r['p99_us'], best_p99))} | "
+                f"{r['errors']} |"
+            )
+        lines += [
+            "",
+            "`x best HTTP (fast p99)` is this row's fast p99 over the best HTTP peer's (the "
+            "faster of uvicorn and granian by req/s): below 1 is better.",
+            "",
+        ]
 
     lines += [
         "## Memory",
@@ -235,6 +335,18 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{'-' if peak is None else f'{peak / 1024:.1f}'} |"
         )
     lines.append("")
+
+    if "fcgi" in data["memory"]:
+        lines += [
+            "## fcgi against the targets of issue 12",
+            "",
+            "Best HTTP peer = the faster of uvicorn and granian in that workload of this run.",
+            "",
+            "| target | measured | required | met |",
+            "|---|---:|---:|---|",
+            *issue12_checks(data, summ),
+            "",
+        ]
 
     checks = target_checks(data, summ)
     lines += ["## fcgi against the targets of issue 5", ""]
@@ -308,8 +420,11 @@ def render_png(data: dict[str, Any], path: Path) -> None:
             names.append(t["name"])
     wkeys = list(summ)
     has_curve = bool(data["curve"])
-    fig = plt.figure(figsize=(14, 9 if has_curve else 5.5))
-    ax = fig.add_subplot(2, 1, 1) if has_curve else fig.add_subplot(1, 1, 1)
+    has_mixed = "mixed" in summ
+    nrows = 1 + has_curve + has_mixed
+    fig = plt.figure(figsize=(14, 4.5 + 4 * (nrows - 1)))
+    grid = fig.add_gridspec(nrows, 3, height_ratios=[1.3] + [1] * (nrows - 1))
+    ax = fig.add_subplot(grid[0, :])
     width = 0.8 / max(1, len(names))
     ref = REFS["c"]
     for i, name in enumerate(names):
@@ -335,8 +450,8 @@ def render_png(data: dict[str, Any], path: Path) -> None:
     ax.axhline(1.0, color="black", linewidth=0.6)
     ax.set_ylabel("req/s relative to the C responder (median, min-max)")
     ax.set_title(
-        f"FastCGI backends, {data['settings']['workers']} processes each "
-        f"({data['machine']['date']})"
+        f"FastCGI backends and HTTP peers behind one nginx, {data['settings']['workers']} "
+        f"processes each ({data['machine']['date']})"
     )
     ax.legend(fontsize=7, ncol=4)
     ax.grid(axis="y", alpha=0.3)
@@ -347,7 +462,7 @@ def render_png(data: dict[str, Any], path: Path) -> None:
             ("headers", "request headers"),
         ]
         for i, (key, title) in enumerate(series):
-            cax = fig.add_subplot(2, 3, 4 + i)
+            cax = fig.add_subplot(grid[1, i])
             for bkey, per in data["curve"].items():
                 pts = [p for p in per.get(key, []) if p.get("cpu_us_per_req") is not None]
                 cax.plot(
@@ -363,9 +478,29 @@ def render_png(data: dict[str, Any], path: Path) -> None:
                 cax.set_yscale("log")
             cax.grid(alpha=0.3)
             cax.legend(fontsize=7)
+    if has_mixed:
+        _mixed_panel(fig.add_subplot(grid[nrows - 1, :]), summ["mixed"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mixed_panel(ax: Any, per: dict[str, dict[str, Any]]) -> None:
+    """Fast requests' p50 and p99 (ms) per row of the mixed-latency workload."""
+    names = [n for n, r in per.items() if r.get("p50_us") is not None]
+    ys = range(len(names))
+    p50 = [per[n]["p50_us"] / 1000 for n in names]
+    p99 = [per[n]["p99_us"] / 1000 for n in names]
+    ax.barh([y + 0.2 for y in ys], p99, 0.4, label="p99")
+    ax.barh([y - 0.2 for y in ys], p50, 0.4, label="p50")
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("fast requests' latency, ms (log scale)")
+    ax.set_title("hello + 1% /slow (50 ms) via nginx: latency of the fast requests")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def write(data: dict[str, Any], md_path: Path, png_path: Path) -> str:

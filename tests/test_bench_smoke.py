@@ -1,16 +1,24 @@
 """Smoke test of the benchmark harness's pieces (bench/): no timing assertions at all.
 
 Compiles the C responder and fcgiload, serves the bench routes from the C responder, and
-checks that fcgiload's responses all validate (zero errors) in both connection modes.
+checks that fcgiload's responses all validate (zero errors) in both connection modes.  The
+ASGI twin of the bench app (bench/asgi_app.py) must answer every route with the WSGI app's
+bytes, under asyncio and trio; httpload (the mixed-latency load generator) runs against a
+real HTTP/1.1 server and must file fast and slow requests apart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import io
 import json
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +115,160 @@ def test_parse_wrk_and_nginx_config(tmp_path: Path) -> None:
     conf = render(tmp_path, [Front("a", 8001, "/x.sock", False), Front("b", 8002, "/x.sock", True)])
     assert "worker_processes 1;" in conf and "access_log off;" in conf
     assert "keepalive 16;" in conf and "fastcgi_keep_conn on;" in conf
+
+
+# ------------------------------------------------------------------ the ASGI twin, httpload
+
+ROUTES = [
+    ("GET", "/hello", b""),
+    ("GET", "/64k", b""),
+    ("POST", "/post", b"a" * 16384),
+    ("POST", "/upload", b"u" * 1048576),
+    ("GET", "/size/1000", b""),
+    ("GET", "/size/0", b""),
+    ("GET", "/slow", b""),
+    ("GET", "/size/abc", b""),
+    ("GET", "/nope", b""),
+]
+
+
+def call_wsgi(method: str, path: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    from bench.app import app
+
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "CONTENT_LENGTH": str(len(body)) if body else "",
+        "wsgi.input": io.BytesIO(body),
+    }
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        started.append((status, headers))
+
+    out = b"".join(app(environ, start_response))
+    status, headers = started[0]
+    return int(status.split()[0]), [(k.lower(), v) for k, v in headers], out
+
+
+async def call_asgi(
+    method: str, path: str, body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Drive the ASGI app as a server would, the body in pieces of up to 64 KiB."""
+    from bench.asgi_app import app
+
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
+    inbox = [
+        {"type": "http.request", "body": p, "more_body": i < len(pieces) - 1}
+        for i, p in enumerate(pieces)
+    ]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": []}
+    await app(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    headers = [(k.decode(), v.decode()) for k, v in sent[0]["headers"]]
+    return sent[0]["status"], headers, sent[1]["body"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[r[1] for r in ROUTES])
+def test_asgi_twin_answers_the_same_bytes(method: str, path: str, body: bytes) -> None:
+    expected = call_wsgi(method, path, body)
+    assert asyncio.run(call_asgi(method, path, body)) == expected
+
+
+@pytest.mark.parametrize("path", ["/hello", "/slow", "/post"])
+def test_asgi_twin_runs_under_trio(path: str) -> None:
+    """hypercorn's trio worker serves it too: /slow must sleep without asyncio."""
+    trio = pytest.importorskip("trio")
+    body = b"b" * 1000 if path == "/post" else b""
+    method = "POST" if body else "GET"
+    assert trio.run(call_asgi, method, path, body) == call_wsgi(method, path, body)
+
+
+def test_asgi_twin_completes_lifespan() -> None:
+    from bench.asgi_app import app
+
+    inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "lifespan"}, receive, send))
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+class _BenchHandler(http.server.BaseHTTPRequestHandler):
+    """bench.app over HTTP/1.1 keep-alive: a real server for httpload to talk to."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        status, headers, body = call_wsgi("GET", self.path, b"")
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BenchHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def httpload(port: int, *args: str) -> dict[str, float]:
+    binary = compile_c(names=["httpload"])["httpload"]
+    out = subprocess.run(
+        [str(binary), "-p", str(port), "-c", "4", "-d", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def test_httpload_times_fast_and_slow_requests_apart(http_port: int) -> None:
+    res = httpload(http_port, "-n", "10")
+    assert res["errors"] == 0 and res["bad"] == 0
+    assert res["fast"] > 0 and res["slow"] > 0
+    assert res["requests"] == res["fast"] + res["slow"]
+    # not a speed claim: /slow sleeps 50 ms before it answers, so a slow request timed as
+    # slow cannot have taken less; a mix-up of the two arrays would break this
+    assert res["slow_p50_us"] >= 50000
+
+
+def test_httpload_counts_wrong_answers(http_port: int) -> None:
+    res = httpload(http_port, "-n", "0", "-F", "Goodbye")
+    assert res["requests"] == 0 and res["slow"] == 0
+    assert res["bad"] > 0 and res["errors"] == res["bad"]
+
+
+def test_nginx_config_for_http_peers(tmp_path: Path) -> None:
+    conf = render(tmp_path, [Front("u", 8003, "/u.sock", True, "http")])
+    assert "server unix:/u.sock;" in conf and "keepalive 16;" in conf
+    assert "proxy_pass http://up0;" in conf and "proxy_http_version 1.1;" in conf
+    assert 'proxy_set_header Connection "";' in conf and "fastcgi_param" not in conf

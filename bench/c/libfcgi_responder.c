@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #define MAX_SIZE (16u * 1024u * 1024u)
+/* /slow's wait, as bench/app.py's SLOW_SECONDS */
+#define SLOW_US 50000
 
 static char *fill;
 static volatile sig_atomic_t stopping;
@@ -62,6 +64,11 @@ static void handle(FCGX_Request *req)
                         (plen == 7 && memcmp(path, "/upload", 7) == 0))) {
         blen = (size_t)snprintf(num, sizeof num, "%zu", body_in);
         body = num;
+        status = "200 OK";
+    } else if (path && plen == 5 && memcmp(path, "/slow", 5) == 0) {
+        usleep(SLOW_US);
+        body = "slept 50 ms";
+        blen = 11;
         status = "200 OK";
     } else if (path && plen > 6 && plen < 20 && memcmp(path, "/size/", 6) == 0) {
         char tmp[24];

@@ -22,6 +22,8 @@
  *   /size/N      N bytes of 'x' (N <= 16 MiB)
  *   /post        the number of request-body bytes received, as text
  *   /upload      same as /post
+ *   /slow        sleeps 50 ms (blocking the process, as a sync worker does), then
+ *                "slept 50 ms"; the mixed-latency workload's 1%
  *   anything else 404 "Not Found"
  */
 #define _GNU_SOURCE
@@ -50,6 +52,8 @@ enum { ST_COMPLETE = 0, ST_CANT_MPX = 1, ST_UNKNOWN_ROLE = 3 };
 
 #define RBUF_CAP (256 * 1024)
 #define MAX_SIZE (16u * 1024u * 1024u)
+/* /slow's wait, as bench/app.py's SLOW_SECONDS */
+#define SLOW_US 50000
 #define REC_MAX 65528u /* largest 8-aligned record content */
 #define MAX_IOV 1024
 
@@ -236,6 +240,11 @@ static int respond(const struct conn *cn)
                         (plen == 7 && memcmp(path, "/upload", 7) == 0))) {
         blen = (size_t)snprintf(num, sizeof num, "%zu", body_in);
         body = num;
+        status = "200 OK";
+    } else if (path && plen == 5 && memcmp(path, "/slow", 5) == 0) {
+        usleep(SLOW_US);
+        body = "slept 50 ms";
+        blen = 11;
         status = "200 OK";
     } else if (path && plen > 6 && plen < 20 && memcmp(path, "/size/", 6) == 0) {
         char tmp[24];
