@@ -48,6 +48,14 @@ class WorkerHooks(Protocol):
     def should_stop(self) -> bool:
         """Checked between requests: True ends the worker after the current one."""
 
+    def waiting(self) -> None:
+        """The worker has nothing to do and is about to block until it has.
+
+        Optional for a driver: what a supervisor shows of an idle worker (its
+        process title) can wait until here, instead of changing at the end of
+        every request of a worker that goes straight on to the next one.
+        """
+
 
 class NoHooks:
     """Hooks of a server that has no master."""
@@ -66,3 +74,6 @@ class NoHooks:
 
     def should_stop(self) -> bool:
         return False
+
+    def waiting(self) -> None:
+        pass

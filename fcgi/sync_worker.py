@@ -262,8 +262,12 @@ class _Peer:
         return f"unix:{name}" if name else "unix socket"
 
 
-class _Connection:
-    """One accepted transport connection being served by a sync worker."""
+class _Connection(SendBudget):
+    """One accepted transport connection being served by a sync worker.
+
+    It is also the :class:`SendBudget` of the request it is serving, so that
+    a request costs no budget object of its own.
+    """
 
     __slots__ = (
         "address",
@@ -309,6 +313,9 @@ class _Connection:
         self.parked = False
         #: What the answer being sent may still wait for the peer (send_timeout).
         self.budget: SendBudget | None = None
+        #: Seconds the running request's answer may still wait for the peer
+        #: (the connection is that request's SendBudget, refilled per request).
+        self.left = 0.0
         #: True once an answer was cut off because the budget ran out.
         self.send_expired = False
 
@@ -597,10 +604,16 @@ class SyncWorker:
         waiting = self._waiting
         wake_r = self._wake_r
         deadlines = self._deadlines
+        hooks = self.hooks
         while not self._stopping:
             ready_listeners: list[int] = []
-            timeout = self._poll_timeout() if idle or deadlines else -1.0
-            for fd, _ in poller.poll(timeout):
+            # Work already waiting is taken without a word to the hooks; only
+            # a worker about to block says so (its title turns idle then).
+            events = poller.poll(0.0)
+            if not events:
+                hooks.waiting()
+                events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+            for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
                         os.read(wake_r, 64)
@@ -610,12 +623,12 @@ class SyncWorker:
                     c = idle.get(fd) or waiting.get(fd)
                     if c is not None:
                         self._wake(c)
-                if self._stopping or self.hooks.should_stop():
-                    return
+                        if self._stopping or hooks.should_stop():
+                            return
             # Connections already here first: a new one waits its turn.
             for fd in ready_listeners:
                 self._accept(*listeners[fd])
-                if self._stopping or self.hooks.should_stop():
+                if self._stopping or hooks.should_stop():
                     return
             if idle or deadlines:
                 self._expire()
@@ -765,8 +778,12 @@ class SyncWorker:
             self._unpark(c)
             self._close(c, False)
             return
-        if c.head_ready:
-            self._unpark(c)
+        pending = c.pending
+        if (pending and type(pending[-1]) is not _BEGIN) or c.head_ready:
+            # The first test is the usual case (see head_ready), checked here
+            # without a call: the whole head came in one read.
+            if c.parked:
+                self._unpark(c)
             self._drive(c)
         elif not c.parked:
             self._park(c)
@@ -994,7 +1011,9 @@ class SyncWorker:
         role = conn.role(rid)
         token = hooks.request_started(params)
         exchange = _Exchange(c, rid, role)
-        c.budget = SendBudget(options.send_timeout)
+        # The connection is its own request's budget: no object per request.
+        c.left = options.send_timeout
+        c.budget = c
         status = 0
         try:
             answer = hooks.intercept(params)

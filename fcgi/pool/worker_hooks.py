@@ -128,6 +128,16 @@ class ScoreboardHooks:
         self._write_whole()
         #: Made once: an idle worker's title never changes, nor a busy one's start.
         self._idle_title = worker_idle_title(config.name)
+        #: The title set last, and the busy title made last with its method
+        #: and URI: a worker serving the same route again sets nothing.
+        self._title = ""
+        self._busy_title = ""
+        self._busy_method = ""
+        self._busy_uri = ""
+        #: True once the driver calls waiting(): the idle title then waits
+        #: until the worker really has nothing to do, so a worker taking
+        #: request after request pays no title change between them.
+        self._lazy_idle = False
         #: When request_finished next asks whether the master still lives.
         self._next_master_check = 0.0
         self._busy_prefix = worker_busy_prefix(config.name)
@@ -142,7 +152,7 @@ class ScoreboardHooks:
         """The app is imported and the driver built: from now on we accept."""
         self._slot.state = SlotState.IDLE
         self._write_whole()
-        set_title(self._idle_title)
+        self._show_idle()
 
     def publish(self) -> None:
         """Write counters not yet on the scoreboard (connections without a request)."""
@@ -159,13 +169,14 @@ class ScoreboardHooks:
     # pack of the fields that changed (see SlotWriter).
 
     def connection_accepted(self) -> None:
-        forkguard.check()
+        # No forkguard check here nor in request_started: a child the app
+        # forked comes back through request_finished (which checks) before
+        # it could reach either.
         # Published with the next slot write (both request writes carry it):
         # "accepted conn" needs no write of its own.
         self._slot.accepted += 1
 
     def request_started(self, params: Mapping[str, str]) -> object:
-        forkguard.check()
         self._next_token = token = self._next_token + 1
         start = time.time()
         start_mono = time.monotonic()
@@ -200,7 +211,13 @@ class ScoreboardHooks:
         self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
         self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
         # The title follows the request shown, so it changes only with it.
-        set_title(worker_busy_title(self._busy_prefix, method, uri))
+        if uri != self._busy_uri or method != self._busy_method:
+            self._busy_method = method
+            self._busy_uri = uri
+            self._busy_title = worker_busy_title(self._busy_prefix, method, uri)
+        if self._title is not self._busy_title:
+            self._title = self._busy_title
+            set_title(self._busy_title)
         length = params.get("CONTENT_LENGTH")
         try:
             slot.content_length = int(length) if length else 0
@@ -243,7 +260,8 @@ class ScoreboardHooks:
             slot.state = _BUSY
         else:
             slot.state = _IDLE
-            set_title(self._idle_title)
+            if not self._lazy_idle:
+                self._show_idle()
         slot.last_duration = duration
         slot.last_status = status
         self._writer.request_finished(
@@ -291,6 +309,16 @@ class ScoreboardHooks:
                 self.stop_reason = (
                     f"RSS {rss // 1024} KiB above max_memory {self.config.max_memory // 1024} KiB"
                 )
+
+    def waiting(self) -> None:
+        """The driver has nothing to do and is about to wait: show the idle title now."""
+        self._lazy_idle = True
+        if not self._running and self._title is not self._idle_title:
+            self._show_idle()
+
+    def _show_idle(self) -> None:
+        self._title = self._idle_title
+        set_title(self._idle_title)
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:
         cfg = self.config
