@@ -10,13 +10,12 @@ script it answers the one request and returns.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.pool import reexec
+from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, ConfigErrors, resolve
 from fcgi.sockets import (
     inherited_fd0,
     open_listener,
@@ -37,6 +37,9 @@ from fcgi.sync_worker import SyncWorker
 from fcgi.wsgi import WSGIApp
 
 if TYPE_CHECKING:
+    from fcgi.hooks import WorkerHooks
+    from fcgi.pool.config import PoolConfig
+    from fcgi.pool.worker_hooks import SingleProcessHooks, SlowRequestWatcher
     from fcgi.trio_worker import TrioWorker
 
 log = logging.getLogger("fcgi.serve")
@@ -44,57 +47,52 @@ log = logging.getLogger("fcgi.serve")
 
 def make_options(
     *,
-    read_timeout: float = 30.0,
+    read_timeout: float | str | None = None,
     script_name: str | None = None,
-    max_params: int = 1000,
-    max_params_bytes: int = 256 * 1024,
-    allowed_clients: Sequence[str] | str = (),
+    max_params: int | None = None,
+    max_params_bytes: int | str | None = None,
+    allowed_clients: Sequence[str] | str | None = None,
     multiprocess: bool = False,
     stderr_tracebacks: bool = True,
-    interface: str = "auto",
-    threads: int = 10,
-    max_conns: int = 256,
-    max_reqs: int = 256,
-    max_body_size: int = 512 * 1024 * 1024,
-    request_header_timeout: float = 5.0,
-    send_timeout: float = 60.0,
+    interface: str | None = None,
+    threads: int | None = None,
+    max_conns: int | None = None,
+    max_reqs: int | None = None,
+    max_body_size: int | str | None = None,
+    request_header_timeout: float | str | None = None,
+    send_timeout: float | str | None = None,
 ) -> ServerOptions:
-    """Build :class:`ServerOptions` from keyword settings, validating each."""
-    if read_timeout <= 0:
-        raise ConfigError(f"read_timeout must be positive, got {read_timeout}")
-    if max_params < 1 or max_params_bytes < 1:
-        raise ConfigError("max_params and max_params_bytes must be positive")
-    if script_name is not None and script_name and not script_name.startswith("/"):
-        raise ConfigError(f"script_name must be empty or start with '/', got {script_name!r}")
-    if threads < 1 or max_conns < 1 or max_reqs < 1:
-        raise ConfigError("threads, max_conns and max_reqs must be positive")
-    if request_header_timeout <= 0:
-        raise ConfigError(f"request_header_timeout must be positive, got {request_header_timeout}")
-    if send_timeout <= 0:
-        raise ConfigError(f"send_timeout must be positive, got {send_timeout}")
-    if max_body_size < 0:
-        raise ConfigError(f"max_body_size must not be negative (0: no limit), got {max_body_size}")
-    allowed = parse_allowed_clients(allowed_clients)
+    """Build :class:`ServerOptions` from keyword settings, validating each.
+
+    None means the default of :data:`fcgi.settings.SETTINGS`; values are read
+    as in the file (``"512M"``, ``"1m30s"``). ``allowed_clients`` is the
+    ``listen_allowed_clients`` setting.
+    """
+    given = dict(locals())
+    processes, tracebacks = given.pop("multiprocess"), given.pop("stderr_tracebacks")
+    given["listen_allowed_clients"] = given.pop("allowed_clients")
+    v = resolve(given, lambda name: name)
+    allowed = parse_allowed_clients(v["listen_allowed_clients"])
     env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
     if env_allowed:
         allowed += parse_allowed_clients(env_allowed)
     return ServerOptions(
-        read_timeout=read_timeout,
+        read_timeout=v["read_timeout"],
         limits=Limits(
-            max_params=max_params,
-            max_params_bytes=max_params_bytes,
-            max_body_size=max_body_size,
+            max_params=v["max_params"],
+            max_params_bytes=v["max_params_bytes"],
+            max_body_size=v["max_body_size"],
         ),
-        request_header_timeout=request_header_timeout,
-        send_timeout=send_timeout,
-        script_name=script_name,
+        request_header_timeout=v["request_header_timeout"],
+        send_timeout=v["send_timeout"],
+        script_name=v["script_name"],
         allowed_clients=allowed,
-        multiprocess=multiprocess,
-        stderr_tracebacks=stderr_tracebacks,
-        interface=interface,
-        threads=threads,
-        max_conns=max_conns,
-        max_reqs=max_reqs,
+        multiprocess=processes,
+        stderr_tracebacks=tracebacks,
+        interface=v["interface"],
+        threads=v["threads"],
+        max_conns=v["max_conns"],
+        max_reqs=v["max_reqs"],
     )
 
 
@@ -154,12 +152,69 @@ def serve(
     app: WSGIApp,
     bind: str | Sequence[str] | None = None,
     *,
-    socket_mode: int = 0o660,
-    backlog: int = 511,
-    worker: str = "sync",
     workers: int | None = None,
     app_spec: str | None = None,
-    **settings: Any,
+    socket_mode: int | str | None = None,
+    backlog: int | None = None,
+    allowed_clients: str | Sequence[str] | None = None,
+    # Every setting of fcgi.settings.SETTINGS but ``app`` (the object is the
+    # first argument), None meaning the table's default. Written out for mypy;
+    # tests/test_settings_table.py holds this list and the table together.
+    error_log: str | None = None,
+    log_level: str | None = None,
+    log_config: str | None = None,
+    syslog_facility: str | None = None,
+    syslog_ident: str | None = None,
+    pid_file: str | None = None,
+    process_control_timeout: float | str | None = None,
+    emergency_restart_threshold: int | None = None,
+    emergency_restart_interval: float | str | None = None,
+    systemd_interval: float | str | None = None,
+    listen: str | Sequence[str] | None = None,
+    listen_backlog: int | None = None,
+    listen_owner: str | None = None,
+    listen_group: str | None = None,
+    listen_mode: int | str | None = None,
+    listen_allowed_clients: str | Sequence[str] | None = None,
+    worker: str | None = None,
+    interface: str | None = None,
+    chdir: str | None = None,
+    pm: str | None = None,
+    max_children: int | None = None,
+    start_servers: int | None = None,
+    min_spare_servers: int | None = None,
+    max_spare_servers: int | None = None,
+    max_spawn_rate: int | None = None,
+    process_idle_timeout: float | str | None = None,
+    max_requests: int | None = None,
+    max_requests_jitter: int | None = None,
+    max_memory: int | str | None = None,
+    request_terminate_timeout: float | str | None = None,
+    request_slowlog_timeout: float | str | None = None,
+    slowlog: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
+    clear_env: bool | None = None,
+    env: Mapping[str, str] | None = None,
+    catch_workers_output: bool | None = None,
+    preload_app: bool | None = None,
+    access_log: str | None = None,
+    access_format: str | None = None,
+    status_path: str | None = None,
+    ping_path: str | None = None,
+    ping_response: str | None = None,
+    status_listen: str | None = None,
+    status_full_query: bool | None = None,
+    read_timeout: float | str | None = None,
+    request_header_timeout: float | str | None = None,
+    send_timeout: float | str | None = None,
+    script_name: str | None = None,
+    max_params: int | None = None,
+    max_params_bytes: int | str | None = None,
+    max_body_size: int | str | None = None,
+    threads: int | None = None,
+    max_conns: int | None = None,
+    max_reqs: int | None = None,
 ) -> int:
     """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
 
@@ -167,22 +222,69 @@ def serve(
     of the single-process server check that the new code imports before it
     re-executes; without it the reload re-executes unchecked.
 
-    ``bind`` is one address or several (see :mod:`fcgi.sockets`); None means
-    the socket a web server left on fd 0, or plain CGI when there is none.
-    ``worker`` is "sync" (one request at a time) or "trio" (concurrent; the
-    only one for ASGI apps, chosen automatically for them). ``workers=N`` or
-    any process-manager setting (``pm``, ``max_children``, ``user``... the
-    names of :class:`fcgi.pool.config.PoolConfig`) runs the pool's master with
-    ``app`` in every worker; otherwise this process serves alone with the
-    :func:`make_options` settings. Returns the exit code.
+    ``bind`` (the ``listen`` setting) is one address or several (see
+    :mod:`fcgi.sockets`); None means the socket a web server left on fd 0, or
+    plain CGI when there is none. ``socket_mode``, ``backlog`` and
+    ``allowed_clients`` are ``listen_mode``, ``listen_backlog`` and
+    ``listen_allowed_clients``. ``worker`` is "sync" (one request at a time)
+    or "trio" (concurrent; the only one for ASGI apps, chosen automatically
+    for them). ``workers=N`` (a static pool of N) or any setting that needs
+    several processes (``pm``, ``max_children``, ``user``... see the
+    settings table) runs the pool's master with ``app`` in every worker;
+    otherwise this process serves alone. Every mistake is raised at once as
+    :class:`~fcgi.settings.ConfigErrors`. Returns the exit code.
     """
-    if workers is not None or set(settings) - _SINGLE_PROCESS_SETTINGS:
-        return _serve_pool(app, bind, socket_mode, backlog, worker, workers, settings)
-    options = make_options(**settings)
-    interface = resolve_interface(app, options.interface)
-    options.interface = interface
-    worker = choose_worker(worker, interface)
-    listeners = open_listeners(bind, mode=socket_mode, backlog=backlog)
+    from fcgi.pool.config import MasterConfig, PoolConfig, apply_values, validate_master
+
+    given: dict[str, Any] = {
+        name: value
+        for name, value in locals().items()
+        if name in SETTINGS and name != "app" and value is not None
+    }
+    problems: list[str] = []
+    for alias, name, value in (
+        ("bind", "listen", bind),
+        ("socket_mode", "listen_mode", socket_mode),
+        ("backlog", "listen_backlog", backlog),
+        ("allowed_clients", "listen_allowed_clients", allowed_clients),
+    ):
+        if value is not None and name in given:
+            problems.append(f"fcgi.serve({alias}=): the same setting as {name}=: give one")
+        elif value is not None:
+            given[name] = value
+    if workers is not None:
+        given["pm"], given["max_children"] = "static", workers  # max_children checks N
+    master = workers is not None or any(SETTINGS[name].master for name in given)
+    config = MasterConfig(source="fcgi.serve()")
+    app_name: str = app_spec or getattr(app, "__qualname__", None) or "app"
+    pool = PoolConfig(app=app_name, app_object=app)
+    config.pools.append(pool)
+    for target, keys in ((pool, POOL_KEYS), (config, GLOBAL_KEYS)):
+        values = {
+            name: (list(v) if SETTINGS[name].kind == "list" and not isinstance(v, str) else v,
+                   f"fcgi.serve({name}=)")
+            for name, v in given.items()
+            if name in keys
+        }  # fmt: skip
+        apply_values(target, values, problems)
+    validate_master(config, problems, single=not master)
+    if problems:
+        raise ConfigErrors(problems)
+    if master:
+        from fcgi.pool.master import run_master
+
+        return run_master(config)
+    if pool.chdir:
+        os.chdir(pool.chdir)
+    if "log_level" in given:
+        # PHP-FPM's "notice" has no logging level of its own: it logs as info.
+        logging.getLogger("fcgi").setLevel(getattr(logging, config.log_level.upper(), "INFO"))
+    options = pool.server_options(multiprocess=False)
+    options.multithread = False
+    interface_used = resolve_interface(app, options.interface)
+    options.interface = interface_used
+    worker_used = choose_worker(pool.worker, interface_used)
+    listeners = open_listeners(pool.listen, mode=pool.listen_mode, backlog=pool.listen_backlog)
     if not listeners.sockets:
         if not _started_as_cgi():
             raise ConfigError(
@@ -190,7 +292,7 @@ def serve(
                 "--bind 127.0.0.1:9000), or start fcgi from a web server that passes a "
                 "listening socket on fd 0"
             )
-        if interface == "asgi":
+        if interface_used == "asgi":
             raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
         from wsgiref.handlers import CGIHandler
 
@@ -202,9 +304,10 @@ def serve(
             app,
             listeners.sockets,
             options,
-            worker=worker,
+            worker=worker_used,
             owned_paths=listeners.owned_paths,
             app_spec=app_spec,
+            pool=pool,
         )
     finally:
         reexec.unblock_signals()
@@ -227,48 +330,6 @@ def _started_as_cgi() -> bool:
         return True
 
 
-#: Keywords of make_options(): anything else given to serve() is a pool setting.
-_SINGLE_PROCESS_SETTINGS = frozenset(inspect.signature(make_options).parameters)
-
-
-def _serve_pool(
-    app: Any,
-    bind: str | Sequence[str] | None,
-    socket_mode: int,
-    backlog: int,
-    worker: str,
-    workers: int | None,
-    settings: dict[str, Any],
-) -> int:
-    """Run the process manager with ``app`` (an object) in every worker."""
-    from fcgi.pool.config import (
-        GLOBAL_KEYS,
-        MasterConfig,
-        PoolConfig,
-        apply_settings,
-        validate_master,
-    )
-    from fcgi.pool.master import run_master
-
-    if not bind:
-        raise ConfigError("a pool needs bind=: the address it listens on")
-    source = "fcgi.serve()"
-    pool = PoolConfig(app=getattr(app, "__qualname__", "app"), app_object=app)
-    pool.listen = (bind,) if isinstance(bind, str) else tuple(bind)
-    pool.listen_mode = socket_mode
-    pool.listen_backlog = backlog
-    pool.worker = worker
-    if workers is not None:
-        settings = {**settings, "pm": "static", "max_children": workers}
-    if "allowed_clients" in settings:
-        settings["listen_allowed_clients"] = settings.pop("allowed_clients")
-    config = MasterConfig(pools=[pool], source=source)
-    apply_settings(pool, {k: v for k, v in settings.items() if k not in GLOBAL_KEYS}, source)
-    apply_settings(config, {k: v for k, v in settings.items() if k in GLOBAL_KEYS}, source)
-    validate_master(config)
-    return run_master(config)
-
-
 def run_single(
     app: WSGIApp,
     listeners: Sequence[socket.socket],
@@ -276,8 +337,16 @@ def run_single(
     worker: str = "sync",
     owned_paths: list[str] | None = None,
     app_spec: str | None = None,
+    pool: PoolConfig | None = None,
 ) -> None:
     """The single-process server: this process is the only worker.
+
+    ``pool`` holds its settings beyond ``options``: with an access log, a
+    status or ping path or a slowlog it keeps a scoreboard of one and serves
+    them as a pool's worker does (:class:`~fcgi.pool.worker_hooks.SingleProcessHooks`,
+    and :class:`~fcgi.pool.worker_hooks.SlowRequestWatcher` in place of the
+    master's slowlog check). A file that cannot be opened raises
+    :class:`~fcgi.errors.ConfigError` before anything is served.
 
     Signals mean what they mean to a pool's master:
 
@@ -290,8 +359,8 @@ def run_single(
       sockets kept open across the exec (connections wait in their queue, the
       socket file is never removed). With ``app_spec`` the new code is first
       imported in a subprocess; if that fails the old code goes on serving.
-    * SIGUSR1: reopen log files (the server itself logs to stderr: nothing to
-      do, but logrotate's signal must not kill it).
+    * SIGUSR1: reopen log files (the access log, error_log and log_config
+      files, after logrotate moved them; with stderr there is nothing to do).
     * SIGINT: stop at once.
 
     The same signals are blocked while a re-executed image starts (they stay
@@ -317,7 +386,13 @@ def run_single(
         server.stop()
 
     def reopen(signum: int, frame: object) -> None:
-        log.info("SIGUSR1: nothing to reopen (this server logs to stderr)")
+        from fcgi.logsetup import reopen_log_files
+
+        if hooks is not None:
+            hooks.reopen()
+        reopen_log_files()
+        # After the reopening: the line shows in the new file, the one to check.
+        log.info("SIGUSR1: log files reopened")
 
     handlers = {
         signal.SIGTERM: graceful,
@@ -327,11 +402,18 @@ def run_single(
         signal.SIGUSR1: reopen,
     }
     names = ", ".join(_listener_name(sock) for sock in listeners)
-    server = _make_worker(app, listeners, options, worker)
+    hooks, watcher = _observe(pool, listeners)
+    try:
+        server = _make_worker(app, listeners, options, worker, hooks)
+    except BaseException:
+        _stop_observing(hooks, watcher)
+        raise
     # Installed once, for the whole life of the process (reloads included):
     # between two servers a signal must still find its handler.
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
+        if watcher is not None:
+            watcher.start()
         while True:
             # Held since the exec of a reload (or the start of `fcgi serve`):
             # delivered now, to the handlers.
@@ -352,7 +434,7 @@ def run_single(
                 log.error(
                     "reload failed: the new code does not import: %s; old code goes on", error
                 )
-                server = _make_worker(app, listeners, options, worker)
+                server = _make_worker(app, listeners, options, worker, hooks)
                 continue
             # From here a signal waits for the next image; a stop asked during
             # the check wins over the reload.
@@ -368,22 +450,58 @@ def run_single(
                 log.error(
                     "reload failed: cannot exec %s: %s; old code goes on", sys.executable, exc
                 )
-                server = _make_worker(app, listeners, options, worker)
+                server = _make_worker(app, listeners, options, worker, hooks)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         reexec.unblock_signals()
+        _stop_observing(hooks, watcher)
     log.info("stopped")
 
 
+def _observe(
+    pool: PoolConfig | None, listeners: Sequence[socket.socket]
+) -> tuple[SingleProcessHooks | None, SlowRequestWatcher | None]:
+    """The scoreboard of one and the slowlog thread, if a setting asks for them.
+
+    Made once per process and kept across failed reloads: the counters of
+    the status page run from the start of this image. None when nothing
+    needs them, so that the plain server pays nothing per request.
+    """
+    from fcgi.pool.worker_hooks import (
+        SingleProcessHooks,
+        SlowRequestWatcher,
+        single_process_needs_hooks,
+    )
+
+    if pool is None or not single_process_needs_hooks(pool):
+        return None, None
+    hooks = SingleProcessHooks.open(pool, listeners)
+    watcher = None
+    if pool.request_slowlog_timeout > 0:
+        watcher = SlowRequestWatcher(hooks, pool.request_slowlog_timeout)
+    return hooks, watcher
+
+
+def _stop_observing(hooks: SingleProcessHooks | None, watcher: SlowRequestWatcher | None) -> None:
+    if watcher is not None:
+        watcher.stop()
+    if hooks is not None:
+        hooks.close()
+
+
 def _make_worker(
-    app: WSGIApp, listeners: Sequence[socket.socket], options: ServerOptions, worker: str
+    app: WSGIApp,
+    listeners: Sequence[socket.socket],
+    options: ServerOptions,
+    worker: str,
+    hooks: WorkerHooks | None = None,
 ) -> SyncWorker | TrioWorker:
     if worker == "trio":
         from fcgi.trio_worker import TrioWorker
 
-        return TrioWorker(listeners, app, options)
-    return SyncWorker(listeners, app, options)
+        return TrioWorker(listeners, app, options, hooks)
+    return SyncWorker(listeners, app, options, hooks)
 
 
 def _by_name(listeners: Sequence[socket.socket]) -> list[tuple[str, socket.socket]]:

@@ -47,6 +47,7 @@ import math
 import os
 import select
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ from typing import Any, TypeVar
 import trio
 
 from fcgi import events as ev
-from fcgi import forkguard
+from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
@@ -900,6 +901,8 @@ class TrioWorker:
         hooks = self.hooks
         status = 0
         token = hooks.request_started(req.params)
+        # What runs this request's app, for its stack in the slowlog.
+        runner = stacks.track(token, trio.lowlevel.current_task())
         try:
             app_status = 0
             tail = b""
@@ -911,7 +914,7 @@ class TrioWorker:
                 elif self.interface == "asgi":
                     status, app_status = await self._run_asgi(c, req)
                 else:
-                    status, app_status, tail = await self._run_wsgi(c, req)
+                    status, app_status, tail = await self._run_wsgi(c, req, runner)
             if req.gone is not None:
                 app_status = 1
             await c.end(req, app_status, tail)
@@ -928,6 +931,7 @@ class TrioWorker:
             req.close()
             c._retire(req)
             hooks.request_finished(token, status)
+            stacks.untrack(token)
             if not c.requests:
                 c.became_idle()
             if hooks.should_stop():
@@ -961,7 +965,9 @@ class TrioWorker:
         forkguard.verify()
         return result
 
-    async def _run_wsgi(self, c: _Connection, req: _Request) -> tuple[int, int, bytes]:
+    async def _run_wsgi(
+        self, c: _Connection, req: _Request, runner: stacks.Runner | None = None
+    ) -> tuple[int, int, bytes]:
         options = self.options
         params = req.params
         timeout = options.read_timeout
@@ -1039,11 +1045,15 @@ class TrioWorker:
         app: WSGIApp = self.app
 
         def work() -> tuple[int, int]:
+            if runner is not None:
+                runner.thread = threading.get_ident()  # the slowlog reads this thread
             try:
                 result = run_app(app, environ, send, sink)
             except ClientGone:
                 return 0, 1
             finally:
+                if runner is not None:
+                    runner.thread = None  # trio reuses the thread for other requests
                 # A child forked in this thread has no trio loop to go back to.
                 forkguard.verify()
             errors.flush()

@@ -17,12 +17,15 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from webservers import (
     DEPLOY_DIR,
     START_TIMEOUT,
     Backend,
+    Nginx,
     ServerError,
     backend_env,
     read_text,
@@ -331,3 +335,100 @@ def test_docker_healthcheck_fails_on_5xx(tmp_path: Path) -> None:
         assert ok.returncode == 0, f"{ok!r}\n{backend.diagnostics()}"
     finally:
         backend.stop()
+
+
+class _NginxAsWwwData(Nginx):
+    """nginx whose worker runs as www-data, as Debian's does, not as the test's user."""
+
+    def _render(self) -> None:
+        super()._render()
+        conf = self.conf_path.read_text()
+        self.conf_path.write_text(re.sub(r"(?m)^user .*;$", "user www-data www-data;", conf))
+
+
+def test_first_deployment_walkthrough(nginx_binary: str, tmp_path: Path) -> None:
+    """README "First deployment": pool.toml, check-config, the pool, nginx as www-data.
+
+    Everything but systemd itself (tests/test_operator_systemd.py runs the
+    unit's commands): the example pool.toml with only its directories moved,
+    workers and socket owner www-data, and nginx's own worker as www-data
+    connecting through the 0660 socket the root master made.
+    """
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data user on this machine")
+    # Somewhere www-data can read the app (pytest's tmp dirs are root-only),
+    # standing for /srv/app and /run/fcgi.
+    srv = Path(tempfile.mkdtemp(prefix="fcgi-first-"))
+    try:
+        srv.chmod(0o755)
+        app_dir = srv / "app"
+        app_dir.mkdir()
+        app_dir.chmod(0o755)
+        (app_dir / "app.py").write_text(FIRST_APP)
+        (app_dir / "app.py").chmod(0o644)
+        run_dir = srv / "run"
+        run_dir.mkdir()
+        run_dir.chmod(0o755)
+        config = render_deploy("systemd/pool.toml", {"app_dir": str(app_dir)}, srv / "pool.toml")
+        config.write_text(config.read_text().replace("/run/fcgi/", f"{run_dir}/"))
+        env = dict(backend_env(), PYTHONDONTWRITEBYTECODE="1")
+        check = subprocess.run(
+            [sys.executable, "-m", "fcgi", "check-config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert check.returncode == 0, check.stderr
+        sock = run_dir / "www.sock"
+        log = (srv / "master.log").open("wb")
+        master = subprocess.Popen(
+            [sys.executable, "-m", "fcgi", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd="/",
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while b"ready" not in (srv / "master.log").read_bytes():
+                assert master.poll() is None, (srv / "master.log").read_text()
+                assert time.monotonic() < deadline, (srv / "master.log").read_text()
+                time.sleep(0.05)
+            info = sock.stat()
+            assert pwd.getpwuid(info.st_uid).pw_name == "www-data"
+            assert info.st_mode & 0o777 == 0o660
+            nginx = _NginxAsWwwData(
+                binary=nginx_binary,
+                site="fcgi.conf",
+                values={"fcgi_pass": f"unix:{sock}"},
+                prefix=tmp_path / "nginx",
+            ).start()
+            try:
+                page = nginx.request("GET", "/hello?x=1")
+                assert page.status == 200, nginx.explain(page)
+                assert page.body == b"user=www-data path=/hello", nginx.explain(page)
+                status = nginx.request("GET", "/status?json")
+                assert status.status == 200, nginx.explain(status)
+                assert json.loads(status.body)["pool"] == "www"
+            finally:
+                nginx.stop()
+        finally:
+            master.send_signal(signal.SIGTERM)
+            assert master.wait(60) == 0, (srv / "master.log").read_text()
+            log.close()
+        assert not sock.exists()
+    finally:
+        shutil.rmtree(srv, ignore_errors=True)
+
+
+FIRST_APP = """
+import os, pwd
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    user = pwd.getpwuid(os.getuid()).pw_name
+    return [f"user={user} path={environ['PATH_INFO']}".encode()]
+"""

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rawfcgi import ROOT, Server, get_params, roundtrip, running_server, wait_connectable
 
-APP_TEMPLATE = '''
+APP_TEMPLATE = """
 import os
 import time
 
@@ -35,7 +36,7 @@ def app(environ, start_response):
     body = f"{{VERSION}} {{os.getpid()}}".encode()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
-'''
+"""
 
 
 def write_app(directory: Path, version: str) -> None:
@@ -198,3 +199,40 @@ def test_a_bare_module_serves_its_application_as_django_names_it(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_error_log_file_and_its_reopen_in_a_single_process(tmp_path: Path) -> None:
+    """--error-log in a single process (no master): lines go to the file, SIGUSR1 reopens it."""
+    log = tmp_path / "error.log"
+    with single(tmp_path, "--error-log", str(log)) as s:
+        s.get()
+        wait_until(lambda: "serving" in log.read_text(), log, extra=s.log)
+        assert not any(ch.startswith("fcgi worker") for ch in _children_titles(s.proc.pid)), (
+            "a master started"
+        )
+        log.rename(tmp_path / "error.log.1")
+        s.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: log.exists() and "log files reopened" in log.read_text(), log)
+        s.get()
+    assert s.proc.returncode == 0
+
+
+def wait_until(predicate: object, log: Path, timeout: float = 30.0, extra: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    text = log.read_text() if log.exists() else "(no file)"
+    text += "\n--- server output:\n" + (extra() if extra else "")
+    raise AssertionError(f"not seen in {log}:\n{text}")
+
+
+def _children_titles(pid: int) -> list[str]:
+    out = subprocess.run(
+        ["ps", "--ppid", str(pid), "-o", "args="], capture_output=True, text=True, check=False
+    )
+    return [line.strip() for line in out.stdout.splitlines()]

@@ -137,6 +137,11 @@ _UNITS: dict[str, dict[str, _Field]] = {
     },
 }
 
+#: What ``%P`` (PHP-FPM: the master's pid) prints. None: the parent's pid, the
+#: master of a pool worker. A single process has no master and sets its own
+#: pid here, as it is its own master.
+master_pid: int | None = None
+
 #: Codes that take no modifier.
 _PLAIN: dict[str, _Field] = {
     "f": lambda rec: rec.params.get("SCRIPT_FILENAME", "-") or "-",
@@ -144,7 +149,7 @@ _PLAIN: dict[str, _Field] = {
     "m": lambda rec: rec.params.get("REQUEST_METHOD", "-"),
     "n": lambda rec: rec.pool,
     "p": lambda rec: str(os.getpid()),
-    "P": lambda rec: str(os.getppid()),
+    "P": lambda rec: str(master_pid or os.getppid()),
     "q": lambda rec: rec.params.get("QUERY_STRING", ""),
     "Q": lambda rec: "?" if rec.params.get("QUERY_STRING") else "",
     "r": lambda rec: _uri(rec.params).split("?", 1)[0] or "-",

@@ -1,219 +1,210 @@
-"""The pool's command-line flags, and ``fcgi check-config``.
+"""The command-line flags of every setting, and ``fcgi check-config``.
 
-Every pool setting is also a ``--kebab-case`` flag (``--max-children 10``,
-``--pm dynamic``); ``--workers N`` is a static pool of N; ``--config FILE``
-reads a TOML file whose pools the flags then override (only a single-pool
-file can be overridden). Flags the host parser already has (the ``fcgi serve``
-command's ``--bind``, ``--backlog``, ``--chdir``...) are not added twice: they
-are read under their own names (see :data:`HOST_ARGUMENTS`).
+Every setting of :data:`fcgi.settings.SETTINGS` is a flag of the same name
+(``max_children`` -> ``--max-children``, ``listen`` -> ``--listen``, also
+``--bind``/``-b``); ``--workers N`` is a static pool of N; ``--config FILE``
+reads a TOML file whose single pool the flags then override.
+
+A flag given on the command line always wins over the file, even when its
+value equals the default: the flags record what was typed (and under which
+name, for messages) instead of filling in defaults, so "given" and "equal to
+the default" are never confused.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from fcgi.errors import ConfigError
+from fcgi.exit_codes import EXIT_OK, EXIT_USAGE
 from fcgi.pool.config import (
-    GLOBAL_KEYS,
-    POOL_KEYS,
+    ConfigErrors,
     MasterConfig,
     PoolConfig,
-    apply_settings,
-    effective_settings,
+    apply_values,
+    format_toml,
     load_config,
+    read_config,
     validate_master,
 )
+from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, Setting, show_default
 
-#: ``fcgi serve`` flags (defined by the host parser) -> pool/master setting.
-HOST_ARGUMENTS = {
-    "app": "app",
-    "bind": "listen",
-    "backlog": "listen_backlog",
-    "socket_mode": "listen_mode",
-    "allowed_clients": "listen_allowed_clients",
-    "chdir": "chdir",
-    "read_timeout": "read_timeout",
-    "log_level": "log_level",
-    "script_name": "script_name",
-    "max_params": "max_params",
-    "max_params_bytes": "max_params_bytes",
-    "worker": "worker",
-    "interface": "interface",
-    "threads": "threads",
-    "max_conns": "max_conns",
-    "max_reqs": "max_reqs",
-    "max_body_size": "max_body_size",
-    "request_header_timeout": "request_header_timeout",
-    "send_timeout": "send_timeout",
-}
+#: More choices than this are listed in the help text, not in the usage line.
+_LONG_CHOICES = 6
 
-_HELP = {
-    "pm": "process manager: static, dynamic or ondemand",
-    "max_children": "most workers at once",
-    "start_servers": "workers at start (dynamic)",
-    "min_spare_servers": "fewest idle workers (dynamic)",
-    "max_spare_servers": "most idle workers (dynamic)",
-    "max_spawn_rate": "most workers forked per heartbeat (dynamic)",
-    "process_idle_timeout": "seconds before an idle worker exits (ondemand)",
-    "max_requests": "requests before a worker is replaced (0: never)",
-    "max_requests_jitter": "random extra requests per worker, spreads restarts",
-    "max_memory": "RSS above which a worker is replaced after its request (e.g. 512M)",
-    "request_terminate_timeout": "seconds after which a request's worker is killed",
-    "request_slowlog_timeout": "seconds after which a request's stack goes to the slowlog",
-    "slowlog": "file for slow request stacks ('-': the error log)",
-    "status_path": "path answered with the status page, e.g. /status",
-    "ping_path": "path answered with ping_response, e.g. /ping",
-    "ping_response": "body of the ping answer (default: pong)",
-    "status_listen": "extra socket answered by the master with the status page",
-    "status_full_query": "show query strings in the status page's ?full list",
-    "listen": "address to listen on (repeatable)",
-    "user": "user the workers run as",
-    "group": "group the workers run as",
-    "env": "NAME=VALUE passed to workers (repeatable)",
-    "access_log": "access log file ('-': stderr)",
-    "access_format": "access log line format (PHP-FPM's access.format)",
-    "error_log": "master log file (default: stderr)",
-    "pid_file": "write the master pid here",
-    "process_control_timeout": "seconds workers get to finish on stop/reload",
-    "emergency_restart_threshold": "worker crashes within the interval that restart all",
-    "emergency_restart_interval": "seconds, see emergency-restart-threshold",
-}
-
-_FLAG_DESTS: list[str] = []
+#: The namespace attribute holding what was given: name -> (value, flag used).
+GIVEN = "given_settings"
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+class _Given(argparse.Action):
+    """Record a setting's value and the flag it was given with; fill in no default."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, setting: Setting, **kw: Any):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, **kw)
+        self.setting = setting
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given: dict[str, tuple[object, str]] | None = getattr(namespace, GIVEN, None)
+        if given is None:
+            given = {}
+            setattr(namespace, GIVEN, given)
+        flag = option_string or self.setting.flag
+        value: object = values
+        if self.setting.kind == "bool":
+            value = not flag.startswith("--no-")
+        elif self.setting.kind in ("list", "table"):
+            previous = given.get(self.setting.name)
+            value = [*previous[0], values] if previous else [values]  # type: ignore[misc]
+        given[self.setting.name] = (value, flag)
+
+
+def _help(setting: Setting) -> str:
+    text = f"{setting.help} (default: {show_default(setting)})"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--workers`` and every pool/global setting as a flag."""
+    """Add ``--config``, ``--workers``, ``--print-config`` and every setting as a flag.
+
+    Flags the parser already has are left to it (a caller's own ``--bind``
+    is then read as ``listen`` by :func:`given_settings`).
+    """
     existing = set(parser._option_string_actions)  # argparse keeps no public view
-    group = parser.add_argument_group("process manager")
+    general = parser.add_argument_group("configuration")
     if "--config" not in existing:
-        group.add_argument("--config", metavar="FILE", help="TOML file with [pool.NAME] tables")
+        general.add_argument("--config", metavar="FILE", help="TOML file with [pool.NAME] tables")
     if "--workers" not in existing:
-        group.add_argument(
-            "--workers", "-w", type=int, metavar="N", help="shorthand for a static pool of N"
+        general.add_argument(
+            "--workers",
+            "-w",
+            type=int,
+            metavar="N",
+            help="a static pool of N workers (--pm static --max-children N)",
         )
-    pool_fields = {f.name: f for f in dataclasses.fields(PoolConfig)}
-    for name in sorted((POOL_KEYS | GLOBAL_KEYS) - {"app"}):
-        flag = _flag(name)
-        if flag in existing or (name in HOST_ARGUMENTS.values() and name != "listen"):
+    if "--print-config" not in existing:
+        general.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the effective configuration as TOML (for --config) and exit",
+        )
+    groups = {
+        ("pool", False): parser.add_argument_group("settings (single process and pool)"),
+        ("pool", True): parser.add_argument_group("process manager (these start a master)"),
+        ("global", False): parser.add_argument_group("logging"),
+        ("global", True): parser.add_argument_group("master (these start a master)"),
+    }
+    for setting in SETTINGS.values():
+        if setting.name == "app":
+            continue  # the MODULE:APP argument
+        strings = [flag for flag in setting.flags if flag not in existing]
+        if setting.flag not in strings:
             continue
-        if name == "listen" and "--bind" in existing:
-            continue
-        kind = str(pool_fields[name].type) if name in pool_fields else ""
-        kwargs: dict[str, Any] = {"dest": f"pool_{name}", "default": None}
-        if kind.startswith("bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif name in ("listen", "env"):
-            kwargs["action"] = "append"
-            kwargs["metavar"] = "VALUE"
+        kwargs: dict[str, Any] = {"setting": setting, "help": _help(setting)}
+        if setting.kind == "bool":
+            strings.append("--no-" + setting.flag[2:])
+            kwargs["nargs"] = 0
+        elif len(setting.choices) > _LONG_CHOICES:
+            kwargs["metavar"] = setting.name.rsplit("_", 1)[-1].upper()
+            kwargs["help"] = _help(setting).replace(
+                " (default:", f" (one of {', '.join(setting.choices)}; default:"
+            )
+        elif setting.choices:
+            kwargs["metavar"] = "{" + ",".join(setting.choices) + "}"
         else:
-            kwargs["metavar"] = "VALUE"
-        group.add_argument(flag, help=_HELP.get(name, name.replace("_", " ")), **kwargs)
-        _FLAG_DESTS.append(name)
+            kwargs["metavar"] = setting.metavar or _metavar(setting)
+        group = groups[(setting.scope, setting.master)]
+        group.add_argument(*strings, action=_Given, dest=f"setting_{setting.name}", **kwargs)
 
 
-def _given(args: argparse.Namespace) -> dict[str, object]:
-    """Settings given on the command line (host flags only when not at their default)."""
-    out: dict[str, object] = {}
-    for name, value in vars(args).items():
-        if name.startswith("pool_") and value is not None:
-            key = name[5:]
-            if key == "env":
-                env: dict[str, str] = {}
-                for item in value:
-                    k, eq, v = item.partition("=")
-                    if not eq or not k:
-                        raise ConfigError(f"--env {item!r}: expected NAME=VALUE")
-                    env[k] = v
-                value = env
-            out[key] = value
-    defaults = PoolConfig()
-    for host_name, key in HOST_ARGUMENTS.items():
-        value = getattr(args, host_name, None)
-        if value is None or value == [] or value == "":
-            continue
-        if key == "log_level":
-            if value != "info":
-                out[key] = value
-            continue
-        if key in ("listen", "app"):
-            out[key] = value
-            continue
-        if hasattr(defaults, key) and getattr(defaults, key) == value:
-            continue
-        out[key] = value
-    return out
+def _metavar(setting: Setting) -> str:
+    return {"seconds": "DURATION", "size": "SIZE", "mode": "MODE", "int": "N"}.get(
+        setting.kind, "VALUE"
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> MasterConfig:
-    """The MasterConfig the command line asks for (file, then flags on top), validated."""
-    given = _given(args)
+def given_settings(args: argparse.Namespace) -> dict[str, tuple[object, str]]:
+    """The settings given on the command line: name -> (value, the flag used)."""
+    given = dict(getattr(args, GIVEN, None) or {})
+    app = getattr(args, "app", None)
+    if app:
+        given["app"] = (app, "MODULE:APP")
+    bind = getattr(args, "bind", None)  # a host parser's own --bind
+    if bind:
+        earlier = given.get("listen", ([], ""))[0]
+        given["listen"] = ([*bind, *earlier], "--bind")
+    return given
+
+
+def wants_master(args: argparse.Namespace) -> bool:
+    """A file, ``--workers`` or any setting that needs several processes: run a master."""
+    if getattr(args, "workers", None) is not None or getattr(args, "config", None):
+        return True
+    return any(SETTINGS[name].master for name in given_settings(args))
+
+
+def config_from_args(args: argparse.Namespace, *, single: bool = False) -> MasterConfig:
+    """The MasterConfig the command line asks for (file, then flags on top), validated.
+
+    ``single``: the single-process server's settings (no app, address or user
+    required). Every problem is raised together, as :class:`ConfigErrors`.
+    """
+    problems: list[str] = []
+    given = given_settings(args)
     workers = getattr(args, "workers", None)
     if workers is not None:
-        if workers < 1:
-            raise ConfigError(f"--workers: must be at least 1, got {workers}")
-        given["pm"] = "static"
-        given["max_children"] = workers
-    path = getattr(args, "config", None)
-    if path:
-        config = load_config(path, validate=False)
-        pool_settings = {k: v for k, v in given.items() if k in POOL_KEYS}
-        if pool_settings:
-            if len(config.pools) != 1:
-                raise ConfigError(
-                    f"{path}: defines {len(config.pools)} pools; command-line pool settings "
-                    "can only override a single-pool file"
+        # A bad N is reported by max_children's own check, named --workers.
+        for key, value in (("pm", "static"), ("max_children", workers)):
+            if key in given and parse_or_none(key, given[key][0]) != value:
+                problems.append(
+                    f"{given[key][1]}: contradicts --workers {workers} "
+                    f"(a static pool of {workers}): give one or the other"
                 )
-            apply_settings(config.pools[0], pool_settings, "command line")
-    else:
-        config = MasterConfig(pools=[PoolConfig()])
-        apply_settings(
-            config.pools[0], {k: v for k, v in given.items() if k in POOL_KEYS}, "command line"
+            given[key] = (value, "--workers")
+    path = getattr(args, "config", None)
+    config = read_config(path, problems) if path else MasterConfig(pools=[PoolConfig()])
+    pool_given = {k: v for k, v in given.items() if k in POOL_KEYS}
+    if pool_given and len(config.pools) != 1:
+        problems.append(
+            f"{path}: defines {len(config.pools)} pools; command-line pool settings "
+            "can only override a single-pool file"
         )
-    apply_settings(config, {k: v for k, v in given.items() if k in GLOBAL_KEYS}, "command line")
-    validate_master(config)
+    elif pool_given:
+        apply_values(config.pools[0], pool_given, problems)
+    apply_values(config, {k: v for k, v in given.items() if k in GLOBAL_KEYS}, problems)
+    validate_master(config, problems, single=single)
+    if problems:
+        raise ConfigErrors(problems)
     return config
 
 
-def _toml_value(value: Any) -> str:
-    if value is None:
-        return '""  # unset'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))
+def parse_or_none(key: str, raw: object) -> object:
+    """A value as the setting reads it, or None if it does not read."""
+    from fcgi.settings import parse_value
+
+    try:
+        return parse_value(SETTINGS[key], raw)
+    except ValueError:
+        return None
 
 
 def format_effective(config: MasterConfig) -> str:
-    settings = effective_settings(config)
-    lines = ["[global]"]
-    pools = settings.pop("pool")
-    for key, value in settings.items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    for name, values in pools.items():
-        lines.append("")
-        lines.append(f"[pool.{name}]")
-        for key, value in values.items():
-            if key == "listen_mode":
-                lines.append(f'{key} = "{value:04o}"')
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    """The configuration as TOML for ``--config`` (see :func:`fcgi.pool.config.format_toml`)."""
+    return format_toml(config)
+
+
+def print_errors(exc: ConfigError) -> None:
+    """One ``fcgi: error:`` line per problem."""
+    for line in str(exc).splitlines() or ["invalid configuration"]:
+        print(f"fcgi: error: {line}", file=sys.stderr)
 
 
 def check_config_command(path: str) -> int:
@@ -223,8 +214,8 @@ def check_config_command(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"fcgi: error: {exc}", file=sys.stderr)
-        return 2
+        print_errors(exc)
+        return EXIT_USAGE
     # What `fcgi serve --config FILE` would meet before "ready" (users, chdir,
     # files, the app's import): valid here means it starts there.
     found = preflight.problems(config)
@@ -232,6 +223,6 @@ def check_config_command(path: str) -> int:
         print(f"fcgi: error: {problem.message}", file=sys.stderr)
     if found:
         return preflight.exit_code(found)
-    sys.stdout.write(format_effective(config))
+    sys.stdout.write(format_toml(config))
     print(f"# {path}: configuration is valid", file=sys.stderr)
-    return 0
+    return EXIT_OK

@@ -1,11 +1,16 @@
 """Pool and master settings: the TOML file, validation, and the effective values.
 
-Knob names are PHP-FPM's ``pm.*`` / pool directives without their prefix, so a
-``www.conf`` translates line by line::
+Which settings exist, their kinds and defaults come from the table in
+:mod:`fcgi.settings`; this module holds them in :class:`PoolConfig` and
+:class:`MasterConfig`, reads them from a TOML file, checks what no single
+value can say (spares against ``max_children``, a setting that does nothing
+in the chosen mode), and writes them back as TOML. Knob names are PHP-FPM's
+``pm.*`` / pool directives without their prefix, so a ``www.conf``
+translates line by line::
 
     [global]
     log_level = "info"
-    process_control_timeout = 30
+    process_control_timeout = "30s"
 
     [pool.www]
     app = "myapp:app"
@@ -14,105 +19,127 @@ Knob names are PHP-FPM's ``pm.*`` / pool directives without their prefix, so a
     max_children = 10
 
 Top-level pool keys (outside any table) are defaults for every pool. Every
-mistake raises :class:`~fcgi.errors.ConfigError` naming the key and the file,
-before anything forks.
+mistake is collected, each named by where it came from (``FILE:LINE
+[pool.www] max_children``, ``--max-children``, ``fcgi.serve(max_children=)``),
+and reported together in one :class:`ConfigErrors` before anything forks.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fcgi.errors import ConfigError
 from fcgi.options import ServerOptions
-from fcgi.pool.access_log import compile_format
+from fcgi.settings import (
+    DEFAULT_ACCESS_FORMAT,
+    GLOBAL_KEYS,
+    POOL_KEYS,
+    SETTINGS,
+    ConfigErrors,
+    check_value,
+    default,
+    parse_value,
+    toml_value,
+)
 
-PM_MODES = ("static", "dynamic", "ondemand")
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical")
+__all__ = [
+    "DEFAULT_ACCESS_FORMAT",
+    "GLOBAL_KEYS",
+    "LOG_LEVELS",
+    "PM_MODES",
+    "POOL_KEYS",
+    "ConfigErrors",
+    "MasterConfig",
+    "PoolConfig",
+    "format_toml",
+    "load_config",
+    "validate_master",
+]
 
-#: PHP-FPM's default access.format plus the duration in milliseconds, the
-#: figure an operator reads the access log for first.
-DEFAULT_ACCESS_FORMAT = '%R - %u %t "%m %r" %s %{milli}d'
+PM_MODES: tuple[str, ...] = SETTINGS["pm"].choices
+LOG_LEVELS: tuple[str, ...] = SETTINGS["log_level"].choices
+
+#: Where a value came from, by precedence: a later layer overrides an earlier
+#: one, and a setting that does nothing in the chosen mode is an error only if
+#: it was given in the same layer as the mode, or a later one (a file's spare
+#: settings do not stop ``--workers 4`` from overriding its ``pm``).
+SHARED, FILE, COMMAND = 0, 1, 2
 
 
 @dataclass(slots=True)
 class PoolConfig:
-    """One pool: an app, its listening sockets and how many processes serve it."""
+    """One pool: an app, its listening sockets and how many processes serve it.
+
+    Field defaults are read from :data:`fcgi.settings.SETTINGS` (a test holds
+    the fields and the table to each other).
+    """
 
     name: str = "www"
-    #: ``module:app`` or ``module:factory()``.
-    app: str = ""
-    #: Bind specs (``unix:/path``, ``HOST:PORT``, ``[v6]:PORT``, ``fd://N``).
-    listen: tuple[str, ...] = ()
-    listen_backlog: int = 511
-    listen_owner: str | None = None
-    listen_group: str | None = None
-    listen_mode: int = 0o660
-    listen_allowed_clients: tuple[str, ...] = ()
+    app: str = default("app")
+    listen: tuple[str, ...] = default("listen")
+    listen_backlog: int = default("listen_backlog")
+    listen_owner: str | None = default("listen_owner")
+    listen_group: str | None = default("listen_group")
+    listen_mode: int = default("listen_mode")
+    listen_allowed_clients: tuple[str, ...] = default("listen_allowed_clients")
+    worker: str = default("worker")
+    interface: str = default("interface")
+    chdir: str | None = default("chdir")
 
-    pm: str = "dynamic"
-    max_children: int = 5
-    #: None: (min_spare_servers + max_spare_servers) // 2, as PHP-FPM.
-    start_servers: int | None = None
-    min_spare_servers: int = 1
-    max_spare_servers: int = 3
-    max_spawn_rate: int = 32
-    process_idle_timeout: float = 10.0
+    pm: str = default("pm")
+    max_children: int = default("max_children")
+    #: None: min_spare_servers + (max_spare_servers - min_spare_servers) // 2.
+    start_servers: int | None = default("start_servers")
+    min_spare_servers: int = default("min_spare_servers")
+    max_spare_servers: int = default("max_spare_servers")
+    max_spawn_rate: int = default("max_spawn_rate")
+    process_idle_timeout: float = default("process_idle_timeout")
+    max_requests: int = default("max_requests")
+    max_requests_jitter: int = default("max_requests_jitter")
+    max_memory: int = default("max_memory")
+    request_terminate_timeout: float = default("request_terminate_timeout")
+    request_slowlog_timeout: float = default("request_slowlog_timeout")
+    slowlog: str | None = default("slowlog")
+    user: str | None = default("user")
+    group: str | None = default("group")
+    clear_env: bool = default("clear_env")
+    env: dict[str, str] = field(default_factory=lambda: default("env"))
+    catch_workers_output: bool = default("catch_workers_output")
+    preload_app: bool = default("preload_app")
 
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    #: Bytes of RSS; a worker ending a request above it is replaced (0: off).
-    max_memory: int = 0
-    request_terminate_timeout: float = 0.0
-    request_slowlog_timeout: float = 0.0
-    slowlog: str | None = None
+    access_log: str | None = default("access_log")
+    access_format: str = default("access_format")
+    status_path: str | None = default("status_path")
+    ping_path: str | None = default("ping_path")
+    ping_response: str = default("ping_response")
+    status_listen: str | None = default("status_listen")
+    status_full_query: bool = default("status_full_query")
 
-    status_path: str | None = None
-    ping_path: str | None = None
-    ping_response: str = "pong"
-    status_listen: str | None = None
-    #: Show query strings in the status page's ?full list. Off by default:
-    #: they carry other users' tokens and search terms.
-    status_full_query: bool = False
+    read_timeout: float = default("read_timeout")
+    request_header_timeout: float = default("request_header_timeout")
+    send_timeout: float = default("send_timeout")
+    script_name: str | None = default("script_name")
+    max_params: int = default("max_params")
+    max_params_bytes: int = default("max_params_bytes")
+    max_body_size: int = default("max_body_size")
+    threads: int = default("threads")
+    max_conns: int = default("max_conns")
+    max_reqs: int = default("max_reqs")
 
-    user: str | None = None
-    group: str | None = None
-    chdir: str | None = None
-    clear_env: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    catch_workers_output: bool = False
-    access_log: str | None = None
-    access_format: str = DEFAULT_ACCESS_FORMAT
-    preload_app: bool = False
-    #: Seconds a connection may stay silent (ServerOptions.read_timeout).
-    read_timeout: float = 30.0
-    #: Mount point of the app (SCRIPT_NAME); None: derived from the params.
-    script_name: str | None = None
-    #: Most FastCGI params, and most PARAMS bytes, one request may send.
-    max_params: int = 1000
-    max_params_bytes: int = 256 * 1024
-    #: Largest request body (bytes, or a size such as "512M"; 0: no limit).
-    max_body_size: int = 512 * 1024 * 1024
-    #: Seconds a new connection has to send its whole request head.
-    request_header_timeout: float = 5.0
-    #: Seconds one request may wait, in total, for the web server to read.
-    send_timeout: float = 60.0
-    #: "sync" (one request at a time per worker) or "trio" (concurrent, ASGI).
-    worker: str = "sync"
-    #: "auto" (detect), "wsgi" or "asgi".
-    interface: str = "auto"
-    #: Trio worker: WSGI threads, connections and requests in progress per worker.
-    threads: int = 10
-    max_conns: int = 256
-    max_reqs: int = 256
     #: An app object handed over by ``fcgi.serve()``: used as if preloaded,
     #: and ``app`` is then only its name in logs. Not a configuration key.
     app_object: Any = None
+    #: Each setting given, with where it came from and its layer (not settings).
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    layers: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    #: Settings whose value could not be read: cross-checks skip them.
+    invalid: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def effective_start_servers(self) -> int:
@@ -124,8 +151,8 @@ class PoolConfig:
             return self.start_servers
         return (self.min_spare_servers + self.max_spare_servers) // 2
 
-    def server_options(self) -> ServerOptions:
-        """The per-worker settings this pool maps onto, checked as fcgi.serve() checks them."""
+    def server_options(self, *, multiprocess: bool = True) -> ServerOptions:
+        """The per-worker settings this pool maps onto."""
         from fcgi.server import make_options
 
         options = make_options(
@@ -134,7 +161,7 @@ class PoolConfig:
             max_params=self.max_params,
             max_params_bytes=self.max_params_bytes,
             allowed_clients=self.listen_allowed_clients,
-            multiprocess=True,
+            multiprocess=multiprocess,
             interface=self.interface,
             threads=self.threads,
             max_conns=self.max_conns,
@@ -152,331 +179,416 @@ class MasterConfig:
     """Everything one master runs: global settings and its pools."""
 
     pools: list[PoolConfig] = field(default_factory=list)
-    error_log: str | None = None
-    log_level: str = "info"
-    pid_file: str | None = None
-    #: Seconds workers get to finish in-flight requests on a graceful stop/reload.
-    process_control_timeout: float = 30.0
-    emergency_restart_threshold: int = 0
-    emergency_restart_interval: float = 60.0
-    #: Seconds between STATUS= updates to systemd (0: only at state changes).
-    systemd_interval: float = 10.0
-    #: The file the settings came from, for messages.
+    error_log: str | None = default("error_log")
+    log_level: str = default("log_level")
+    log_config: str | None = default("log_config")
+    syslog_facility: str = default("syslog_facility")
+    syslog_ident: str = default("syslog_ident")
+    pid_file: str | None = default("pid_file")
+    process_control_timeout: float = default("process_control_timeout")
+    emergency_restart_threshold: int = default("emergency_restart_threshold")
+    emergency_restart_interval: float = default("emergency_restart_interval")
+    systemd_interval: float = default("systemd_interval")
+    #: The file the settings came from, "<command line>" or "fcgi.serve()".
     source: str = "<command line>"
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    layers: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    invalid: set[str] = field(default_factory=set, repr=False, compare=False)
 
 
-GLOBAL_KEYS = frozenset(
-    {
-        "error_log",
-        "log_level",
-        "pid_file",
-        "process_control_timeout",
-        "emergency_restart_threshold",
-        "emergency_restart_interval",
-        "systemd_interval",
-    }
-)
-POOL_KEYS = frozenset(f.name for f in dataclasses.fields(PoolConfig)) - {"name", "app_object"}
-
-_MEMORY = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+Target = PoolConfig | MasterConfig
 
 
-def parse_memory(value: object, key: str = "max_memory", source: str = "") -> int:
-    """``1048576``, ``"512M"``, ``"1G"`` -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        m = _MEMORY.match(value)
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f"{_where(key, source)}: expected a size such as 512M, got {value!r}")
+def apply_values(
+    target: Target,
+    values: Mapping[str, tuple[object, str]],
+    problems: list[str],
+    layer: int = COMMAND,
+) -> None:
+    """Read each ``name: (raw value, origin)`` onto ``target``; a bad value is a problem.
 
-
-def _where(key: str, source: str) -> str:
-    return f"{source}: {key}" if source else key
-
-
-def _coerce(key: str, value: object, source: str) -> object:
-    """Check a raw value against the field's type; return it converted."""
-    kinds = _FIELD_KINDS[key]
-    where = _where(key, source)
-    if key in ("max_memory", "max_body_size"):
-        return parse_memory(value, key, source)
-    if key == "listen_mode":
-        if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
-            return int(value.replace("o", ""), 8)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777:
-            return value
-        raise ConfigError(f'{where}: expected an octal mode such as "0660", got {value!r}')
-    if kinds == "tuple":
-        if isinstance(value, str):
-            items = [v.strip() for v in value.split(",")] if key != "listen" else [value]
-            return tuple(v for v in items if v)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{where}: expected a string or a list of strings, got {value!r}")
-    if kinds == "dict":
-        if isinstance(value, dict) and all(
-            isinstance(v, str | int | float) for v in value.values()
-        ):
-            return {str(k): str(v) for k, v in value.items()}
-        raise ConfigError(f'{where}: expected a table of NAME = "value", got {value!r}')
-    if kinds == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false", "on", "off"):
-            return value.lower() in ("yes", "true", "on")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kinds == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if kinds == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            return parse_duration(value, key, source)
-        raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
-    if kinds == "str":
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise AssertionError(kinds)  # pragma: no cover
-
-
-def parse_duration(value: str, key: str = "", source: str = "") -> float:
-    """``"30"``, ``"30s"``, ``"5m"``, ``"1h"`` -> seconds (PHP-FPM accepts these suffixes)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not m:
-        raise ConfigError(f"{_where(key, source)}: expected seconds such as 30s, got {value!r}")
-    factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return float(m.group(1)) * factor
-
-
-def _kind(annotation: str) -> str:
-    a = annotation.replace(" ", "")
-    for prefix, kind in (
-        ("tuple", "tuple"),
-        ("dict", "dict"),
-        ("bool", "bool"),
-        ("int", "int"),
-        ("float", "float"),
-        ("str", "str"),
-    ):
-        if a.startswith(prefix):
-            return kind
-    raise AssertionError(annotation)  # pragma: no cover
-
-
-_FIELD_KINDS: dict[str, str] = {
-    f.name: _kind(str(f.type)) for f in dataclasses.fields(PoolConfig) if f.name != "app_object"
-} | {f.name: _kind(str(f.type)) for f in dataclasses.fields(MasterConfig) if f.name != "pools"}
-_NULLABLE = frozenset(
-    f.name
-    for cls in (PoolConfig, MasterConfig)
-    for f in dataclasses.fields(cls)
-    if "None" in str(f.type)
-)
-
-
-def apply_settings(target: Any, settings: Mapping[str, object], source: str) -> None:
-    """Set validated ``settings`` on a PoolConfig or MasterConfig."""
-    for key, value in settings.items():
-        if key not in _FIELD_KINDS:
-            raise ConfigError(f"{source}: {key}: unknown setting")
-        if value is None and key in _NULLABLE:
-            setattr(target, key, None)
+    ``origin`` names where the value came from in messages (``--max-children``,
+    ``FILE:3 [pool.www] max_children``).
+    """
+    for key, (raw, origin) in values.items():
+        setting = SETTINGS[key]
+        try:
+            value = None if raw is None and setting.default is None else parse_value(setting, raw)
+        except ValueError as exc:
+            problems.append(f"{origin}: {exc}")
+            target.invalid.add(key)
             continue
-        setattr(target, key, _coerce(key, value, source))
+        target.invalid.discard(key)
+        setattr(target, key, value)
+        target.origins[key] = origin
+        target.layers[key] = layer
 
 
-def validate_pool(pool: PoolConfig, source: str) -> None:
-    """Cross-field checks (PHP-FPM's fpm_conf_process_all_pools, roughly)."""
-
-    def fail(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{source}: [pool.{pool.name}] {key}: {why}")
-
-    if pool.app_object is None:
-        if not pool.app:
-            raise fail("app", "missing (expected MODULE or MODULE:APP)")
-        if pool.app.startswith(":") or pool.app.endswith(":"):
-            raise fail("app", f"expected MODULE, MODULE:APP or MODULE:factory(), got {pool.app!r}")
-    elif not callable(pool.app_object):
-        raise fail("app", f"{type(pool.app_object).__name__} object is not callable")
-    if pool.worker not in ("sync", "trio"):
-        raise fail("worker", f"expected sync or trio, got {pool.worker!r}")
-    if pool.interface not in ("auto", "wsgi", "asgi"):
-        raise fail("interface", f"expected auto, wsgi or asgi, got {pool.interface!r}")
-    try:
-        pool.server_options()
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: [pool.{pool.name}] {exc}") from None
-    if not pool.listen:
-        raise fail("listen", "missing (expected unix:/path or HOST:PORT)")
-    if pool.pm not in PM_MODES:
-        raise fail("pm", f"expected one of {', '.join(PM_MODES)}, got {pool.pm!r}")
-    if pool.max_children < 1:
-        raise fail("max_children", f"must be at least 1, got {pool.max_children}")
-    for key in (
-        "listen_backlog",
-        "max_requests",
-        "max_requests_jitter",
-        "min_spare_servers",
-        "max_spare_servers",
-    ):
-        if getattr(pool, key) < 0:
-            raise fail(key, f"must not be negative, got {getattr(pool, key)}")
-    for key in (
-        "process_idle_timeout",
-        "request_terminate_timeout",
-        "request_slowlog_timeout",
-        "read_timeout",
-    ):
-        if getattr(pool, key) < 0:
-            raise fail(key, f"must not be negative, got {getattr(pool, key)}")
-    if pool.max_spawn_rate < 1:
-        raise fail("max_spawn_rate", f"must be at least 1, got {pool.max_spawn_rate}")
-    if pool.pm == "dynamic":
-        if pool.min_spare_servers < 1:
-            raise fail("min_spare_servers", "must be at least 1 with pm = dynamic")
-        if pool.max_spare_servers < pool.min_spare_servers:
-            raise fail(
-                "max_spare_servers",
-                f"({pool.max_spare_servers}) must not be below min_spare_servers "
-                f"({pool.min_spare_servers})",
-            )
-        if pool.max_spare_servers > pool.max_children:
-            raise fail(
-                "max_spare_servers",
-                f"({pool.max_spare_servers}) must not exceed max_children ({pool.max_children})",
-            )
-        start = pool.effective_start_servers
-        if not pool.min_spare_servers <= start <= pool.max_spare_servers:
-            raise fail(
-                "start_servers",
-                f"({start}) must lie between min_spare_servers ({pool.min_spare_servers}) "
-                f"and max_spare_servers ({pool.max_spare_servers})",
-            )
-    if pool.pm == "ondemand" and pool.process_idle_timeout <= 0:
-        raise fail("process_idle_timeout", "must be positive with pm = ondemand")
-    for key in ("status_path", "ping_path"):
-        value = getattr(pool, key)
-        if value is not None and not value.startswith("/"):
-            raise fail(key, f"must start with '/', got {value!r}")
-    try:
-        # Here, not in the worker: an ondemand pool has no worker until traffic.
-        compile_format(pool.access_format)
-    except ConfigError as exc:
-        raise fail("access_format", str(exc)) from None
-    if pool.request_slowlog_timeout and pool.slowlog is None:
-        pool.slowlog = "-"  # stderr, i.e. the master's log
-    if pool.user is None and os.geteuid() == 0:
-        raise fail(
-            "user",
-            "the master runs as root: name the user the workers run as "
-            '(user = "www-data" in the file or --user www-data; user = "root" / '
-            "--user root if you really mean it)",
-        )
+def apply_settings(target: Target, settings: Mapping[str, object], source: str) -> None:
+    """Set ``settings`` (name: value) on ``target``; raise every problem at once."""
+    problems: list[str] = []
+    scope = POOL_KEYS if isinstance(target, PoolConfig) else GLOBAL_KEYS
+    known = {}
+    for key, value in settings.items():
+        if key in scope:
+            known[key] = (value, f"{source} {key}" if source else key)
+        else:
+            problems.append(f"{source}: {key}: unknown setting{_suggest(key, scope)}")
+    apply_values(target, known, problems)
+    if problems:
+        raise ConfigErrors(problems)
 
 
-def validate_master(config: MasterConfig) -> None:
-    source = config.source
-    if config.log_level not in LOG_LEVELS:
-        raise ConfigError(
-            f"{source}: log_level: expected one of {', '.join(LOG_LEVELS)}, "
-            f"got {config.log_level!r}"
-        )
-    for key in ("process_control_timeout", "emergency_restart_interval", "systemd_interval"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"{source}: {key}: must not be negative")
-    if config.emergency_restart_threshold < 0:
-        raise ConfigError(f"{source}: emergency_restart_threshold: must not be negative")
-    if not config.pools:
-        raise ConfigError(f"{source}: no pool defined (add a [pool.NAME] table)")
-    names = [p.name for p in config.pools]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: pool names must be unique, got {names}")
-    seen: dict[str, str] = {}
-    for pool in config.pools:
-        validate_pool(pool, source)
-        for spec in pool.listen:
-            if spec in seen:
-                raise ConfigError(
-                    f"{source}: [pool.{pool.name}] listen: {spec!r} is already used by "
-                    f"pool {seen[spec]!r}"
-                )
-            seen[spec] = pool.name
+def _suggest(key: str, names: Iterable[str]) -> str:
+    """`` (did you mean max_children?)`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
-def config_from_mapping(data: Mapping[str, Any], source: str) -> MasterConfig:
-    """Build a MasterConfig from parsed TOML (no validation of cross-field rules)."""
+# -- reading the file --------------------------------------------------------------------
+
+_HEADER = re.compile(r"\s*\[\s*([^\[\]]+?)\s*\](?:\s*#.*)?\s*$")
+
+
+def _table_lines(text: str) -> dict[tuple[tuple[str, ...], str], int]:
+    """(table, key) -> line number of its first assignment, found by scanning the text.
+
+    Good enough for messages: simple ``key = value`` lines under ``[table]``
+    headers; anything fancier (dotted keys, inline tables) gets no line.
+    """
+    found: dict[tuple[tuple[str, ...], str], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            table = tuple(part.strip().strip("\"'") for part in header.group(1).split("."))
+            continue
+        m = re.match(r"\s*([\"']?)([A-Za-z0-9_-]+)\1\s*=", line)
+        if m:
+            found.setdefault((table, m.group(2)), number)
+    return found
+
+
+class _Reader:
+    """One file's settings, each named by file, line, table and key."""
+
+    def __init__(self, path: str, text: str, problems: list[str]) -> None:
+        self.path = path
+        self.lines = _table_lines(text)
+        self.problems = problems
+
+    def where(self, table: tuple[str, ...], key: str) -> str:
+        line = self.lines.get((table, key))
+        place = f"{self.path}:{line}" if line else self.path
+        label = "[" + ".".join(table) + "] " if table else ""
+        return f"{place} {label}{key}"
+
+    def unknown(self, table: tuple[str, ...], key: str, allowed: frozenset[str]) -> None:
+        if key in POOL_KEYS:
+            hint = " (a pool setting: put it in [pool.NAME] or at the top level)"
+        elif key in GLOBAL_KEYS:
+            hint = " (a [global] setting, not a pool's)"
+        else:
+            hint = _suggest(key, allowed)
+        self.problems.append(f"{self.where(table, key)}: unknown setting{hint}")
+
+    def values(
+        self, table: tuple[str, ...], data: Mapping[str, Any], allowed: frozenset[str]
+    ) -> dict[str, tuple[object, str]]:
+        out: dict[str, tuple[object, str]] = {}
+        for key, value in data.items():
+            if key in allowed:
+                out[key] = (value, self.where(table, key))
+            else:
+                self.unknown(table, key, allowed)
+        return out
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], source: str, problems: list[str], text: str = ""
+) -> MasterConfig:
+    """A MasterConfig from parsed TOML; problems are appended, cross-checks not made."""
+    reader = _Reader(source, text, problems)
     config = MasterConfig(source=source)
-    defaults: dict[str, object] = {}
+    shared: dict[str, tuple[object, str]] = {}
     for key, value in data.items():
         if key == "global":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: [global] must be a table")
-            for gkey in value:
-                if gkey not in GLOBAL_KEYS:
-                    raise ConfigError(f"{source}: [global] {gkey}: unknown setting")
-            apply_settings(config, value, source)
+            if isinstance(value, dict):
+                apply_values(config, reader.values(("global",), value, GLOBAL_KEYS), problems, FILE)
+            else:
+                problems.append(f"{source}: [global] must be a table")
         elif key == "pool":
             continue
         elif key in GLOBAL_KEYS:
-            apply_settings(config, {key: value}, source)
+            apply_values(config, {key: (value, reader.where((), key))}, problems, FILE)
         elif key in POOL_KEYS:
-            defaults[key] = value
+            shared[key] = (value, reader.where((), key))
         else:
-            raise ConfigError(f"{source}: {key}: unknown setting")
+            reader.unknown((), key, POOL_KEYS | GLOBAL_KEYS | {"global", "pool"})
     pools = data.get("pool", {})
     if not isinstance(pools, dict):
-        raise ConfigError(f"{source}: pool must be a set of [pool.NAME] tables")
+        problems.append(f"{source}: pool must be a set of [pool.NAME] tables")
+        pools = {}
     for name, table in pools.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{source}: pool.{name} must be a table")
+            problems.append(f"{source}: pool.{name} must be a table")
+            continue
         pool = PoolConfig(name=name)
-        for pkey in table:
-            if pkey not in POOL_KEYS:
-                raise ConfigError(f"{source}: [pool.{name}] {pkey}: unknown setting")
-        try:
-            apply_settings(pool, defaults, source)
-            apply_settings(pool, table, f"{source}: [pool.{name}]")
-        except ConfigError:
-            raise
+        apply_values(pool, shared, problems, SHARED)
+        apply_values(pool, reader.values(("pool", name), table, POOL_KEYS), problems, FILE)
         config.pools.append(pool)
-    if not pools and defaults:
+    if not pools and shared:
         pool = PoolConfig()
-        apply_settings(pool, defaults, source)
+        apply_values(pool, shared, problems, FILE)
         config.pools.append(pool)
+    if shared and pools:
+        # A top-level key with a bad value is reported once, not once per pool.
+        problems[:] = list(dict.fromkeys(problems))
     return config
+
+
+def read_config(path: str, problems: list[str]) -> MasterConfig:
+    """The file's settings; every problem with a value is appended to ``problems``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    text = raw.decode("utf-8", "replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_mapping(data, path, problems, text)
 
 
 def load_config(path: str, *, validate: bool = True) -> MasterConfig:
-    """Read and validate a TOML configuration file."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    config = config_from_mapping(data, path)
+    """Read (and validate) a TOML configuration file; raise every problem at once."""
+    problems: list[str] = []
+    config = read_config(path, problems)
     if validate:
-        validate_master(config)
+        validate_master(config, problems)
+    if problems:
+        raise ConfigErrors(problems)
     return config
 
 
+# -- checks across settings --------------------------------------------------------------
+
+
+def where(config: MasterConfig, target: Target, key: str) -> str:
+    """How messages name ``key``: where it was given, else where it would be."""
+    if key in target.origins:
+        return target.origins[key]
+    if config.source == "<command line>":
+        return "MODULE:APP" if key == "app" else SETTINGS[key].flag
+    if config.source == "fcgi.serve()":
+        return "fcgi.serve(bind=)" if key == "listen" else f"fcgi.serve({key}=)"
+    table = f"[pool.{target.name}]" if isinstance(target, PoolConfig) else "[global]"
+    return f"{config.source} {table} {key}"
+
+
+def _as_given(config: MasterConfig, key: str, value: object) -> str:
+    """``--pm static`` on the command line, ``pm = "static"`` elsewhere."""
+    if value is None:
+        return f"{key} unset"
+    if config.source == "<command line>":
+        return f"{SETTINGS[key].flag} {value}"
+    if config.source == "fcgi.serve()":
+        return f"{key}={value!r}"
+    return f"{key} = {toml_value(SETTINGS[key], value)}"
+
+
+def _given(target: Target, key: str) -> bool:
+    """Set by the user: given somewhere, or (built in Python) not the default."""
+    return key in target.origins or getattr(target, key) != default(key)
+
+
+def _table_checks(
+    config: MasterConfig, target: Target, keys: frozenset[str], out: list[str]
+) -> None:
+    """Each value against its own rule, and each setting against its mode."""
+    for setting in SETTINGS.values():
+        key = setting.name
+        if key not in keys or key in target.invalid:
+            continue
+        why = check_value(setting, getattr(target, key))
+        if why:
+            out.append(f"{where(config, target, key)}: {why}")
+        if setting.only_when and _given(target, key):
+            holds = [getattr(target, other) in values for other, values in setting.only_when]
+            layer = target.layers.get(key, COMMAND)
+            deciding = max(target.layers.get(other, -1) for other, _ in setting.only_when)
+            if not any(holds) and layer >= FILE and layer >= deciding:
+                wanted = " or ".join(
+                    _as_given(config, other, "|".join(values))
+                    for other, values in setting.only_when
+                )
+                now = ", ".join(
+                    _as_given(config, other, getattr(target, other))
+                    for other, _ in setting.only_when
+                )
+                out.append(
+                    f"{where(config, target, key)}: does nothing with {now} (only with {wanted})"
+                )
+
+
+def _derive_spares(config: MasterConfig, pool: PoolConfig, out: list[str]) -> None:
+    """pm = dynamic: fill the unset spare settings from the set ones, as PHP-FPM does.
+
+    ``--max-children 2`` alone must not fail on a ``max_spare_servers``
+    default of 3 the user never wrote: unset values give way to set ones, and
+    only settings the user gave can contradict each other.
+    """
+    keys = ("max_children", "min_spare_servers", "max_spare_servers", "start_servers")
+    if any(key in pool.invalid for key in keys):
+        return
+    most = pool.max_children
+    min_given = _given(pool, "min_spare_servers")
+    max_given = _given(pool, "max_spare_servers")
+    if not max_given:
+        floor = pool.min_spare_servers if min_given else 0
+        pool.max_spare_servers = min(max(default("max_spare_servers"), floor), most)
+    if not min_given:
+        pool.min_spare_servers = min(default("min_spare_servers"), pool.max_spare_servers)
+
+    def w(key: str) -> str:
+        return where(config, pool, key)
+
+    low, high = pool.min_spare_servers, pool.max_spare_servers
+    if max_given and high > most:
+        out.append(f"{w('max_spare_servers')}: ({high}) must not exceed max_children ({most})")
+    elif low > high:
+        if max_given:
+            out.append(
+                f"{w('max_spare_servers')}: ({high}) must not be below min_spare_servers ({low})"
+            )
+        else:
+            out.append(f"{w('min_spare_servers')}: ({low}) must not exceed max_children ({most})")
+    elif pool.start_servers is not None and not low <= pool.start_servers <= high:
+        out.append(
+            f"{w('start_servers')}: ({pool.start_servers}) must lie between "
+            f"min_spare_servers ({low}) and max_spare_servers ({high})"
+        )
+
+
+def validate_pool(
+    config: MasterConfig, pool: PoolConfig, out: list[str], *, single: bool = False
+) -> None:
+    """Cross-field checks (PHP-FPM's fpm_conf_process_all_pools, roughly).
+
+    ``single``: the pool describes the single-process server, which needs no
+    app name (it has the object), no address (fd 0 will do) and no user.
+    """
+    from fcgi.pool.access_log import compile_format
+
+    def w(key: str) -> str:
+        return where(config, pool, key)
+
+    _table_checks(config, pool, POOL_KEYS, out)
+    if pool.app_object is None and not single:
+        if not pool.app:
+            out.append(f"{w('app')}: missing (expected MODULE or MODULE:APP)")
+        elif pool.app.startswith(":") or pool.app.endswith(":"):
+            out.append(
+                f"{w('app')}: expected MODULE, MODULE:APP or MODULE:factory(), got {pool.app!r}"
+            )
+    elif pool.app_object is not None and not callable(pool.app_object):
+        out.append(f"{w('app')}: {type(pool.app_object).__name__} object is not callable")
+    if not pool.listen and not single and "listen" not in pool.invalid:
+        out.append(f"{w('listen')}: missing (expected unix:/path or HOST:PORT)")
+    if pool.pm == "dynamic" and not single:
+        _derive_spares(config, pool, out)
+    if "access_format" not in pool.invalid:
+        try:
+            # Here, not in the worker: an ondemand pool has no worker until traffic.
+            compile_format(pool.access_format)
+        except ConfigError as exc:
+            out.append(f"{w('access_format')}: {exc}")
+    if pool.request_slowlog_timeout and pool.slowlog is None:
+        pool.slowlog = "-"  # stderr, i.e. the master's log
+    if not single and pool.user is None and os.geteuid() == 0:
+        out.append(
+            f"{w('user')}: the master runs as root: name the user the workers run as "
+            '(user = "www-data" in the file or --user www-data; user = "root" / '
+            "--user root if you really mean it)"
+        )
+
+
+def validate_master(
+    config: MasterConfig, problems: list[str] | None = None, *, single: bool = False
+) -> None:
+    """Every check; problems are appended to ``problems``, or raised together if None."""
+    out: list[str] = [] if problems is None else problems
+    source = config.source
+    _table_checks(config, config, GLOBAL_KEYS, out)
+    if not config.pools:
+        out.append(f"{source}: no pool defined (add a [pool.NAME] table)")
+    names = [p.name for p in config.pools]
+    if len(set(names)) != len(names):
+        out.append(f"{source}: pool names must be unique, got {names}")
+    seen: dict[str, str] = {}
+    for pool in config.pools:
+        validate_pool(config, pool, out, single=single)
+        for spec in pool.listen:
+            if spec in seen:
+                out.append(
+                    f"{where(config, pool, 'listen')}: {spec!r} is already used by "
+                    f"pool {seen[spec]!r}"
+                )
+            seen[spec] = pool.name
+    if problems is None and out:
+        raise ConfigErrors(out)
+
+
+# -- writing it back ---------------------------------------------------------------------
+
+
+def _lines(target: Target, keys: frozenset[str]) -> list[str]:
+    lines = []
+    for setting in SETTINGS.values():
+        key = setting.name
+        if key not in keys:
+            continue
+        value = getattr(target, key)
+        if isinstance(target, PoolConfig) and key == "start_servers" and target.pm == "dynamic":
+            value = target.effective_start_servers
+        if value is None or (key == "app" and not value):
+            lines.append(f"# {key} (unset)")
+            continue
+        line = f"{key} = {toml_value(setting, value)}"
+        if setting.only_when and not any(
+            getattr(target, other) in values for other, values in setting.only_when
+        ):
+            modes = " or ".join(f"{other} = {'|'.join(v)}" for other, v in setting.only_when)
+            line = f"# {line}  (used only with {modes})"
+        lines.append(line)
+    return lines
+
+
+def format_toml(config: MasterConfig) -> str:
+    """The effective settings as TOML that reads back to the same settings.
+
+    Unset values and settings the chosen mode does not use are comments, so
+    feeding the output to ``fcgi serve --config`` or ``fcgi check-config``
+    gives the same configuration, and the same output again.
+    """
+    out = ["[global]", *_lines(config, GLOBAL_KEYS)]
+    for pool in config.pools:
+        out += ["", f"[pool.{_pool_name(pool.name)}]", *_lines(pool, POOL_KEYS)]
+    return "\n".join(out) + "\n"
+
+
+def _pool_name(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_value(SETTINGS["app"], name)
+
+
 def effective_settings(config: MasterConfig) -> dict[str, Any]:
-    """Every setting with its effective value, for ``fcgi check-config``."""
-    out: dict[str, Any] = {key: getattr(config, key) for key in sorted(GLOBAL_KEYS)}
+    """Every setting with its effective value (TOML's shape: [global] and pool.NAME)."""
+    out: dict[str, Any] = {key: getattr(config, key) for key in SETTINGS if key in GLOBAL_KEYS}
     out["pool"] = {}
     for pool in config.pools:
-        values = {f.name: getattr(pool, f.name) for f in dataclasses.fields(pool)}
-        values.pop("name")
-        values.pop("app_object")
+        values = {key: getattr(pool, key) for key in SETTINGS if key in POOL_KEYS}
         values["start_servers"] = pool.effective_start_servers
         out["pool"][pool.name] = values
     return out

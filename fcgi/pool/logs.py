@@ -1,56 +1,27 @@
-"""The master's error log: where it goes, its level, and reopening it on SIGUSR1.
+"""The master's error log, from the global settings (see :mod:`fcgi.logsetup`).
 
-``error_log`` unset: log to stderr (or keep whatever handler the caller, e.g.
-the ``fcgi`` command, already installed). Set: append to that file; SIGUSR1
-closes and reopens it, so logrotate can move it away first.
-
-Both handlers format with :class:`fcgi.escape.EscapingFormatter`: a request
-URI or an app's exception message cannot add a line of its own to the log.
-A handler the caller installed keeps the caller's formatter (wrap it with
-:func:`fcgi.escape.escaping_handler` to get the same protection).
+The pool's own entry to :func:`fcgi.logsetup.configure_logging`, which the
+single process shares without importing the pool: ``error_log`` (a file,
+``-`` for stderr, or ``syslog``), ``log_level``, ``log_config``,
+``syslog_facility`` and ``syslog_ident``. Workers inherit the handlers by fork
+and reopen the files on SIGUSR1 as the master does; their stdout and stderr
+reach the same place through :mod:`fcgi.pool.worker_output`.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from fcgi.escape import EscapingFormatter
+from fcgi.logsetup import LEVELS, LOG_FORMAT, configure_logging, reopen_log_files
 from fcgi.pool.config import MasterConfig
 
-LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "notice": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
-
-_file_handlers: list[logging.FileHandler] = []
+__all__ = ["LEVELS", "LOG_FORMAT", "reopen_log_files", "setup_logging"]
 
 
 def setup_logging(config: MasterConfig) -> None:
-    root = logging.getLogger()
-    root.setLevel(LEVELS.get(config.log_level, logging.INFO))
-    if config.error_log and config.error_log != "-":
-        handler = logging.FileHandler(config.error_log, delay=False)
-        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
-        root.addHandler(handler)
-        _file_handlers.append(handler)
-    elif not root.handlers:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(EscapingFormatter(LOG_FORMAT))
-        root.addHandler(stream)
-
-
-def reopen_log_files() -> None:
-    for handler in _file_handlers:
-        handler.acquire()
-        try:
-            if handler.stream is not None:
-                handler.stream.close()
-            handler.stream = handler._open()
-        finally:
-            handler.release()
+    """Configure the master's logging; ConfigError (exit 2, before "ready") if it cannot work."""
+    configure_logging(
+        error_log=config.error_log,
+        log_level=config.log_level,
+        log_config=config.log_config,
+        syslog_facility=config.syslog_facility,
+        syslog_ident=config.syslog_ident,
+    )

@@ -9,7 +9,13 @@ Read top to bottom, :meth:`Master.run` is the whole story::
         handle queued signals            (stop, reload, reopen, +/- worker)
         reap dead children               (log, account, replace)
         heartbeat                        (timeouts, slowlog, pool sizes, figures)
+        WATCHDOG=1 to systemd            (every half WatchdogSec, if it asks)
     until stopping and no child is left
+
+A worker that cannot start is fatal only before "ready" (the exit status says
+why: 3 the app, 4 anything else). After it, the surviving workers go on
+serving while the master tries again with a growing delay (1 s doubling to
+30 s), one worker at a time, until one starts.
 
 Signal handlers only queue the signal number; ``signal.set_wakeup_fd`` wakes
 the ``select`` so the loop does the work outside the handler. The master never
@@ -37,17 +43,19 @@ from enum import IntEnum
 from types import FrameType
 
 from fcgi import systemd
-from fcgi.errors import ConfigError
+from fcgi.escape import escape
+from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_OK, EXIT_WORKERS
 from fcgi.pool import preflight, reexec
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
-from fcgi.pool.running_pool import Child, Reload, RunningPool
+from fcgi.pool.running_pool import START_BACKOFF_FIRST, Child, Reload, RunningPool
 from fcgi.pool.scaling import dynamic_decision, static_decision
 from fcgi.pool.scoreboard import Slot, SlotState
 from fcgi.pool.status import PageAnswer, collect_from_board, ping_answer, render
 from fcgi.pool.status_server import StatusServer
-from fcgi.pool.worker_output import OutputPipe
+from fcgi.pool.worker_output import OutputPipe, captures_output
 from fcgi.pool.worker_process import (
+    EXIT_APP_ERROR,
     EXIT_BOOT_ERROR,
     BootError,
     WorkerSpec,
@@ -65,6 +73,10 @@ HEARTBEAT = 1.0
 FAST_TICK = 0.05
 #: Fast stop: how long children get between SIGINT and SIGKILL.
 FAST_STOP_GRACE = 1.0
+#: Signals of a worker that count towards emergency_restart_threshold, as in
+#: PHP-FPM: a crash in C (the interpreter, an extension), which a fresh master
+#: may cure; an app that raises or exits is replaced without counting.
+EMERGENCY_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS})
 
 
 class State(IntEnum):
@@ -78,7 +90,7 @@ class Master:
         self.config = config
         self.pools: list[RunningPool] = []
         self.state = State.RUNNING
-        self.exit_code = 0
+        self.exit_code = EXIT_OK
         self.signals: deque[int] = deque()
         self.outputs: dict[int, OutputPipe] = {}
         self.status_servers: list[StatusServer] = []
@@ -87,6 +99,9 @@ class Master:
         self.next_heartbeat = 0.0
         self.next_systemd_status = 0.0
         self.announced_ready = False
+        #: Stack dumps asked of workers past request_terminate_timeout:
+        #: pool name -> pid -> (phase, deadline); see _check_requests.
+        self._stack_dumps: dict[str, dict[int, tuple[str, float]]] = {}
         self.crash_times: deque[float] = deque()
         #: Every listening socket by its bind spec (handed over on re-exec).
         self.sockets_by_spec: dict[str, socket.socket] = {}
@@ -94,6 +109,13 @@ class Master:
         self.predecessors: set[int] = set()
         #: Set once this process wrote config.pid_file (only then is it ours to remove).
         self.pid_file_written = False
+        #: Re-executed by a reload: the service was ready before this process
+        #: began, so a worker that cannot start is retried, never fatal.
+        self.resumed = False
+        #: systemd's WatchdogSec= in seconds (None: no watchdog), and when the
+        #: next WATCHDOG=1 is due (every half interval, as sd_watchdog_enabled(3) advises).
+        self.watchdog = systemd.watchdog_interval()
+        self.next_watchdog = 0.0
         self._wake_r = -1
         self._wake_w = -1
 
@@ -119,6 +141,9 @@ class Master:
         reexec.unblock_signals()
         try:
             self._open_sockets()
+            # Before a preload that may take long (after a re-exec, systemd's
+            # watchdog is running): the last ping came just before the exec.
+            self._feed_watchdog(time.monotonic())
             self._preload_apps()
             import_worker_code([pool.config.worker for pool in self.pools])
             self._write_pid_file()
@@ -137,6 +162,7 @@ class Master:
                 if now >= self.next_heartbeat:
                     self.next_heartbeat = now + HEARTBEAT
                     self._heartbeat(now)
+                self._feed_watchdog(now)
         finally:
             self._cleanup()
         log.info("master %d exiting with code %d", os.getpid(), self.exit_code)
@@ -168,6 +194,12 @@ class Master:
         if self.stop_deadline is not None:
             timeout = min(timeout, 0.1)
         timeout = min(timeout, self._timeout_check_period())
+        now = time.monotonic()
+        if self.watchdog is not None:
+            timeout = min(timeout, max(0.0, self.next_watchdog - now))
+        for pool in self.pools:
+            if pool.spawn_blocked_until:
+                timeout = min(timeout, max(0.0, pool.spawn_blocked_until - now))
         # poll(), not select(): a large pool with catch_workers_output has more
         # than select()'s 1024 descriptors.
         poller = select.poll()
@@ -237,9 +269,7 @@ class Master:
             elif sig in (signal.SIGHUP, signal.SIGUSR2):
                 if self.state == State.RUNNING:
                     log.info("%s: graceful reload", name)
-                    systemd.notify("RELOADING=1")
-                    for pool in self.pools:
-                        self._begin_reload(pool)
+                    self._reload_all()
             elif sig == signal.SIGUSR1:
                 log.info("SIGUSR1: reopening log files")
                 self._reopen_logs()
@@ -303,7 +333,7 @@ class Master:
         gen = pool.generation if generation is None else generation
         pool.board.write_slot(index, Slot(state=SlotState.STARTING, generation=gen))
         pipes: list[OutputPipe] = []
-        if pool.config.catch_workers_output:
+        if captures_output(self.config, pool.config):
             pipes = [OutputPipe(pool.name, "stdout"), OutputPipe(pool.name, "stderr")]
         spec = WorkerSpec(
             config=pool.config,
@@ -401,42 +431,116 @@ class Master:
         if self.state != State.RUNNING:
             return
         booted = child.ready or slot.state not in (SlotState.STARTING, SlotState.FREE)
-        if not booted:
-            self._boot_failed(pool, child, status)
-        elif crashed:
+        if booted and not slot.accepted and start_exit_code(status, None) is not None:
+            # Said it could not start after it looked ready, before it took a
+            # connection: an ASGI app whose lifespan startup failed.
+            booted = False
+        if booted and not child.ready:
+            # It got ready and exited between two looks: a start all the same.
+            self._note_started(pool)
+        if not booted and not child.retiring:
+            self._boot_failed(pool, child, status, how, now)
+        elif booted and os.WIFSIGNALED(status) and os.WTERMSIG(status) in EMERGENCY_SIGNALS:
             self._count_crash(now)
         self._maintain(pool, now)
 
-    def _boot_failed(self, pool: RunningPool, child: Child, status: int) -> None:
-        now = time.monotonic()
+    def _boot_failed(
+        self, pool: RunningPool, child: Child, status: int, how: str, now: float
+    ) -> None:
+        """A worker exited before it was ready (its own log line said why).
+
+        Part of a reload: the reload fails, the old workers go on. Before the
+        master was ever ready: it stops, with the exit table's status for
+        what went wrong. After: never fatal; the surviving workers serve
+        while the master tries again, 1 s later, then 2, 4... up to 30 s, one
+        worker at a time, until one starts.
+        """
         reload = pool.reload
         if reload is not None and child.generation == reload.generation:
-            log.error(
-                "[pool %s] reload failed: the new workers cannot start (see above); "
-                "the old workers keep serving",
-                pool.name,
-            )
-            for other in list(pool.children.values()):
-                if other.generation == reload.generation:
-                    pool.retire(other, now, self.config.process_control_timeout)
-            pool.reload = None
-            systemd.notify("READY=1")
+            pool.header.start_failures += 1
+            pool.board.write_header(pool.header)
+            self._reload_failed(pool, now)
             return
-        if not pool.ever_ready:
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
-            log.critical("[pool %s] workers cannot start (exit code %d); stopping", pool.name, code)
-            self.exit_code = EXIT_BOOT_ERROR
+        if not self.announced_ready and not self.resumed:
+            code = start_exit_code(status) or EXIT_WORKERS
+            log.critical(
+                "[pool %s] workers cannot start (child %d %s); stopping with exit code %d",
+                pool.name,
+                child.pid,
+                how,
+                code,
+            )
+            self.exit_code = code
             self._stop(graceful=True)
             return
-        pool.spawn_blocked_until = now + pool.boot_backoff
+        step = pool.start_failed(child, now)
+        if step is None:
+            return  # forked with the attempt that already set the wait
         log.error(
-            "[pool %s] a new worker could not start; retrying in %.1f s",
+            "[pool %s] a new worker could not start (child %d %s); workers serving: %d; "
+            "retrying in %g s",
             pool.name,
-            pool.boot_backoff,
+            child.pid,
+            how,
+            len(pool.live_children()),
+            step,
         )
-        pool.boot_backoff = min(pool.boot_backoff * 2, 30.0)
+        if self.announced_ready:
+            systemd.notify("STATUS=" + self._status_line())
+        elif step == START_BACKOFF_FIRST:
+            # A re-executed master whose workers cannot start: the previous
+            # master's workers go on serving, and systemd hears of it once.
+            self._report_reload_failure(
+                "the new master's workers cannot start; the previous workers keep serving"
+            )
+
+    def _note_started(self, pool: RunningPool) -> bool:
+        """A worker of ``pool`` got ready: end its start retries, if any (True then)."""
+        if not pool.start_recovered():
+            return False
+        log.info("[pool %s] a new worker started: start retries are over", pool.name)
+        if self.announced_ready:
+            systemd.notify("STATUS=" + self._status_line())
+        return True
+
+    def _reload_failed(self, pool: RunningPool, now: float) -> None:
+        reload = pool.reload
+        assert reload is not None
+        log.error(
+            "[pool %s] reload failed: the new workers cannot start (see above); "
+            "the old workers keep serving",
+            pool.name,
+        )
+        for other in list(pool.children.values()):
+            if other.generation == reload.generation:
+                pool.retire(other, now, self.config.process_control_timeout)
+        pool.reload = None
+        self._report_reload_failure(
+            f"[pool {pool.name}] the new workers cannot start; the old workers keep serving"
+        )
+        if pool.reload_pending:
+            # Asked again while this one ran: perhaps with the code fixed.
+            pool.reload_pending = False
+            self._begin_reload(pool)
+
+    def _report_reload_failure(self, reason: str) -> None:
+        """Tell systemd the reload failed, then that the service is ready again (old code).
+
+        ``reason`` may quote an import error: escaped, so that it stays one
+        ``STATUS=`` line and cannot add an assignment of its own.
+        """
+        systemd.notify("STATUS=Reload failed: " + escape(reason))
+        if all(p.reload is None for p in self.pools):
+            systemd.notify("READY=1")
 
     def _count_crash(self, now: float) -> None:
+        """A worker killed by SIGSEGV or SIGBUS: reload once too many come too fast.
+
+        PHP-FPM's emergency_restart_threshold: that many such deaths within
+        emergency_restart_interval seconds reload the pools as SIGHUP does
+        (the master re-executes itself with ``preload_app``). Workers that
+        exit, raise or are killed by the master do not count.
+        """
         threshold = self.config.emergency_restart_threshold
         if not threshold:
             return
@@ -446,20 +550,22 @@ class Master:
             self.crash_times.popleft()
         if len(self.crash_times) >= threshold:
             log.critical(
-                "%d workers crashed within %g s (emergency_restart_threshold): "
-                "restarting the master",
+                "%d workers killed by SIGSEGV or SIGBUS within %g s "
+                "(emergency_restart_threshold %d): reloading",
                 len(self.crash_times),
                 interval,
+                threshold,
             )
             self.crash_times.clear()
-            if any(pool.config.app_object is not None for pool in self.pools):
-                # An app object cannot survive an exec: renew the workers only.
-                for pool in self.pools:
-                    self._begin_reload(pool)
-            else:
-                self._reexec()
+            self._reload_all()
 
     # == reload =====================================================================
+
+    def _reload_all(self) -> None:
+        """SIGHUP, SIGUSR2, or the emergency threshold: every pool gets new workers."""
+        systemd.notify(systemd.reloading())
+        for pool in self.pools:
+            self._begin_reload(pool)
 
     def _begin_reload(self, pool: RunningPool) -> None:
         if pool.reload is not None:
@@ -490,6 +596,9 @@ class Master:
                 "reload failed: the new code cannot be imported (%s); the old workers keep serving",
                 error,
             )
+            self._report_reload_failure(
+                f"the new code cannot be imported ({error}); the old workers keep serving"
+            )
             return
         # From here signals stay pending, and pending signals survive the
         # exec: the new master handles them once its handlers are in place.
@@ -505,13 +614,14 @@ class Master:
         for sig in set(self.signals) - {signal.SIGHUP, signal.SIGUSR2}:
             os.kill(os.getpid(), sig)
         self.signals.clear()
+        if self.watchdog is not None:
+            systemd.notify("WATCHDOG=1")  # the new master pings once it has imported the app
         workers = [pid for pool in self.pools for pid in pool.children] + list(self.predecessors)
         log.info(
             "preload_app: re-executing the master to load new code; %d workers "
             "go on serving until the new ones are ready",
             len(workers),
         )
-        systemd.notify("RELOADING=1")
         try:
             reexec.exec_master(
                 reexec.Handover(dict(self.sockets_by_spec), list(self.owned_paths), workers)
@@ -523,6 +633,7 @@ class Master:
                 sys.executable,
                 exc,
             )
+            self._report_reload_failure(f"cannot exec {sys.executable}: {exc}")
 
     def _retire_predecessors(self, sig: int = signal.SIGTERM) -> None:
         for pid in self.predecessors:
@@ -576,7 +687,11 @@ class Master:
     def _fast_checks(self, now: float) -> None:
         """Every loop turn: readiness, reload progress, request timeouts, kill deadlines."""
         for pool in self.pools:
-            pool.note_ready()
+            if pool.note_ready() and self._note_started(pool):
+                self._maintain(pool, now)
+            elif pool.retry_due(now):
+                log.debug("[pool %s] trying to start a worker again", pool.name)
+                self._maintain(pool, now)
             self._advance_reload(pool, now)
             self._check_requests(pool, now)
             for child in list(pool.children.values()):
@@ -621,13 +736,55 @@ class Master:
             systemd.notify(f"READY=1\nSTATUS=Ready to handle connections\nMAINPID={os.getpid()}")
 
     def _check_requests(self, pool: RunningPool, now: float) -> None:
+        """Slowlog and request_terminate_timeout, from the scoreboard.
+
+        A request over ``request_slowlog_timeout`` gets SIGUSR2: its worker
+        writes the request's stack (:meth:`ScoreboardHooks.dump_stack`) and
+        goes on. One over ``request_terminate_timeout`` is killed, but its
+        stack is written first, without blocking this loop: SIGUSR2 now and a
+        deadline (:data:`fcgi.stacks.STACK_DUMP_GRACE`); at the deadline, if
+        the worker did not say it wrote the stack
+        (:func:`fcgi.stacks.dump_acknowledged`), FALLBACK_SIGNAL makes
+        faulthandler write every thread's stack from C (code stuck in C never
+        runs the Python handler), and SIGKILL follows FALLBACK_DUMP_GRACE
+        later. The deadlines live in ``_stack_dumps`` (pool name -> pid ->
+        (phase, deadline)); a later pass, a fraction of the timeout later at
+        most (_timeout_check_period), acts on them.
+        """
+        from fcgi import stacks
+
         cfg = pool.config
         terminate = cfg.request_terminate_timeout
         slowlog = cfg.request_slowlog_timeout
         if not terminate and not slowlog:
             return
+        pending = self._stack_dumps.setdefault(pool.name, {})
+        for pid in [pid for pid in pending if pid not in pool.children]:
+            del pending[pid]  # exited (and reaped) during its grace
         for child in list(pool.children.values()):
             if child.killed:
+                pending.pop(child.pid, None)
+                continue
+            job = pending.get(child.pid)
+            if job is not None:
+                phase, deadline = job
+                if now < deadline:
+                    continue
+                if phase == "python" and not stacks.dump_acknowledged(child.pid):
+                    log.warning(
+                        "[pool %s] child %d did not write its stack within %g s (stuck "
+                        "outside Python?): asking faulthandler for every thread's stack",
+                        pool.name,
+                        child.pid,
+                        stacks.STACK_DUMP_GRACE,
+                    )
+                    stacks.write_fallback_header(cfg.slowlog, pool.name, child.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, stacks.FALLBACK_SIGNAL)
+                    pending[child.pid] = ("faulthandler", now + stacks.FALLBACK_DUMP_GRACE)
+                    continue
+                del pending[child.pid]
+                pool.kill(child)
                 continue
             slot = pool.slot_of(child)
             if slot.state != SlotState.BUSY:
@@ -642,7 +799,8 @@ class Master:
                 pool.board.write_header(pool.header)
                 log.warning(
                     "[pool %s] child %d, method %s, uri %s: execution timed out "
-                    "(%.3f s > request_terminate_timeout %g s), terminating",
+                    "(%.3f s > request_terminate_timeout %g s), terminating "
+                    "(its stack first)",
                     pool.name,
                     child.pid,
                     slot.method,
@@ -650,7 +808,9 @@ class Master:
                     elapsed,
                     terminate,
                 )
-                pool.kill(child)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGUSR2)
+                pending[child.pid] = ("python", now + stacks.STACK_DUMP_GRACE)
             elif slowlog and elapsed > slowlog and child.slowlogged_seq != seq:
                 child.slowlogged_seq = seq
                 pool.header.slow_requests += 1
@@ -686,7 +846,21 @@ class Master:
                 pool.slot_of(ch).requests for ch in pool.children.values()
             )
             slow += pool.header.slow_requests
-        return f"Processes active: {active}, idle: {idle}, Requests: {requests}, slow: {slow}"
+        line = f"Processes active: {active}, idle: {idle}, Requests: {requests}, slow: {slow}"
+        for pool in self.pools:
+            if pool.start_backoff:
+                line += (
+                    f"; [pool {pool.name}] new workers cannot start, "
+                    f"retrying every {pool.start_backoff:g} s"
+                )
+        return line
+
+    def _feed_watchdog(self, now: float) -> None:
+        """WATCHDOG=1 every half WatchdogSec, from the loop: a stuck loop is restarted."""
+        if self.watchdog is None or now < self.next_watchdog:
+            return
+        self.next_watchdog = now + self.watchdog / 2
+        systemd.notify("WATCHDOG=1")
 
     def _maintain(self, pool: RunningPool, now: float, initial: bool = False) -> None:
         """Bring the pool to its size: replace the dead, add spares, retire the idle."""
@@ -730,7 +904,12 @@ class Master:
                 census.idle,
                 census.total,
             )
-        for _ in range(decision.spawn):
+        spawn = decision.spawn
+        if pool.start_backoff:
+            # New workers could not start: one at a time until one does, so
+            # a still-broken deploy costs one fork and one log line per retry.
+            spawn = 0 if census.starting else min(spawn, 1)
+        for _ in range(spawn):
             self._spawn(pool)
         if decision.retire_idle:
             victims = pool.idle_children_oldest_first()[: decision.retire_idle]
@@ -792,6 +971,7 @@ class Master:
             inherited[str(parse_bind(spec))] = sock
         self.owned_paths += handover.owned_paths
         self.predecessors = set(handover.workers)
+        self.resumed = bool(handover.sockets or handover.workers)
         if handover.sockets:
             log.info(
                 "master %d re-executed: %d sockets kept, %d previous workers still serving",
@@ -866,7 +1046,9 @@ class Master:
                 try:
                     pool.app = load_pool_app(pool.config.app)
                 except BootError as exc:
-                    raise ConfigError(f"[pool {pool.name}] {exc}") from None
+                    # The exit table's 3, as when a worker cannot import it.
+                    problem = preflight.Problem(f"[pool {pool.name}] {exc}", app=True)
+                    raise preflight.StartupError([problem]) from None
 
     def _reopen_logs(self) -> None:
         from fcgi.pool.logs import reopen_log_files
@@ -925,6 +1107,22 @@ class StatusResponder:
         return render(
             collect_from_board(cfg, self.pool.board, queue), params.get("QUERY_STRING", "")
         )
+
+
+def start_exit_code(status: int, other: int | None = EXIT_WORKERS) -> int | None:
+    """The master's exit status when its workers never started (``status`` from waitpid).
+
+    3 when the worker said the app cannot be loaded, 4 when it said anything
+    else stopped it (user, group, chdir); ``other`` for any other end (a
+    crash while starting: 4 by default).
+    """
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        if code == EXIT_APP_ERROR:
+            return EXIT_APP_IMPORT
+        if code == EXIT_BOOT_ERROR:
+            return EXIT_WORKERS
+    return other
 
 
 def run_master(config: MasterConfig) -> int:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from fcgi.app_loader import AppImportError, load_app
 from fcgi.errors import ConfigError
+from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_USAGE
+from fcgi.logsetup import read_log_config
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.worker_process import BootError, drop_privileges, prepare_environment
 
@@ -34,11 +36,6 @@ from fcgi.pool.worker_process import BootError, drop_privileges, prepare_environ
 IMPORT_TIMEOUT = 120.0
 #: Most bytes of an import error the child reports (one line is the aim).
 _MAX_MESSAGE = 4096
-
-#: Exit status when the app cannot be imported (as a worker that cannot load it).
-EXIT_APP_IMPORT = 3
-#: Exit status for any other configuration problem.
-EXIT_CONFIG = 2
 
 
 class StartupError(ConfigError):
@@ -69,16 +66,22 @@ def problems(config: MasterConfig, *, import_apps: bool = True) -> list[Problem]
     """Every reason ``config`` would fail once running, in pool order (empty: none)."""
     found: list[Problem] = []
     for path, key in ((config.error_log, "error_log"), (config.pid_file, "pid_file")):
-        if path and path != "-":
+        # "-" is stderr and error_log = "syslog" the syslog socket: no file.
+        if path and path != "-" and not (key == "error_log" and path == "syslog"):
             found += _writable(path, f"{config.source}: {key}")
+    if config.log_config:
+        try:
+            read_log_config(config.log_config)
+        except ConfigError as exc:
+            found.append(Problem(f"{config.source}: {exc}"))
     for pool in config.pools:
         found += _pool_problems(config.source, pool, import_apps)
     return found
 
 
 def exit_code(found: list[Problem]) -> int:
-    """3 if the app is what cannot start, else 2 (a configuration mistake)."""
-    return EXIT_APP_IMPORT if any(p.app for p in found) else EXIT_CONFIG
+    """The exit table's status: 3 if an app is what cannot start, else 2 (configuration)."""
+    return EXIT_APP_IMPORT if any(p.app for p in found) else EXIT_USAGE
 
 
 def _pool_problems(source: str, pool: PoolConfig, import_apps: bool) -> list[Problem]:

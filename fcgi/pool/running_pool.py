@@ -21,6 +21,14 @@ from fcgi.pool.scaling import Census
 from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
 from fcgi.pool.worker_output import OutputPipe
 
+#: Seconds the master waits after the first worker that cannot start, before
+#: it tries one again; doubled by each attempt that fails too.
+START_BACKOFF_FIRST = 1.0
+#: The longest wait between two attempts: a fixed deploy or a user created
+#: again is taken up within half a minute, at the cost of one failed fork
+#: (and one log line) each 30 s while it is not.
+START_BACKOFF_MAX = 30.0
+
 
 @dataclass(slots=True)
 class Child:
@@ -63,8 +71,14 @@ class RunningPool:
         self.target = config.max_children
         self.spawn_rate = 1
         self.ever_ready = False
+        #: CLOCK_MONOTONIC time before which no worker is started (0: none pending).
         self.spawn_blocked_until = 0.0
-        self.boot_backoff = 0.5
+        #: The current wait between start attempts; 0 while workers start fine.
+        self.start_backoff = 0.0
+        #: When the last backoff step was decided: a worker forked before it
+        #: belongs to an attempt already judged, so its failure does not
+        #: double the wait again.
+        self.start_backoff_decided = 0.0
         self.reload: Reload | None = None
         self.reload_pending = False
         self.full_warned = False
@@ -109,9 +123,48 @@ class RunningPool:
             ):
                 child.ready = True
                 self.ever_ready = True
-                self.boot_backoff = 0.5
                 fresh.append(child)
         return fresh
+
+    # -- workers that cannot start -------------------------------------------------
+
+    def start_failed(self, child: Child, now: float) -> float | None:
+        """Count a worker that exited before it was ready; the new wait, if this is a new step.
+
+        Only the first failure of an attempt sets the next wait (1 s, then
+        doubled up to :data:`START_BACKOFF_MAX`): the workers forked together
+        before it are the same attempt and fail for the same reason.
+        """
+        self.header.start_failures += 1
+        step: float | None = None
+        if child.spawned >= self.start_backoff_decided:
+            if self.start_backoff:
+                step = min(self.start_backoff * 2, START_BACKOFF_MAX)
+            else:
+                step = START_BACKOFF_FIRST
+            self.start_backoff = step
+            self.start_backoff_decided = now
+            self.spawn_blocked_until = now + step
+        self.header.start_backoff = self.start_backoff
+        self.board.write_header(self.header)
+        return step
+
+    def start_recovered(self) -> bool:
+        """A worker became ready: end the backoff. True if there was one."""
+        if not self.start_backoff:
+            return False
+        self.start_backoff = 0.0
+        self.spawn_blocked_until = 0.0
+        self.header.start_backoff = 0.0
+        self.board.write_header(self.header)
+        return True
+
+    def retry_due(self, now: float) -> bool:
+        """The wait after a failed start is over: time for the next attempt."""
+        if self.spawn_blocked_until and now >= self.spawn_blocked_until:
+            self.spawn_blocked_until = 0.0
+            return True
+        return False
 
     def idle_children_oldest_first(self) -> list[Child]:
         idle = []

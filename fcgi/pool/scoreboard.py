@@ -110,9 +110,13 @@ class Header:
     generation: int = 0
     #: Requests cut short by request_terminate_timeout (their worker killed).
     terminated_requests: int = 0
+    #: Workers that exited before they were ready (since the pool started).
+    start_failures: int = 0
+    #: Seconds the master now waits between start attempts (0: workers start).
+    start_backoff: float = 0.0
 
 
-_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQ")
+_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQQd")
 HEADER_SIZE = 128
 assert _HEADER.size <= HEADER_SIZE
 
@@ -150,6 +154,8 @@ class Scoreboard:
             header.slow_requests,
             header.generation,
             header.terminated_requests,
+            header.start_failures,
+            header.start_backoff,
         )
         struct.pack_into("<I", self._map, 8, seq + 2)
 

@@ -4,7 +4,8 @@ Field names are PHP-FPM's (``reference/fpm/status.xml``) so existing habits,
 scripts and exporters carry over; the payload adds the configured limits so a
 dashboard needs no second source. Formats, chosen by the query string as in
 PHP-FPM: text (default), ``?json``, ``?xml``, ``?openmetrics``, ``?html``;
-``&full`` adds one block per worker.
+``&full`` adds one block per worker. The single-process server answers the
+same page for its scoreboard of one, as ``process manager: single``.
 
 Two things differ from PHP-FPM on purpose. A worker's request URI is shown
 without its query string unless the pool sets ``status_full_query``: query
@@ -14,6 +15,12 @@ text a client chose, go through :func:`fcgi.escape.escape` before any format
 sees them, so a CR or LF in a URI cannot add a line (``idle processes: 999``)
 to the text page; the other formats get the same escaped text, so that every
 format shows the same thing.
+
+Fields PHP-FPM does not have come after its own, so a parser that reads its
+fields by position still works: ``terminated requests``, ``active requests``,
+and ``start failures`` / ``start backoff``, which show a pool whose new
+workers cannot start (code deployed under it, a user deleted) while its
+surviving workers go on serving and the master retries.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ from fcgi.escape import escape
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import ListenQueue
 from fcgi.pool.scoreboard import STATE_NAMES, Header, Scoreboard, Slot, SlotState
+
+#: What the page calls the single-process server's "process manager": a pool
+#: of exactly one process that no master manages (``fcgi serve`` without pool
+#: options). Its limits are the ones that act in that process only:
+#: ``max_children`` is 1, the master's limits (spares, max_requests,
+#: request_terminate_timeout...) are not shown.
+SINGLE = "single"
 
 NO_CACHE = [
     ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
@@ -82,6 +96,10 @@ class PoolStatus:
     #: Requests running now over all workers (a trio worker runs several).
     active_requests: int
     limits: dict[str, int | float]
+    #: Workers that exited before they were ready, since the pool started.
+    start_failures: int = 0
+    #: Seconds between the master's start attempts now; 0 while workers start.
+    start_backoff: float = 0.0
     workers: list[WorkerStatus] = field(default_factory=list)
 
     @property
@@ -95,8 +113,14 @@ def collect(
     slots: Sequence[Slot],
     queue: ListenQueue | None,
     now: float | None = None,
+    *,
+    process_manager: str | None = None,
 ) -> PoolStatus:
-    """Put together the pool's figures from one read of the scoreboard."""
+    """Put together the pool's figures from one read of the scoreboard.
+
+    ``process_manager``: what the page names the mode; None is the pool's
+    ``pm``, :data:`SINGLE` the single-process server.
+    """
     now = time.time() if now is None else now
     mono = time.monotonic()
     idle = sum(1 for s in slots if s.state == SlotState.IDLE)
@@ -128,9 +152,10 @@ def collect(
                 active_requests=s.active,
             )
         )
+    manager = process_manager or config.pm
     return PoolStatus(
         pool=config.name,
-        process_manager=config.pm,
+        process_manager=manager,
         start_time=header.start_time,
         now=now,
         accepted_conn=header.accepted_base + sum(s.accepted for s in slots),
@@ -145,25 +170,43 @@ def collect(
         slow_requests=header.slow_requests,
         terminated_requests=header.terminated_requests,
         active_requests=sum(s.active for s in slots),
-        limits={
-            "max_children": config.max_children,
-            "start_servers": config.effective_start_servers,
-            "min_spare_servers": config.min_spare_servers,
-            "max_spare_servers": config.max_spare_servers,
-            "max_requests": config.max_requests,
-            "process_idle_timeout": config.process_idle_timeout,
-            "request_terminate_timeout": config.request_terminate_timeout,
-            "request_slowlog_timeout": config.request_slowlog_timeout,
-            "max_memory": config.max_memory,
-        },
+        start_failures=header.start_failures,
+        start_backoff=header.start_backoff,
+        limits=_limits(config, manager),
         workers=workers,
     )
 
 
+def _limits(config: PoolConfig, manager: str) -> dict[str, int | float]:
+    if manager == SINGLE:
+        return {"max_children": 1, "request_slowlog_timeout": config.request_slowlog_timeout}
+    return {
+        "max_children": config.max_children,
+        "start_servers": config.effective_start_servers,
+        "min_spare_servers": config.min_spare_servers,
+        "max_spare_servers": config.max_spare_servers,
+        "max_requests": config.max_requests,
+        "process_idle_timeout": config.process_idle_timeout,
+        "request_terminate_timeout": config.request_terminate_timeout,
+        "request_slowlog_timeout": config.request_slowlog_timeout,
+        "max_memory": config.max_memory,
+    }
+
+
 def collect_from_board(
-    config: PoolConfig, board: Scoreboard, queue: ListenQueue | None
+    config: PoolConfig,
+    board: Scoreboard,
+    queue: ListenQueue | None,
+    *,
+    process_manager: str | None = None,
 ) -> PoolStatus:
-    return collect(config, board.read_header(), [s for _, s in board.slots()], queue)
+    return collect(
+        config,
+        board.read_header(),
+        [s for _, s in board.slots()],
+        queue,
+        process_manager=process_manager,
+    )
 
 
 # -- rendering ----------------------------------------------------------------
@@ -191,6 +234,8 @@ def _pool_rows(st: PoolStatus) -> list[tuple[str, object]]:
         ("slow requests", st.slow_requests),
         ("terminated requests", st.terminated_requests),
         ("active requests", st.active_requests),
+        ("start failures", st.start_failures),
+        ("start backoff", _om_number(st.start_backoff)),
     ]
     rows += [(name.replace("_", " "), value) for name, value in st.limits.items()]
     return rows
@@ -247,6 +292,8 @@ def _document(st: PoolStatus, full: bool) -> dict[str, object]:
         "slow requests": st.slow_requests,
         "terminated requests": st.terminated_requests,
         "active requests": st.active_requests,
+        "start failures": st.start_failures,
+        "start backoff": st.start_backoff,
         "limits": dict(st.limits),
     }
     if full:
@@ -314,14 +361,14 @@ def _om_number(value: float) -> str:
 #: is left out: a dashboard comparing a worker with "its" limit would otherwise
 #: compare it with a number that limits nothing.
 _OM_LIMITS: dict[str, tuple[str, tuple[str, ...], bool]] = {
-    "max_children": ("", ("static", "dynamic", "ondemand"), False),
+    "max_children": ("", ("static", "dynamic", "ondemand", SINGLE), False),
     "start_servers": ("", ("dynamic",), False),
     "min_spare_servers": ("", ("dynamic",), False),
     "max_spare_servers": ("", ("dynamic",), False),
     "max_requests": ("", ("static", "dynamic", "ondemand"), True),
     "process_idle_timeout": ("seconds", ("ondemand",), False),
     "request_terminate_timeout": ("seconds", ("static", "dynamic", "ondemand"), True),
-    "request_slowlog_timeout": ("seconds", ("static", "dynamic", "ondemand"), True),
+    "request_slowlog_timeout": ("seconds", ("static", "dynamic", "ondemand", SINGLE), True),
     "max_memory": ("bytes", ("static", "dynamic", "ondemand"), True),
 }
 
@@ -377,6 +424,19 @@ def render_openmetrics(st: PoolStatus, full: bool) -> str:
         st.terminated_requests,
     )
     metric("active_requests", "gauge", "Requests running now.", st.active_requests)
+    metric(
+        "start_failures",
+        "counter",
+        "Workers that exited before they were ready.",
+        st.start_failures,
+    )
+    metric(
+        "start_backoff",
+        "gauge",
+        "Delay between the master's attempts to start a worker; 0 while workers start.",
+        st.start_backoff,
+        "seconds",
+    )
     for name, value in st.limits.items():
         unit, modes, zero_is_off = _OM_LIMITS.get(name, ("", (st.process_manager,), False))
         if st.process_manager not in modes or (zero_is_off and not value):

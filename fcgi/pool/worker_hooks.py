@@ -4,6 +4,9 @@ A driver (SyncWorker, later the trio worker) calls these at connection and
 request boundaries; they record the figures in the worker's own slot, write the
 access log, answer the status and ping paths, and decide when the worker has
 served its time (``max_requests`` with jitter, ``max_memory``, a stop signal).
+The single-process server uses the same hooks on a scoreboard of one
+(:class:`SingleProcessHooks`), with a thread of its own for the slowlog
+(:class:`SlowRequestWatcher`).
 """
 
 from __future__ import annotations
@@ -12,23 +15,31 @@ import logging
 import os
 import random
 import resource
+import signal
 import socket
+import sys
+import threading
 import time
-import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+from typing import TypeVar
 
-from fcgi import forkguard
-from fcgi.escape import escape
+from fcgi import forkguard, stacks
+from fcgi.errors import ConfigError
+from fcgi.escape import Lines, escape
 from fcgi.hooks import Answer
+from fcgi.pool import access_log as access_log_module
 from fcgi.pool.access_log import AccessLog, RequestRecord
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
-from fcgi.pool.scoreboard import METHOD_LEN, URI_LEN, Scoreboard, Slot, SlotState
-from fcgi.pool.status import collect_from_board, ping_answer, render
+from fcgi.pool.reexec import MASTER_SIGNALS
+from fcgi.pool.scoreboard import METHOD_LEN, URI_LEN, Header, Scoreboard, Slot, SlotState
+from fcgi.pool.status import SINGLE, collect_from_board, ping_answer, render
 from fcgi.proctitle import set_title, worker_busy_prefix, worker_busy_title, worker_idle_title
 
 log = logging.getLogger("fcgi.pool")
+
+_T = TypeVar("_T")
 
 #: Seconds between two checks, at the end of a request, that the master is
 #: still this worker's parent (the backstop for a missed PR_SET_PDEATHSIG).
@@ -85,6 +96,11 @@ CPU_READ_INTERVAL = 0.001
 
 class ScoreboardHooks:
     """WorkerHooks that keep one scoreboard slot up to date."""
+
+    #: How the slot's state reaches ``ps`` (only on a change of state or route).
+    _set_title: Callable[[str], None] = staticmethod(set_title)
+    #: What the status page names the mode; None: the pool's ``pm``.
+    process_manager: str | None = None
 
     def __init__(
         self,
@@ -217,7 +233,7 @@ class ScoreboardHooks:
             self._busy_title = worker_busy_title(self._busy_prefix, method, uri)
         if self._title is not self._busy_title:
             self._title = self._busy_title
-            set_title(self._busy_title)
+            self._set_title(self._busy_title)
         length = params.get("CONTENT_LENGTH")
         try:
             slot.content_length = int(length) if length else 0
@@ -318,7 +334,7 @@ class ScoreboardHooks:
 
     def _show_idle(self) -> None:
         self._title = self._idle_title
-        set_title(self._idle_title)
+        self._set_title(self._idle_title)
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:
         cfg = self.config
@@ -330,9 +346,10 @@ class ScoreboardHooks:
             return ping_answer(cfg.ping_response)
         if cfg.status_path is not None and cfg.status_path in (path, script):
             queue = total_listen_queue(self.listeners)
-            return render(
-                collect_from_board(cfg, self.board, queue), params.get("QUERY_STRING", "")
+            status = collect_from_board(
+                cfg, self.board, queue, process_manager=self.process_manager
             )
+            return render(status, params.get("QUERY_STRING", ""))
         return None
 
     def should_stop(self) -> bool:
@@ -353,27 +370,236 @@ class ScoreboardHooks:
     # -- slowlog ------------------------------------------------------------------
 
     def dump_stack(self, frame: FrameType | None) -> None:
-        """Append the running request's Python stack to the slowlog (signal handler)."""
-        slot = self._slot
-        if slot.state != SlotState.BUSY:
+        """Write the stack of each request over the slowlog timeout (SIGUSR2 handler).
+
+        ``frame`` is what the signal interrupted in the main thread: the
+        request's own stack in the sync worker; under trio, each request's
+        task or thread is found through :mod:`fcgi.stacks`. Several requests
+        in flight (trio): those past the smaller of the two timeouts are
+        written, each under its own header, or all of them if none is (a
+        dump asked by hand). The app's frames come first and fcgi's are
+        folded into one line.
+
+        A request past ``request_terminate_timeout`` is about to be killed:
+        once its stack is written, :func:`fcgi.stacks.acknowledge_dump` tells
+        the master not to ask faulthandler for a second copy.
+        """
+        running = list(self._running.items())
+        if not running:
             return
-        elapsed = time.monotonic() - slot.request_start_mono
+        cfg = self.config
+        now = time.monotonic()
+        terminate = cfg.request_terminate_timeout
+        limits = [t for t in (cfg.request_slowlog_timeout, terminate) if t > 0]
+        threshold = min(limits) if limits else 0.0
+        chosen = [item for item in running if now - item[1][2] >= threshold] or running
+        terminating = False
+        for token, (params, _start, start_mono) in chosen:
+            elapsed = now - start_mono
+            over = terminate > 0 and elapsed >= terminate
+            terminating = terminating or over
+            frames = stacks.request_frames(stacks.runner_of(token), frame)
+            lines = list(stacks.format_frames(frames)) or ["  (no Python frame)"]
+            self._write_slowlog(params, elapsed, over, lines)
+        if terminating:
+            stacks.acknowledge_dump()
+
+    def _write_slowlog(
+        self, params: Mapping[str, str], elapsed: float, over: bool, lines: list[str]
+    ) -> None:
+        """One request's stack: into the slowlog file, or the error log if there is none."""
+        cfg = self.config
+        method = params.get("REQUEST_METHOD", "")
+        uri = params.get("REQUEST_URI") or request_uri(params)
+        why = ", past request_terminate_timeout" if over else ""
+        path = cfg.slowlog
+        if path is None or path == "-":
+            # The error log's own formatter escapes the method and the URI and
+            # marks each line of the stack as a continuation of this record.
+            log.warning(
+                "[pool %s] child %d, method %s, uri %s: running %.3f s%s; "
+                "stack of the request, most recent call first:\n%s",
+                cfg.name,
+                os.getpid(),
+                method,
+                uri,
+                elapsed,
+                why,
+                Lines("\n".join(lines)),
+            )
+            return
         stamp = time.strftime("%d-%b-%Y %H:%M:%S")
         text = (
-            f"\n[{stamp}]  [pool {self.config.name}] pid {os.getpid()}\n"
+            f"\n[{stamp}]  [pool {cfg.name}] pid {os.getpid()}\n"
             # Escaped: a CR or LF in the URI would write lines of its own.
-            f"request: {escape(slot.method)} {escape(slot.uri)} (running {elapsed:.3f} s)\n"
-            "Traceback (most recent call last):\n" + "".join(traceback.format_stack(frame))
+            f"request: {escape(method)} {escape(uri)} (running {elapsed:.3f} s{why})\n"
+            "stack of the request, most recent call first:\n" + "\n".join(lines) + "\n"
         )
-        path = self.config.slowlog
         try:
-            if path is None or path == "-":
-                os.write(2, text.encode("utf-8", "replace"))
-            else:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-                try:
-                    os.write(fd, text.encode("utf-8", "replace"))
-                finally:
-                    os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                os.write(fd, text.encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
         except OSError as exc:
-            log.warning("[pool %s] cannot write slowlog %s: %s", self.config.name, path, exc)
+            log.warning("[pool %s] cannot write slowlog %s: %s", cfg.name, path, exc)
+
+
+# -- the single-process server ---------------------------------------------------------
+
+
+def _keep_title(title: str) -> None:
+    """The single process keeps its command line as its title (see SingleProcessHooks)."""
+
+
+def single_process_needs_hooks(config: PoolConfig) -> bool:
+    """Whether the single-process server needs a scoreboard: one of its pages or logs is on.
+
+    Without any, it keeps :class:`fcgi.hooks.NoHooks`, which cost nothing per request.
+    """
+    return bool(
+        config.access_log
+        or config.status_path is not None
+        or config.ping_path is not None
+        or config.request_slowlog_timeout > 0
+    )
+
+
+class SingleProcessHooks(ScoreboardHooks):
+    """The pool worker's hooks for the single-process server: a scoreboard of one.
+
+    The same slot, access log, status and ping pages and slowlog as a pool's
+    worker, on an anonymous board of one slot that nothing outside this
+    process reads: the status page shows a pool of one process, ``process
+    manager: single``. What only a pool has is left out. There is no master
+    whose death to watch, and no limit (max_requests, max_memory) that ends
+    the process: those settings start a master. The process title stays the
+    command line an operator typed (supervisord, systemd and ``pgrep -f``
+    find the process by it), as it does without these hooks.
+    """
+
+    _set_title = staticmethod(_keep_title)
+    process_manager = SINGLE
+
+    @classmethod
+    def open(cls, config: PoolConfig, listeners: Sequence[socket.socket]) -> SingleProcessHooks:
+        """The board, the access log, and a check that the slowlog file can be written.
+
+        Raises :class:`~fcgi.errors.ConfigError` naming the file that cannot
+        be opened: before the server says it serves, as a pool's preflight does.
+        """
+        board = Scoreboard(1)
+        board.write_header(Header(start_time=time.time()))
+        access_log_module.master_pid = os.getpid()  # %P: this process is its own master
+        access_log = None
+        access_path, slowlog = config.access_log, config.slowlog
+        try:
+            if access_path:
+                access_log = _open_log(
+                    "access_log", access_path, lambda: AccessLog(access_path, config.access_format)
+                )
+            if config.request_slowlog_timeout > 0 and slowlog and slowlog != "-":
+                # Written by opening it each time (as a pool's worker does): tried once now.
+                _open_log("slowlog", slowlog, lambda: os.close(_append(slowlog)))
+        except BaseException:
+            board.close()
+            raise
+        hooks = cls(config, board, 0, 0, listeners, access_log)
+        hooks.ready()
+        return hooks
+
+    def _check_master(self) -> None:
+        """No master: nothing to check."""
+
+    def reopen(self) -> None:
+        """SIGUSR1: write the access log into a new file of the same name (logrotate)."""
+        if self.access_log is not None:
+            try:
+                self.access_log.reopen()
+            except OSError as exc:
+                log.warning("cannot reopen access log %s: %s", self.access_log.path, exc)
+
+    def close(self) -> None:
+        if self.access_log is not None:
+            self.access_log.close()
+        self.board.close()
+
+
+def _append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def _open_log(key: str, path: str, opener: Callable[[], _T]) -> _T:
+    """``opener()``; an OSError becomes the ConfigError a pool's preflight would report."""
+    try:
+        return opener()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot write {path!r}: {exc.strerror}") from None
+
+
+class SlowRequestWatcher:
+    """``request_slowlog_timeout`` in the single-process server, without a master.
+
+    A pool's master reads each worker's slot and sends SIGUSR2; the single
+    process has no master, and SIGUSR2 means "reload" to it. So a daemon
+    thread of its own reads the slot as the master would, and when the
+    request shown there runs past the timeout, counts it on the status page
+    ("slow requests") and writes its stack through
+    :meth:`ScoreboardHooks.dump_stack`, given the main thread's current frame
+    (where the sync worker runs the app; under trio :mod:`fcgi.stacks` finds
+    each request's task or thread). A request is written once, however long
+    it runs.
+
+    The thread blocks the signals the server handles (they go to the main
+    thread, and stay pending across the exec of a reload), and it is the
+    only writer of the board's header once the server runs.
+    """
+
+    def __init__(self, hooks: ScoreboardHooks, timeout: float) -> None:
+        self.hooks = hooks
+        self.timeout = timeout
+        #: As often as the master looks: a quarter of the timeout, not under 50 ms.
+        self.period = max(0.05, timeout / 4)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fcgi-slowlog", daemon=True)
+
+    def start(self) -> None:
+        # The thread inherits the mask in force when it is created.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.period + 1.0)
+
+    def _run(self) -> None:
+        board = self.hooks.board
+        main = threading.main_thread().ident
+        logged_seq = 0
+        while not self._stop.wait(self.period):
+            slot = board.read_slot(self.hooks.index)
+            if slot.state != _BUSY or slot.request_seq == logged_seq:
+                continue
+            elapsed = time.monotonic() - slot.request_start_mono
+            if elapsed <= self.timeout:
+                continue
+            logged_seq = slot.request_seq
+            header = board.read_header()
+            header.slow_requests += 1
+            board.write_header(header)
+            log.warning(
+                "[pool %s] pid %d, method %s, uri %s: executing too slow (%.3f s), logging",
+                self.hooks.config.name,
+                os.getpid(),
+                slot.method,
+                slot.uri,
+                elapsed,
+            )
+            try:
+                self.hooks.dump_stack(sys._current_frames().get(main or 0))
+            except Exception:
+                log.exception("cannot write the slow request's stack")

@@ -1,9 +1,23 @@
-"""``catch_workers_output``: a worker's stdout and stderr, line by line, into the master log.
+"""A worker's stdout and stderr, line by line, into the error log (through the master).
 
 Each stream is a pipe whose write end becomes the worker's fd 1 or 2 and whose
 read end the master polls. Lines are logged with the pool and pid, as
 PHP-FPM's "child 123 said into stderr", without PHP-FPM's 1024-byte cut (the
-limit here is :data:`LINE_LIMIT`).
+limit here is :data:`LINE_LIMIT`), each escaped once by the error log's
+formatter (the worker's own log records do not take this path: they go
+straight to the error log through the handlers the worker inherited, see
+:mod:`fcgi.logsetup`).
+
+When: :func:`captures_output`. PHP-FPM throws a worker's output away unless
+``catch_workers_output`` is on. A Python user expects the opposite: a
+``print()`` left in a view, or the traceback of an exception that escaped a
+thread, is what they look for when something goes wrong, and gunicorn and
+uWSGI show it. So it always reaches the error log: with the error log on the
+master's stderr, a worker simply inherits that stderr (nothing to pay per
+line) unless ``catch_workers_output`` asks for the "child N said" lines;
+with a file, syslog or ``log_config``, only the master can write there (one
+writer per file, reopened on SIGUSR1; one syslog connection), so the lines go
+through it.
 """
 
 from __future__ import annotations
@@ -12,9 +26,20 @@ import contextlib
 import logging
 import os
 
+from fcgi.pool.config import MasterConfig, PoolConfig
+
 log = logging.getLogger("fcgi.pool")
 
+#: Longest line logged as one record; the rest of a longer line follows in the next.
 LINE_LIMIT = 16384
+
+
+def captures_output(config: MasterConfig, pool: PoolConfig) -> bool:
+    """Whether ``pool``'s workers write stdout and stderr into pipes the master logs."""
+    if pool.catch_workers_output:
+        return True
+    # Anywhere but the master's stderr: the worker's own stderr would miss it.
+    return bool(config.log_config) or config.error_log not in (None, "-")
 
 
 class OutputPipe:

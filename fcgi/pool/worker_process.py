@@ -9,11 +9,17 @@ Worker signals (sent by the master; not meant for people):
 
 * SIGTERM, SIGQUIT: graceful: stop accepting, finish the current request, exit 0.
 * SIGINT: exit now.
-* SIGUSR1: reopen the access log.
+* SIGUSR1: reopen the access log, the error log file and the slowlog (fallback).
 * SIGUSR2: append the running request's Python stack to the slowlog.
+* FALLBACK_SIGNAL (:mod:`fcgi.stacks`, SIGPWR on Linux): faulthandler writes
+  every thread's stack from C (a request stuck where Python cannot run).
 
-Exit codes: 0 normal, 3 the app could not be loaded (the master must not keep
-respawning it blindly), anything else is a crash.
+Exit codes, read by the master (values from :mod:`fcgi.exit_codes`, so a
+worker that cannot start says what the master itself will exit with if no
+worker ever started): 0 normal; :data:`EXIT_APP_ERROR` (3) the app could not
+be loaded (import error, not a WSGI/ASGI app); :data:`EXIT_BOOT_ERROR` (4)
+anything else stopped the start (user, group, ``chdir``, access log); any
+other status is a crash.
 
 A worker never outlives its master: the kernel sends it SIGTERM when the
 master dies (``PR_SET_PDEATHSIG``), and it checks its parent pid too (the
@@ -42,7 +48,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn, Protocol
 
-from fcgi import forkguard
+from fcgi import exit_codes, forkguard, stacks
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
 from fcgi.hooks import WorkerHooks
@@ -50,6 +56,7 @@ from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
+from fcgi.pool.logs import reopen_log_files
 from fcgi.pool.reexec import MASTER_SIGNALS
 from fcgi.pool.scoreboard import Scoreboard
 from fcgi.pool.worker_hooks import ScoreboardHooks
@@ -57,8 +64,12 @@ from fcgi.proctitle import set_title, worker_starting_title
 
 log = logging.getLogger("fcgi.pool")
 
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3
+#: Worker -> master: served and stopped as asked.
+EXIT_OK = exit_codes.EXIT_OK
+#: Worker -> master: the app cannot be loaded (raised as :class:`AppLoadError`).
+EXIT_APP_ERROR = exit_codes.EXIT_APP_IMPORT
+#: Worker -> master: any other :class:`BootError` (user, group, chdir, access log).
+EXIT_BOOT_ERROR = exit_codes.EXIT_WORKERS
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -100,6 +111,14 @@ class BootError(Exception):
     """The worker cannot start serving (bad app, bad user...)."""
 
 
+class AppLoadError(BootError):
+    """The app itself cannot be loaded: its import failed, or it is no WSGI/ASGI app.
+
+    Its own class so that the worker's exit status tells the master which of
+    the exit table's two start-up failures this is (3, not 4).
+    """
+
+
 def run_worker(spec: WorkerSpec) -> NoReturn:
     """Entry point in the child right after fork; never returns."""
     # This process serves; a process the app forks from it must not (fork guard).
@@ -112,17 +131,23 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
         # ours to show line by line, not peer text to write as \x0A.
         name = spec.config.name
         log.error("[pool %s] child %d cannot start: %s", name, os.getpid(), Lines(str(exc)))
-        code = EXIT_BOOT_ERROR
+        code = EXIT_APP_ERROR if isinstance(exc, AppLoadError) else EXIT_BOOT_ERROR
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        log.critical(
-            "[pool %s] child %d crashed:\n%s",
-            spec.config.name,
-            os.getpid(),
-            Lines(traceback.format_exc().rstrip()),
-        )
-        code = 1
+    except BaseException as exc:
+        if _lifespan_refused(exc):
+            # The app refused to start (the driver logged its message): the
+            # exit table's 3, as an import error, not a crash.
+            log.error("[pool %s] child %d cannot start: %s", spec.config.name, os.getpid(), exc)
+            code = EXIT_APP_ERROR
+        else:
+            log.critical(
+                "[pool %s] child %d crashed:\n%s",
+                spec.config.name,
+                os.getpid(),
+                Lines(traceback.format_exc().rstrip()),
+            )
+            code = 1
     finally:
         # A child the app forked that got this far must not flush the
         # worker's buffered output or log lines a second time.
@@ -132,6 +157,12 @@ def run_worker(spec: WorkerSpec) -> NoReturn:
             sys.stderr.flush()
             logging.shutdown()
         os._exit(code)
+
+
+def _lifespan_refused(exc: BaseException) -> bool:
+    """``exc`` is an ASGI app's failed lifespan startup (fcgi.asgi is loaded only for ASGI)."""
+    asgi = sys.modules.get("fcgi.asgi")
+    return asgi is not None and isinstance(exc, asgi.LifespanFailure)
 
 
 def _reset_signals() -> None:
@@ -240,7 +271,7 @@ def load_pool_app(spec: str) -> Any:
     try:
         return load_app(spec)
     except AppImportError as exc:
-        raise BootError(str(exc)) from None
+        raise AppLoadError(str(exc)) from None
 
 
 def _serve(spec: WorkerSpec) -> int:
@@ -276,6 +307,10 @@ def _serve(spec: WorkerSpec) -> int:
         if access_log is not None:
             with contextlib.suppress(OSError):
                 access_log.reopen()
+        # The error log's files too: the handlers came from the master by
+        # fork, and write into the rotated file until reopened here.
+        reopen_log_files()
+        stacks.reopen_fallback()
 
     def slowlog(signum: int, frame: FrameType | None) -> None:
         hooks.dump_stack(frame)
@@ -284,6 +319,14 @@ def _serve(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGQUIT, graceful)
     signal.signal(signal.SIGUSR1, reopen)
     signal.signal(signal.SIGUSR2, slowlog)
+    if config.request_terminate_timeout > 0:
+        # The stack of a request stuck in C, where SIGUSR2's Python handler
+        # cannot run: the master sends FALLBACK_SIGNAL if SIGUSR2 got no answer.
+        slowlog_path = config.slowlog if config.slowlog not in (None, "-") else None
+        try:
+            stacks.arm_fallback(slowlog_path)
+        except OSError as exc:
+            raise BootError(f"slowlog {slowlog_path!r}: {exc.strerror}") from None
     # Handlers in place: what arrived since the fork is delivered now, and
     # the app (and what it starts) runs with no signal held.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, MASTER_SIGNALS)
@@ -300,7 +343,7 @@ def _serve(spec: WorkerSpec) -> int:
         options.interface = resolve_interface(app, config.interface)
         kind = choose_worker(config.worker, options.interface)
     except ConfigError as exc:
-        raise BootError(str(exc)) from None
+        raise AppLoadError(str(exc)) from None
     options.multithread = kind == "trio"
     driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
