@@ -211,6 +211,8 @@ class ASGIResponder:
         self.gone: str | None = None
         self._remaining = content_length(scope["extensions"]["fastcgi"]["params"])
         self._body_done = False
+        #: The CGI header block from http.response.start; once _head_sent,
+        #: the one sent (with the Content-Length fcgi added, or fcgi's error).
         self._head: bytes | None = None
         self._head_has_length = False
         self._head_sent = False
@@ -282,6 +284,7 @@ class ASGIResponder:
                 head = self._head
                 if not more and not self._head_has_length and self._may_add_length():
                     head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(data)
+                    self._head = head
                 data = head + data
                 self._head_sent = True
             if not more:
@@ -305,8 +308,18 @@ class ASGIResponder:
 
     # -- the cycle -------------------------------------------------------------------
 
-    async def run(self) -> tuple[int, int]:
-        """Run the app; return (HTTP status, FastCGI appStatus)."""
+    @property
+    def head(self) -> bytes | None:
+        """The CGI header block sent, or None before one was.
+
+        What :meth:`fcgi.hooks.WorkerHooks.request_finished` takes for the
+        access log's ``%{NAME}o``: the bytes already made for the web server,
+        so nothing is built for a log that prints no header.
+        """
+        return self._head if self._head_sent else None
+
+    async def run(self) -> tuple[int, int, bytes | None]:
+        """Run the app; return (HTTP status, FastCGI appStatus, :attr:`head`)."""
         try:
             await self.app(self.scope, self.receive, self.send)
         except RequestBodyTooLarge as exc:
@@ -315,30 +328,31 @@ class ASGIResponder:
             if not self._head_sent and self.gone is None:
                 self._head_sent = self._complete = True
                 self.status = 413
+                self._head = error_response(413)
                 with contextlib.suppress(ClientGone):
-                    await self.write(error_response(413))
-            return self.status or 413, 1
+                    await self.write(self._head)
+            return self.status or 413, 1, self.head
         except Exception:
             if self.gone is not None:
                 log.info(
                     "%s: app stopped after the web server went away: %s", self.where, self.gone
                 )
-                return self.status, 1
+                return self.status, 1, self.head
             await self._failed()
-            return self.status or 500, 1
+            return self.status or 500, 1, self.head
         if self.gone is not None:
-            return self.status, 1
+            return self.status, 1, self.head
         if not self._head_sent:
             if self._head is None:
                 log.error("%s: the app returned without sending http.response.start", self.where)
                 await self._write_error()
-                return 500, 1
+                return 500, 1, self.head
             # Started but no body message: an empty body.
             await self.send({"type": "http.response.body", "body": b""})
         elif not self._complete:
             log.warning("%s: the app returned before the end of its response body", self.where)
-            return self.status, 1
-        return self.status, 0
+            return self.status, 1, self.head
+        return self.status, 0, self.head
 
     async def _failed(self) -> None:
         trace = traceback.format_exc()
@@ -356,6 +370,7 @@ class ASGIResponder:
         self._head_sent = True
         self._complete = True
         self.status = 500
+        self._head = _ERROR_RESPONSE
         with contextlib.suppress(ClientGone):
             await self.write(_ERROR_RESPONSE)
 

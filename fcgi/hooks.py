@@ -39,8 +39,19 @@ class WorkerHooks(Protocol):
         several requests running, and their starts and ends interleave.
         """
 
-    def request_finished(self, token: object, status: int) -> None:
-        """The response is fully written; ``status`` is the HTTP status (0 if none)."""
+    def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
+        """The response is fully written; ``status`` is the HTTP status (0 if none).
+
+        ``head`` is the response's CGI header block as sent to the web server
+        (``b"Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n"``), for
+        the access log's ``%{NAME}o``; None when no header was sent (the web
+        server went away first). What follows its empty line, if anything, is
+        not part of it: a whole small response made in one piece (an
+        :class:`Answer` as :func:`render_answer` made it, fcgi's own 500) is
+        passed as it is rather than have its head copied out. A driver
+        passes what it already holds, so hooks that never read it cost
+        nothing.
+        """
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:
         """Answer this request here instead of calling the app, or return None."""
@@ -66,7 +77,7 @@ class NoHooks:
     def request_started(self, params: Mapping[str, str]) -> object:
         return None
 
-    def request_finished(self, token: object, status: int) -> None:
+    def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
         pass
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:

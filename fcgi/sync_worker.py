@@ -62,7 +62,7 @@ from fcgi.wsgi import (
     build_environ,
     content_length,
     error_response,
-    run_app,
+    respond,
 )
 
 log = logging.getLogger("fcgi.worker")
@@ -1015,6 +1015,7 @@ class SyncWorker:
         c.left = options.send_timeout
         c.budget = c
         status = 0
+        head: bytes | None = None
         try:
             answer = hooks.intercept(params)
             if answer is None:
@@ -1033,19 +1034,21 @@ class SyncWorker:
                         exchange.read_data, _int_param(params, "FCGI_DATA_LENGTH")
                     )
                 environ["fcgi.role"] = _ROLE_NAMES[role]
-                http_status, app_status = run_app(self.app, environ, exchange.send, stderr)
+                http_status, app_status, sent = respond(self.app, environ, exchange.send, stderr)
                 forkguard.verify()  # where a child the app forked comes back
                 errors.flush()
             else:
-                conn.send_stdout(rid, render_answer(answer, params.get("REQUEST_METHOD", "GET")))
+                sent = render_answer(answer, params.get("REQUEST_METHOD", "GET"))
+                conn.send_stdout(rid, sent)
                 http_status, app_status = int(answer.status[:3]), 0
             conn.end_request(rid, app_status)
             c.flush()
             status = http_status
+            head = sent
         finally:
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
-            hooks.request_finished(token, status)
+            hooks.request_finished(token, status, head)
         return not exchange.settle()
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:

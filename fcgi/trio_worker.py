@@ -74,7 +74,7 @@ from fcgi.wsgi import (
     build_environ,
     content_length,
     error_response,
-    run_app,
+    respond,
 )
 
 log = logging.getLogger("fcgi.worker")
@@ -900,6 +900,7 @@ class TrioWorker:
     async def _serve_request(self, c: _Connection, req: _Request) -> None:
         hooks = self.hooks
         status = 0
+        head: bytes | None = None
         token = hooks.request_started(req.params)
         # What runs this request's app, for its stack in the slowlog.
         runner = stacks.track(token, trio.lowlevel.current_task())
@@ -909,12 +910,12 @@ class TrioWorker:
             with req.scope:
                 answer = hooks.intercept(req.params)
                 if answer is not None:
-                    tail = render_answer(answer, req.params.get("REQUEST_METHOD", "GET"))
+                    head = tail = render_answer(answer, req.params.get("REQUEST_METHOD", "GET"))
                     status = int(answer.status[:3])
                 elif self.interface == "asgi":
-                    status, app_status = await self._run_asgi(c, req)
+                    status, app_status, head = await self._run_asgi(c, req)
                 else:
-                    status, app_status, tail = await self._run_wsgi(c, req, runner)
+                    status, app_status, head, tail = await self._run_wsgi(c, req, runner)
             if req.gone is not None:
                 app_status = 1
             await c.end(req, app_status, tail)
@@ -930,14 +931,14 @@ class TrioWorker:
             c.running -= 1
             req.close()
             c._retire(req)
-            hooks.request_finished(token, status)
+            hooks.request_finished(token, status, head)
             stacks.untrack(token)
             if not c.requests:
                 c.became_idle()
             if hooks.should_stop():
                 self._begin_stop()
 
-    async def _run_asgi(self, c: _Connection, req: _Request) -> tuple[int, int]:
+    async def _run_asgi(self, c: _Connection, req: _Request) -> tuple[int, int, bytes | None]:
         params = req.params
         scope = build_scope(params, mount=self.options.script_name, state=self._state)
 
@@ -967,7 +968,7 @@ class TrioWorker:
 
     async def _run_wsgi(
         self, c: _Connection, req: _Request, runner: stacks.Runner | None = None
-    ) -> tuple[int, int, bytes]:
+    ) -> tuple[int, int, bytes | None, bytes]:
         options = self.options
         params = req.params
         timeout = options.read_timeout
@@ -1044,13 +1045,13 @@ class TrioWorker:
         environ["fcgi.role"] = Role(req.role).name
         app: WSGIApp = self.app
 
-        def work() -> tuple[int, int]:
+        def work() -> tuple[int, int, bytes | None]:
             if runner is not None:
                 runner.thread = threading.get_ident()  # the slowlog reads this thread
             try:
-                result = run_app(app, environ, send, sink)
+                result = respond(app, environ, send, sink)
             except ClientGone:
-                return 0, 1
+                return 0, 1, None
             finally:
                 if runner is not None:
                     runner.thread = None  # trio reuses the thread for other requests
@@ -1060,12 +1061,12 @@ class TrioWorker:
             return result
 
         assert self._limiter is not None
-        status, app_status = await trio.to_thread.run_sync(
+        status, app_status, head = await trio.to_thread.run_sync(
             work, limiter=self._limiter, abandon_on_cancel=True
         )
         tail = b"".join(req.deferred)
         req.deferred.clear()
-        return status, app_status, tail
+        return status, app_status, head, tail
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:

@@ -1,8 +1,8 @@
 """PEP 3333 glue: environ from FastCGI params, wsgi.input, start_response, output.
 
-Nothing here touches a socket. A driver hands :func:`run_app` a ``send``
-callable and gets back the HTTP status; the same code serves the sync worker
-and the trio worker's threads.
+Nothing here touches a socket. A driver hands :func:`respond` a ``send``
+callable and gets back the HTTP status and the head of the response it sent;
+the same code serves the sync worker and the trio worker's threads.
 """
 
 from __future__ import annotations
@@ -350,6 +350,7 @@ class _Response:
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 0
+        #: The CGI header block to send; once headers_sent, the one sent.
         self.head: bytes | None = None
         self.has_length = False
         self.headers_sent = False
@@ -454,13 +455,31 @@ def run_app(
     send: Send,
     stderr: Callable[[bytes], None] | None = None,
 ) -> tuple[int, int]:
-    """Run one request through ``app``; return (HTTP status, FastCGI appStatus).
+    """:func:`respond` for a caller that needs no head: (HTTP status, FastCGI appStatus)."""
+    status, app_status, _head = respond(app, environ, send, stderr)
+    return status, app_status
+
+
+def respond(
+    app: WSGIApp,
+    environ: WSGIEnviron,
+    send: Send,
+    stderr: Callable[[bytes], None] | None = None,
+) -> tuple[int, int, bytes | None]:
+    """Run one request through ``app``; return (HTTP status, FastCGI appStatus, head).
 
     Everything the app raises is logged here and turned into a 500 when no
     header was sent yet; after that, the response just ends early and the
     appStatus says so. :class:`ClientGone` from ``send`` propagates after the
     iterable's close() has run. ``stderr`` also receives app tracebacks
     (FCGI_STDERR, which nginx writes to its error log).
+
+    ``head`` is what :meth:`fcgi.hooks.WorkerHooks.request_finished` takes:
+    the CGI header block the response began with, exactly as sent (the
+    Content-Length added to a list response, the 500 sent in place of a
+    failed app's answer), or None if no header was sent. It is the bytes
+    already made for the web server, so handing it on costs nothing; only
+    an access log that prints a header (``%{NAME}o``) ever reads it.
     """
     response = _Response(send)
     result: Iterable[bytes] | None = None
@@ -486,11 +505,12 @@ def run_app(
             status = 413 if isinstance(exc, RequestBodyTooLarge) else 400
             response.headers_sent = True
             response.status = status
-            response.send(error_response(status), False)
-        return response.status, 1
+            response.head = error_response(status)
+            response.send(response.head, False)
+        return response.status, 1, response.head
     except Exception:
         _app_failed(environ, response, stderr)
-        return response.status or 500, 1
+        return response.status or 500, 1, response.head if response.headers_sent else None
     finally:
         close = getattr(result, "close", None)
         if close is not None:
@@ -498,7 +518,7 @@ def run_app(
                 close()
             except Exception:
                 log.exception("close() of the response iterable raised")
-    return response.status, 0
+    return response.status, 0, response.head
 
 
 def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...]) -> None:
@@ -515,7 +535,8 @@ def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...])
     if head is None:
         raise AssertionError("the app returned body data before calling start_response")
     if not response.has_length:
-        head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
+        # Kept as the head sent, for the access log's %{Content-Length}o.
+        response.head = head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
     response.headers_sent = True
     if len(body) > 8192:
         # A large body is not copied just to put the head in front.
@@ -536,4 +557,5 @@ def _app_failed(
     if not response.headers_sent:
         response.headers_sent = True
         response.status = 500
+        response.head = _ERROR_RESPONSE
         response.send(_ERROR_RESPONSE, False)

@@ -3,7 +3,7 @@
 Access log: the unit modifiers of ``%d`` and ``%M``, a strftime format for
 ``%t`` / ``%T`` and a param by name for ``%e`` print what PHP-FPM prints; the
 default format ends with the duration; a format the log cannot honour (an
-unknown letter or modifier, ``%o``) stops a pool before it says "ready", even
+unknown letter or modifier, ``%{}o``) stops a pool before it says "ready", even
 an ondemand pool that has no worker yet.
 
 OpenMetrics: parsed by ``prometheus_client``'s own parser (so ``# TYPE``,
@@ -160,7 +160,8 @@ def test_default_access_format_ends_with_the_duration_in_milliseconds(
         ("%R %{hours}d", "unknown modifier 'hours'"),
         ("%R %{giga}M", "unknown modifier 'giga'"),
         ("%R %Z", "%Z: unknown format code"),
-        ("%R %{Content-Type}o", "response headers are not available"),
+        ("%R %{}o", "name the header"),
+        ("%R %{Content Type}o", "is not a header name"),
         ("%R %e", "name the param"),
         ("%R %{x}m", "takes no modifier"),
         ("%R %{user}C", "only the total CPU time"),

@@ -767,7 +767,7 @@ class RecordingHooks:
         self.events.append("started " + params.get("QUERY_STRING", ""))
         return None
 
-    def request_finished(self, token: object, status: int) -> None:
+    def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
         self.finished += 1
         self.events.append(f"finished {status}")
 

@@ -19,6 +19,9 @@ letter (``%{mili}d``), exactly as PHP-FPM's ``www.conf`` documents them:
                        ``%{kilo}M`` / ``%{kilobytes}M``, ``%{mega}M`` /
                        ``%{megabytes}M`` (whole units, rounded down)
 ``%n``                 pool name
+``%{NAME}o``           the response header NAME (``%{Content-Type}o``), ``-``
+                       when the response has none; several headers of that
+                       name print as one, their values joined with ``, ``
 ``%p`` / ``%P``        pid of the worker / of the master
 ``%q`` / ``%Q``        query string / ``?`` when there is one
 ``%r``                 request URI without its query
@@ -30,23 +33,32 @@ letter (``%{mili}d``), exactly as PHP-FPM's ``www.conf`` documents them:
 ``%u``                 REMOTE_USER
 =====================  ========================================================
 
-Modifier names are matched without regard to case, as PHP-FPM does. PHP-FPM's
-``%{NAME}o`` (a response header) is refused: the worker hooks that write this
-log see the status of a response, not its headers, and a code that always
-printed ``-`` would look like a working one.
+Modifier names are matched without regard to case, as PHP-FPM does, and so
+are header names. ``%{NAME}o`` reads the CGI header block fcgi sent to the web
+server (:meth:`fcgi.hooks.WorkerHooks.request_finished`): the app's headers,
+the Content-Length fcgi added to a response known whole, the headers of fcgi's
+own answers (a 500 for a failed app, the status and ping pages), and the
+``Status`` line too (``%{Status}o`` prints ``200 OK``). Not what the web
+server adds of its own (``Date``, ``Server``). The block is parsed only by
+this code, when a line is written: a format without it costs nothing more.
 
 A format is compiled once, when the settings are validated: an unknown letter,
-an unknown modifier, a modifier on a letter that takes none, ``%e`` without a
-name or an unclosed brace is a :class:`~fcgi.errors.ConfigError` that names the
-format, before any worker starts (PHP-FPM too checks the format at start-up).
+an unknown modifier, a modifier on a letter that takes none, ``%e`` or ``%o``
+without a name, a header name HTTP would not allow, or an unclosed brace is a
+:class:`~fcgi.errors.ConfigError` that names the format, before any worker
+starts (PHP-FPM too checks the format at start-up).
 Silently printing the code instead would be found only by reading the log.
 
 Every value a code puts in the line goes through
 :func:`fcgi.escape.escape_quoted`, as nginx does in its own access log: a
 control character becomes ``\\xHH``, and so do ``\\`` and ``"``. The
 request URI, the query string, the method and every other param are text the
-client chose; unescaped, a CR or LF in them would write a line of its own, and
-a quote would end the quoted ``"%m %r"`` field early.
+client chose, and a response header's value is text the app chose (or copied
+from the client: a ``Location`` echoing a path). Unescaped, a CR or LF in
+them would write a line of its own, and a quote would end the quoted
+``"%m %r"`` field early. WSGI and ASGI refuse CR, LF and NUL in a header
+value, but not the other controls, nor U+0085 (NEL), a line break to some
+readers.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,6 +85,9 @@ class RequestRecord:
     #: The worker's peak RSS in bytes (ru_maxrss), PHP-FPM's "peak of memory".
     peak_memory: int
     pool: str
+    #: The response's CGI header block as sent, None if none was (see
+    #: WorkerHooks.request_finished); what follows its empty line is not read.
+    head: bytes | None = None
 
 
 #: How ``%t`` / ``%T`` print a time without a modifier (PHP-FPM's, Apache's).
@@ -176,6 +192,39 @@ def _param_field(name: str) -> _Field:
     return lambda rec: rec.params.get(name, "-")
 
 
+#: A header name as HTTP allows it (RFC 9110 token): what %{NAME}o accepts.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def header_values(head: bytes | None, name: str) -> list[str]:
+    """The values of the headers called ``name`` (any case) in a CGI head, in order.
+
+    ``head`` is a block of ``Name: value`` lines ending in an empty line,
+    perhaps followed by a body, which is not looked at. Values are decoded as
+    latin-1, as the app's WSGI headers were encoded, so that every byte comes
+    back as one character for :func:`~fcgi.escape.escape_quoted` to judge.
+    """
+    if not head:
+        return []
+    end = head.find(b"\r\n\r\n")
+    block = head if end < 0 else head[:end]
+    key = name.lower().encode("ascii")
+    values = []
+    for line in block.split(b"\r\n"):
+        found, colon, value = line.partition(b":")
+        if colon and found.lower() == key:
+            values.append(value.strip(b" \t").decode("latin-1"))
+    return values
+
+
+def _header_field(name: str) -> _Field:
+    def field(rec: RequestRecord) -> str:
+        values = header_values(rec.head, name)
+        return ", ".join(values) if values else "-"
+
+    return field
+
+
 def _escaped(field: _Field) -> _Field:
     return lambda rec: escape_quoted(field(rec))
 
@@ -207,9 +256,11 @@ def _field(letter: str, modifier: str | None, fail: Callable[[str], ConfigError]
             raise fail(f"{code}: name the param in braces, as in %{{HTTP_HOST}}e")
         return _param_field(modifier)
     if letter == "o":
-        raise fail(
-            f"{code}: response headers are not available to the access log (use %s for the status)"
-        )
+        if not modifier:
+            raise fail(f"{code}: name the header in braces, as in %{{Content-Type}}o")
+        if not _HEADER_NAME.match(modifier):
+            raise fail(f"{code}: {modifier!r} is not a header name")
+        return _header_field(modifier)
     if letter in _PLAIN:
         if modifier is not None:
             raise fail(f"{code}: %{letter} takes no modifier")

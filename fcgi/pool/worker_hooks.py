@@ -244,7 +244,7 @@ class ScoreboardHooks:
             # -99999999999999999999 must not crash the worker in pack_into.
             slot.content_length = 0
 
-    def request_finished(self, token: object, status: int) -> None:
+    def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
         forkguard.check()
         running = self._running.pop(token, None)  # type: ignore[call-overload]
         if running is None:
@@ -313,6 +313,7 @@ class ScoreboardHooks:
                     slot.last_cpu,
                     slot.last_memory,
                     self.config.name,
+                    head,
                 )
             )
         if self._max_requests and slot.requests >= self._max_requests and not self.stop_requested:
