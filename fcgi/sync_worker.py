@@ -275,6 +275,7 @@ class _Connection(SendBudget):
         "buffer",
         "conn",
         "deadline",
+        "fd",
         "head_deadline",
         "idle",
         "parked",
@@ -295,6 +296,8 @@ class _Connection(SendBudget):
         buffer: memoryview,
     ) -> None:
         self.sock = sock
+        #: The socket's descriptor, the key of the parked dicts (no fileno() call).
+        self.fd = sock.fileno()
         self.address = address
         self.timeout = timeout
         #: The worker's read buffer, shared by its connections: what a read
@@ -782,8 +785,9 @@ class SyncWorker:
         if (pending and type(pending[-1]) is not _BEGIN) or c.head_ready:
             # The first test is the usual case (see head_ready), checked here
             # without a call: the whole head came in one read.
-            if c.parked:
-                self._unpark(c)
+            if c.parked:  # _unpark, inlined: once per request on a kept connection
+                c.parked = False
+                (self._idle if c.idle else self._waiting).pop(c.fd, None)
             self._drive(c)
         elif not c.parked:
             self._park(c)
@@ -815,8 +819,11 @@ class SyncWorker:
 
     def _park(self, c: _Connection) -> None:
         """Wait for ``c`` in epoll instead of here, until its deadline from now."""
-        c.deadline = self._deadline_of(c)
-        fd = c.sock.fileno()
+        if c.idle:  # _deadline_of's common case, without the call
+            c.deadline = time.monotonic() + self.options.read_timeout
+        else:
+            c.deadline = self._deadline_of(c)
+        fd = c.fd
         if not c.registered:
             assert self._poller is not None
             self._poller.register(fd, select.EPOLLIN)
@@ -849,8 +856,7 @@ class SyncWorker:
     def _unpark(self, c: _Connection) -> None:
         if c.parked:
             c.parked = False
-            fd = c.sock.fileno()
-            (self._idle if c.idle else self._waiting).pop(fd, None)
+            (self._idle if c.idle else self._waiting).pop(c.fd, None)
 
     def _poll_timeout(self) -> float:
         """Seconds until the next parked connection's deadline (-1: none)."""
