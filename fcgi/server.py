@@ -402,6 +402,10 @@ def run_single(
         signal.SIGUSR1: reopen,
     }
     names = ", ".join(_listener_name(sock) for sock in listeners)
+
+    def ready() -> None:
+        log.info("serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker)
+
     hooks, watcher = _observe(pool, listeners)
     try:
         server = _make_worker(app, listeners, options, worker, hooks)
@@ -418,11 +422,10 @@ def run_single(
             # Held since the exec of a reload (or the start of `fcgi serve`):
             # delivered now, to the handlers.
             reexec.unblock_signals()
-            log.info(
-                "serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker
-            )
             try:
-                server.serve_forever()
+                # Said once the worker can serve: after an ASGI app's
+                # lifespan startup, which may still refuse (exit 3).
+                server.serve_forever(ready)
             finally:
                 forkguard.verify()  # a child the app forked must not close or unlink anything
                 server.close()

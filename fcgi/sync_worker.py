@@ -43,7 +43,7 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from fcgi import events as ev
@@ -576,7 +576,12 @@ class SyncWorker:
 
     # -- main loop -----------------------------------------------------------
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until stopped; ``ready()`` first, once connections can be taken.
+
+        ``ready`` is when a supervisor may count this worker as serving (the
+        trio driver calls it only after an ASGI app's lifespan startup).
+        """
         forkguard.arm()
         poller = self._poller = select.epoll()
         #: fd -> (listener, (family, type, proto)) as plain ints for accept().
@@ -590,6 +595,8 @@ class SyncWorker:
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
         try:
+            if ready is not None:
+                ready()
             self._serve(listeners)
             # Told to stop: serve what is queued. Leaving on its own
             # (max_requests...): the other workers take the queue, but the

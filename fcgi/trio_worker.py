@@ -739,20 +739,25 @@ class TrioWorker:
 
     # -- main ---------------------------------------------------------------------
 
-    def serve_forever(self) -> None:
-        """Run ``trio.run`` until stopped; raises LifespanFailure if ASGI startup fails."""
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Run ``trio.run`` until stopped; raises LifespanFailure if ASGI startup fails.
+
+        ``ready()`` is called once connections can be served: after an ASGI
+        app's lifespan startup succeeded, so that a supervisor never counts
+        as serving a worker whose app refused to start.
+        """
         forkguard.arm()
         try:
-            trio.run(self._main)
+            trio.run(self._main, ready)
         except BaseExceptionGroup as group:
             raise _collapse(group) from None
 
-    async def _main(self) -> None:
+    async def _main(self, ready: Callable[[], None] | None) -> None:
         failure: LifespanFailure | None = None
         self._limiter = trio.CapacityLimiter(max(1, self.options.threads))
         async with trio.open_nursery() as system:
             try:
-                await self._run(system)
+                await self._run(system, ready)
             except LifespanFailure as exc:
                 failure = exc
                 system.cancel_scope.cancel()
@@ -760,7 +765,7 @@ class TrioWorker:
             log.error("%s", Lines(str(failure)))
             raise failure
 
-    async def _run(self, system: trio.Nursery) -> None:
+    async def _run(self, system: trio.Nursery, ready: Callable[[], None] | None) -> None:
         lifespan: Lifespan | None = None
         if self.interface == "asgi":
             lifespan = Lifespan(self.app)
@@ -771,6 +776,8 @@ class TrioWorker:
             defer_accept(sock, self.options.request_header_timeout)
         try:
             listeners = [trio.socket.from_stdlib_socket(sock) for sock in self.listeners]
+            if ready is not None:
+                ready()
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:

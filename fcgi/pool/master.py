@@ -433,7 +433,10 @@ class Master:
         booted = child.ready or slot.state not in (SlotState.STARTING, SlotState.FREE)
         if booted and not slot.accepted and start_exit_code(status, None) is not None:
             # Said it could not start after it looked ready, before it took a
-            # connection: an ASGI app whose lifespan startup failed.
+            # connection. The drivers say ready only after an ASGI app's
+            # lifespan startup, so this is a safety net (an app that exits
+            # with 3 or 4 itself): without it such a worker would be replaced
+            # at once, again and again, instead of with the start backoff.
             booted = False
         if booted and not child.ready:
             # It got ready and exited between two looks: a start all the same.

@@ -105,9 +105,9 @@ def _pool_problems(source: str, pool: PoolConfig, import_apps: bool) -> list[Pro
     # say, the import could not even be tried).
     wanted = import_apps and pool.app_object is None and not pool.preload_app and pool.app
     if wanted and not found:
-        error = _import_error(pool)
-        if error:
-            found.append(Problem(f"{where} app: {error}", app=True))
+        problem = _import_problem(pool, where)
+        if problem is not None:
+            found.append(problem)
     return found
 
 
@@ -140,30 +140,24 @@ def _writable(path: str, what: str) -> list[Problem]:
     return []
 
 
-def _import_error(pool: PoolConfig) -> str | None:
-    """Import the pool's app in a throw-away child, set up as a worker is; the error, if any.
+def _import_problem(pool: PoolConfig, where: str) -> Problem | None:
+    """Import the pool's app in a throw-away child, set up as a worker is; what failed, if any.
 
     A forked child, not a new interpreter: a worker gets its interpreter by
     fork too, and after dropping privileges it may not be able to read the
     installation (a pyenv under /root), so only a fork tries what a worker
     will do. The master itself never imports the app here.
+
+    The child says which step failed (see :data:`_SETUP`, :data:`_APP`): only
+    the app's own import is the exit table's 3. Becoming the worker (the
+    user, the group, a ``chdir`` that user cannot enter, the environment) is
+    a mistake in the configuration: 2.
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - measured through the parent
         os.close(read_end)
-        message = ""
-        try:
-            drop_privileges(pool.user, pool.group)
-            prepare_environment(pool)
-            load_app(pool.app)
-        except (AppImportError, BootError) as exc:
-            message = str(exc)
-        except BaseException as exc:  # whatever the app's import raised
-            message = f"importing {pool.app!r} raised {type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):
-            os.write(write_end, message.encode("utf-8", "replace")[:_MAX_MESSAGE])
-        os._exit(0)
+        os._exit(_child(pool, write_end))
     os.close(write_end)
     chunks: list[bytes] = []
     deadline = time.monotonic() + IMPORT_TIMEOUT
@@ -176,7 +170,9 @@ def _import_error(pool: PoolConfig) -> str | None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return f"{pool.app!r} did not import within {IMPORT_TIMEOUT:g}s"
+                stuck = b"".join(chunks)[:1] == _APP
+                what = f"{pool.app!r} did not import" if stuck else "the worker's set-up hung"
+                return _problem(where, stuck, f"{what} within {IMPORT_TIMEOUT:g}s")
             chunk = os.read(read_end, 65536)
             if not chunk:
                 break
@@ -184,9 +180,66 @@ def _import_error(pool: PoolConfig) -> str | None:
     finally:
         os.close(read_end)
     _, status = os.waitpid(pid, 0)
-    message = b"".join(chunks).decode("utf-8", "replace")
+    return _read_report(pool, where, b"".join(chunks), status)
+
+
+#: What the child writes first when becoming the pool's worker (user, group,
+#: ``chdir``, environment) failed, before the message: configuration, 2.
+_SETUP = b"S"
+#: What the child writes once that set-up is done, just before the app's
+#: import begins; then, if the import fails, the kind (this byte, or
+#: :data:`_SETUP` for a malformed spec) and the message. Written before the
+#: import so that an import which ends the process is still known as the app's.
+_APP = b"A"
+
+
+def _child(pool: PoolConfig, write_end: int) -> int:
+    """In the throw-away child: set up as a worker, import, report; the exit status."""
+    stage = _SETUP
+    message = ""
+    try:
+        drop_privileges(pool.user, pool.group)
+        prepare_environment(pool)
+        stage = _APP
+        _write(write_end, _APP)
+        load_app(pool.app)
+    except AppImportError as exc:
+        # A malformed spec is a configuration mistake, as from the command line.
+        stage = _SETUP if exc.usage else _APP
+        message = str(exc)
+    except BootError as exc:
+        message = str(exc)
+    except BaseException as exc:  # whatever the app's import (or the set-up) raised
+        what = f"importing {pool.app!r}" if stage == _APP else "setting up the worker"
+        message = f"{what} raised {type(exc).__name__}: {exc}"
     if message:
-        return message
+        _write(write_end, stage + message.encode("utf-8", "replace")[:_MAX_MESSAGE])
+    return 0
+
+
+def _write(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, data)
+
+
+def _read_report(pool: PoolConfig, where: str, report: bytes, status: int) -> Problem | None:
+    """The problem the child reported (see :data:`_SETUP`, :data:`_APP`), if any."""
+    importing = report[:1] == _APP
+    if importing:
+        report = report[1:]
+    if report:
+        app = report[:1] == _APP
+        return _problem(where, app, report[1:].decode("utf-8", "replace"))
     if status != 0:
-        return f"importing {pool.app!r} ended the process (wait status {status})"
+        what = f"importing {pool.app!r}" if importing else "setting up the worker"
+        return _problem(where, importing, f"{what} ended the process (wait status {status})")
     return None
+
+
+def _problem(where: str, app: bool, message: str) -> Problem:
+    """The line for the child's report: under ``app:`` only if the app is what failed."""
+    if app:
+        return Problem(f"{where} app: {message}", app=True)
+    # The set-up's own messages name what failed ("chdir: '/srv': Permission
+    # denied (as user 'nobody')", "unknown user or group 'x'").
+    return Problem(f"{where} {message}")

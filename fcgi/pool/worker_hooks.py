@@ -165,7 +165,7 @@ class ScoreboardHooks:
     # -- life cycle (called by worker_process) --------------------------------
 
     def ready(self) -> None:
-        """The app is imported and the driver built: from now on we accept."""
+        """The driver can serve (after an ASGI app's lifespan startup): from now on we accept."""
         self._slot.state = SlotState.IDLE
         self._write_whole()
         self._show_idle()

@@ -17,7 +17,8 @@ Worker signals (sent by the master; not meant for people):
 Exit codes, read by the master (values from :mod:`fcgi.exit_codes`, so a
 worker that cannot start says what the master itself will exit with if no
 worker ever started): 0 normal; :data:`EXIT_APP_ERROR` (3) the app could not
-be loaded (import error, not a WSGI/ASGI app); :data:`EXIT_BOOT_ERROR` (4)
+be loaded (import error, not a WSGI/ASGI app) or its ASGI lifespan startup
+failed (always before the worker says it is ready); :data:`EXIT_BOOT_ERROR` (4)
 anything else stopped the start (user, group, ``chdir``, access log); any
 other status is a crash.
 
@@ -76,9 +77,13 @@ PR_SET_PDEATHSIG = 1
 
 
 class Driver(Protocol):
-    """What the pool needs of a worker driver (SyncWorker satisfies it)."""
+    """What the pool needs of a worker driver (SyncWorker and TrioWorker satisfy it).
 
-    def serve_forever(self) -> None: ...
+    ``serve_forever`` calls ``ready()`` once it can serve: only then does the
+    worker count as started (see :func:`_serve`).
+    """
+
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -240,7 +245,20 @@ def prepare_environment(config: PoolConfig) -> None:
         try:
             os.chdir(config.chdir)
         except OSError as exc:
-            raise BootError(f"chdir {config.chdir!r}: {exc.strerror}") from None
+            # Who failed is half the reason: a directory root can enter and
+            # the pool's user cannot is the usual case.
+            raise BootError(
+                f"chdir: {config.chdir!r}: {exc.strerror} (as user {_user_name()})"
+            ) from None
+
+
+def _user_name() -> str:
+    """This process's user, by name if it has one (for messages)."""
+    uid = os.geteuid()
+    try:
+        return repr(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return f"uid {uid}"
 
 
 def import_worker_code(kinds: Sequence[str]) -> None:
@@ -348,14 +366,22 @@ def _serve(spec: WorkerSpec) -> int:
     driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
         return EXIT_OK
-    # Everything alive now (the app, its modules, the worker) lives as long as
-    # the process: frozen, full collections no longer walk it, and pages
-    # shared with the master are not dirtied by the collector's bookkeeping.
-    # No gc.collect() first: it would delay the worker's first request.
-    gc.freeze()
-    hooks.ready()
+
+    def ready() -> None:
+        # Called by the driver once it can serve: after an ASGI app's lifespan
+        # startup, so a worker whose app refuses to start (exit 3) is never
+        # counted as started, and the master never says "ready" for a pool
+        # in which no worker can run.
+        # Everything alive now (the app, its modules, what its startup made,
+        # the worker) lives as long as the process: frozen, full collections
+        # no longer walk it, and pages shared with the master are not dirtied
+        # by the collector's bookkeeping. No gc.collect() first: it would
+        # delay the worker's first request.
+        gc.freeze()
+        hooks.ready()
+
     try:
-        driver.serve_forever()
+        driver.serve_forever(ready)
     finally:
         hooks.publish()
     if hooks.stop_reason and not hooks.signalled:
