@@ -16,7 +16,7 @@ log = logging.getLogger("fcgi.serve")
 
 Interface = Literal["wsgi", "asgi"]
 INTERFACES = ("auto", "wsgi", "asgi")
-WORKERS = ("sync", "trio")
+WORKERS = ("sync", "trio", "asyncio")
 
 
 def _unwrap(app: Any) -> Any:
@@ -76,6 +76,11 @@ def choose_worker(requested: str, interface: Interface) -> str:
     """The worker kind for an app: ASGI apps need the trio worker, and get it."""
     if requested not in WORKERS:
         raise ConfigError(f"worker must be one of {', '.join(WORKERS)}, not {requested!r}")
+    if interface == "wsgi" and requested == "asyncio":
+        raise ConfigError(
+            "the asyncio worker runs ASGI apps only, and this app is a WSGI app: "
+            "use --worker sync or --worker trio (or --interface asgi if it is ASGI)"
+        )
     if interface == "asgi" and requested == "sync":
         log.info("ASGI app: using the trio worker (the sync worker runs WSGI apps only)")
         return "trio"

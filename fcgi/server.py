@@ -37,6 +37,7 @@ from fcgi.sync_worker import SyncWorker
 from fcgi.wsgi import WSGIApp
 
 if TYPE_CHECKING:
+    from fcgi.asyncio_worker import AsyncioWorker
     from fcgi.hooks import WorkerHooks
     from fcgi.pool.config import PoolConfig
     from fcgi.pool.worker_hooks import SingleProcessHooks, SlowRequestWatcher
@@ -368,7 +369,7 @@ def run_single(
     """
     reload_asked = False
     stop_asked = False
-    server: SyncWorker | TrioWorker
+    server: SyncWorker | TrioWorker | AsyncioWorker
 
     def graceful(signum: int, frame: object) -> None:
         nonlocal stop_asked
@@ -499,7 +500,11 @@ def _make_worker(
     options: ServerOptions,
     worker: str,
     hooks: WorkerHooks | None = None,
-) -> SyncWorker | TrioWorker:
+) -> SyncWorker | TrioWorker | AsyncioWorker:
+    if worker == "asyncio":
+        from fcgi.asyncio_worker import AsyncioWorker
+
+        return AsyncioWorker(listeners, app, options, hooks)
     if worker == "trio":
         from fcgi.trio_worker import TrioWorker
 

@@ -92,7 +92,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 _TRIO = (("worker", ("trio",)),)
-_TRIO_OR_ASGI = (("worker", ("trio",)), ("interface", ("asgi",)))
+_CONCURRENT = (("worker", ("trio", "asyncio")), ("interface", ("asgi",)))
 _DYNAMIC = (("pm", ("dynamic",)),)
 _ONDEMAND = (("pm", ("ondemand",)),)
 _SYSLOG = (("error_log", ("syslog",)),)
@@ -168,8 +168,9 @@ _TABLE: tuple[Setting, ...] = (
           php="listen.allowed_clients", aliases=("--allowed-clients",), commas=True,
           unset_means="any", metavar="ADDRS"),
     _pool("worker", "choice", "sync",
-          "sync: one request at a time per process; trio: many at once (ASGI apps get it)",
-          choices=("sync", "trio"), gunicorn="worker_class"),
+          "sync: one request at a time per process; trio: many at once (ASGI apps get it); "
+          "asyncio: many at once, ASGI apps only, on uvloop if installed",
+          choices=("sync", "trio", "asyncio"), gunicorn="worker_class"),
     _pool("interface", "choice", "auto", "the app's interface (auto: detect)",
           choices=("auto", "wsgi", "asgi")),
     _pool("chdir", "str", None, "directory to change to before importing the app",
@@ -257,10 +258,10 @@ _TABLE: tuple[Setting, ...] = (
           "largest request body; larger ones get 413 (0: no limit)", check="not negative"),
     _pool("threads", "int", 10, "trio worker: threads running WSGI requests at once",
           check="at least 1", gunicorn="threads", only_when=_TRIO),
-    _pool("max_conns", "int", 256, "trio worker: most connections at once",
-          check="at least 1", gunicorn="worker_connections", only_when=_TRIO_OR_ASGI),
-    _pool("max_reqs", "int", 256, "trio worker: most requests in progress at once",
-          check="at least 1", only_when=_TRIO_OR_ASGI),
+    _pool("max_conns", "int", 256, "trio and asyncio workers: most connections at once",
+          check="at least 1", gunicorn="worker_connections", only_when=_CONCURRENT),
+    _pool("max_reqs", "int", 256, "trio and asyncio workers: most requests in progress at once",
+          check="at least 1", only_when=_CONCURRENT),
 )  # fmt: skip
 
 #: Every setting by name, in the table's order.

@@ -71,6 +71,12 @@ class RunningPool:
         self.target = config.max_children
         self.spawn_rate = 1
         self.ever_ready = False
+        #: Requests one worker runs at once before it counts as wholly busy:
+        #: a concurrent worker below it is spare capacity (Census.partly_busy),
+        #: so a dynamic pool grows on concurrency, not on busy processes.
+        self._concurrency = {"trio": config.threads, "asyncio": config.max_reqs}.get(
+            config.worker, 1
+        )
         #: CLOCK_MONOTONIC time before which no worker is started (0: none pending).
         self.spawn_blocked_until = 0.0
         #: The current wait between start attempts; 0 while workers start fine.
@@ -107,7 +113,7 @@ class RunningPool:
                 census.idle += 1
             elif state == SlotState.BUSY:
                 census.busy += 1
-                if self.config.worker == "trio" and slot.active < self.config.threads:
+                if slot.active < self._concurrency:
                     census.partly_busy += 1
             else:
                 census.starting += 1

@@ -274,6 +274,10 @@ def import_worker_code(kinds: Sequence[str]) -> None:
 
 def driver_factory(kind: str) -> DriverFactory:
     """The worker class for ``kind``; trio is imported only by trio workers."""
+    if kind == "asyncio":
+        from fcgi.asyncio_worker import AsyncioWorker
+
+        return AsyncioWorker
     if kind == "trio":
         from fcgi.trio_worker import TrioWorker
 
@@ -362,7 +366,7 @@ def _serve(spec: WorkerSpec) -> int:
         kind = choose_worker(config.worker, options.interface)
     except ConfigError as exc:
         raise AppLoadError(str(exc)) from None
-    options.multithread = kind == "trio"
+    options.multithread = kind in ("trio", "asyncio")
     driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
         return EXIT_OK
