@@ -67,9 +67,8 @@ from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.records import ProtocolStatus, Role
-from fcgi.sockets import defer_accept, peer_allowed
+from fcgi.sockets import defer_accept, describe_peer, peer_allowed
 from fcgi.spool import SpooledBody
-from fcgi.trio_worker import _describe_peer
 from fcgi.wsgi import ClientGone, error_response
 
 log = logging.getLogger("fcgi.worker")
@@ -464,7 +463,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = self.transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
-        self.peer = _describe_peer(peer, sock)
+        self.peer = describe_peer(peer, sock)
         self.fd = sock.fileno() if sock is not None else -1
         worker.everyone.add(self)
         worker.hooks.connection_accepted()

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from fcgi import forkguard, systemd
 from fcgi.connection import Limits
+from fcgi.driver import Driver
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.pool import reexec
 from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, ConfigErrors, resolve
 from fcgi.sockets import (
+    format_address,
     inherited_fd0,
     open_listener,
     parse_allowed_clients,
@@ -37,11 +39,9 @@ from fcgi.sync_worker import SyncWorker
 from fcgi.wsgi import WSGIApp
 
 if TYPE_CHECKING:
-    from fcgi.asyncio_worker import AsyncioWorker
     from fcgi.hooks import WorkerHooks
     from fcgi.pool.config import PoolConfig
     from fcgi.pool.worker_hooks import SingleProcessHooks, SlowRequestWatcher
-    from fcgi.trio_worker import TrioWorker
 
 log = logging.getLogger("fcgi.serve")
 
@@ -369,7 +369,7 @@ def run_single(
     """
     reload_asked = False
     stop_asked = False
-    server: SyncWorker | TrioWorker | AsyncioWorker
+    server: Driver
 
     def graceful(signum: int, frame: object) -> None:
         nonlocal stop_asked
@@ -500,7 +500,7 @@ def _make_worker(
     options: ServerOptions,
     worker: str,
     hooks: WorkerHooks | None = None,
-) -> SyncWorker | TrioWorker | AsyncioWorker:
+) -> Driver:
     if worker == "asyncio":
         from fcgi.asyncio_worker import AsyncioWorker
 
@@ -523,6 +523,5 @@ def _listener_name(sock: socket.socket) -> str:
         return f"unix:{path}"
     name = sock.getsockname()
     if isinstance(name, tuple):
-        host = f"[{name[0]}]" if ":" in name[0] else name[0]
-        return f"{host}:{name[1]}"
+        return format_address(name[0], name[1])
     return f"fd {sock.fileno()}"

@@ -22,6 +22,7 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fcgi.errors import ConfigError
 
@@ -41,8 +42,7 @@ class BindSpec:
             return f"unix:{self.path}"
         if self.kind == "fd":
             return f"fd://{self.fd}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 def parse_bind(spec: str) -> BindSpec:
@@ -340,6 +340,33 @@ def parse_allowed_clients(text: str | Iterable[str]) -> tuple[str, ...]:
             raise ConfigError(f"allowed client {item!r} is not an IP address or network") from None
         result.append(item)
     return tuple(result)
+
+
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets: how bind specs and log lines write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Named(Protocol):
+    """A socket of any flavour (stdlib, trio, asyncio's transport socket)."""
+
+    def getsockname(self) -> Any: ...
+
+
+def describe_peer(peer: object, sock: _Named) -> str:
+    """Who is on the other end of an accepted connection, for log lines.
+
+    A TCP peer is ``HOST:PORT``. A unix-socket peer has no address of its
+    own, so the path it came in by is named instead. Every driver formats
+    peers here, so a log line names a peer the same way whichever wrote it.
+    """
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return format_address(str(peer[0]), peer[1])
+    try:
+        name = sock.getsockname()
+    except OSError:
+        name = ""
+    return f"unix:{name}" if name else "unix socket"
 
 
 def peer_allowed(peer: object, allowed: Sequence[str]) -> bool:

@@ -49,11 +49,12 @@ from dataclasses import replace
 from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.connection import Limits, ServerConnection
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
 from fcgi.records import Role
-from fcgi.sockets import defer_accept, peer_allowed
+from fcgi.sockets import defer_accept, describe_peer, peer_allowed
 from fcgi.wsgi import (
     ClientGone,
     ErrorStream,
@@ -101,31 +102,7 @@ _HEAP_SLACK = 4
 #: it the buffers go to sendmsg() as they are, so a large body is never copied.
 _JOIN_LIMIT = 16 * 1024
 _IOV_MAX = 1024
-#: accept() errors that concern only the connection being taken (it was reset
-#: while queued, or the network under it failed): accept(2) says to go on.
-_ACCEPT_RETRY = frozenset(
-    code
-    for code in (
-        errno.ECONNABORTED,
-        errno.EPROTO,
-        errno.EPERM,
-        errno.ENETDOWN,
-        errno.ENOPROTOOPT,
-        errno.EHOSTDOWN,
-        getattr(errno, "ENONET", errno.EHOSTDOWN),
-        errno.EHOSTUNREACH,
-        errno.EOPNOTSUPP,
-        errno.ENETUNREACH,
-    )
-)
 _DONTWAIT = socket.MSG_DONTWAIT
-#: accept() errors from lack of resources (out of file descriptors, memory):
-#: the connection stays queued and the listener stays ready, so retrying at
-#: once would spin (and log) as fast as the CPU allows until a descriptor frees.
-_ACCEPT_STARVED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-#: Seconds the worker waits before trying accept() again after one of those.
-_ACCEPT_PAUSE = 0.1
-
 
 def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``sock`` to be ready; False if it never was.
@@ -251,15 +228,7 @@ class _Peer:
         self.sock = sock
 
     def __str__(self) -> str:
-        peer = self.address
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-            return f"{host}:{peer[1]}"
-        try:
-            name = self.sock.getsockname()
-        except OSError:
-            name = ""
-        return f"unix:{name}" if name else "unix socket"
+        return describe_peer(self.address, self.sock)
 
 
 class _Connection(SendBudget):
@@ -737,13 +706,13 @@ class SyncWorker:
                 # per call: the next try comes with the next epoll wakeup.
                 self._close_oldest_parked()
                 return True
-            if exc.errno in _ACCEPT_STARVED:
+            if exc.errno in ACCEPT_STARVED:
                 if not self._starved:  # one line per episode, not one per retry
-                    log.error("accept failed: %s; retrying every %gs", exc.strerror, _ACCEPT_PAUSE)
+                    log.error("accept failed: %s; retrying every %gs", exc.strerror, ACCEPT_PAUSE)
                     self._starved = True
-                time.sleep(_ACCEPT_PAUSE)
+                time.sleep(ACCEPT_PAUSE)
                 return False
-            if exc.errno in _ACCEPT_RETRY:
+            if exc.errno in ACCEPT_RETRY:
                 return True  # that connection is gone; others may be queued
             raise
         sock = socket.socket(*kind, fd)
@@ -1044,7 +1013,7 @@ class SyncWorker:
                 )
                 if role == _FILTER:
                     environ["fcgi.data"] = InputStream(
-                        exchange.read_data, _int_param(params, "FCGI_DATA_LENGTH")
+                        exchange.read_data, int_param(params, "FCGI_DATA_LENGTH")
                     )
                 environ["fcgi.role"] = _ROLE_NAMES[role]
                 http_status, app_status, sent = respond(self.app, environ, exchange.send, stderr)
@@ -1093,10 +1062,3 @@ class SyncWorker:
                         break
                     drained += len(chunk)
         sock.close()
-
-
-def _int_param(params: dict[str, str], name: str) -> int | None:
-    try:
-        return int(params[name])
-    except (KeyError, ValueError):
-        return None

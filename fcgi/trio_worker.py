@@ -56,15 +56,16 @@ import trio
 
 from fcgi import events as ev
 from fcgi import forkguard, stacks
-from fcgi.asgi import ASGIApp, ASGIResponder, Lifespan, LifespanFailure, build_scope
+from fcgi.asgi import ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.interface import resolve_interface
 from fcgi.options import ServerOptions
 from fcgi.records import ProtocolStatus, Role
-from fcgi.sockets import defer_accept, peer_allowed
+from fcgi.sockets import defer_accept, describe_peer, peer_allowed
 from fcgi.spool import SpooledBody
 from fcgi.wsgi import (
     ClientGone,
@@ -89,42 +90,10 @@ _SLICE = 2 * 0xFFF8
 #: body was not read to the end (so the web server sees our answer, not a reset).
 _MAX_DRAIN = 64 * 1024 * 1024
 _DRAIN_SECONDS = 2.0
-#: accept() failures from lack of resources: the listener is fine, wait a little.
-_ACCEPT_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_ACCEPT_PAUSE = 0.1
-#: accept() failures that concern only the connection being accepted (Linux
-#: reports network errors pending on it this way; EPERM: a firewall rule).
-_ACCEPT_RETRY = frozenset(
-    (
-        errno.ECONNABORTED,
-        errno.EINTR,
-        errno.EPROTO,
-        errno.EPERM,
-        errno.ENETDOWN,
-        errno.ENOPROTOOPT,
-        errno.EHOSTDOWN,
-        errno.ENONET,
-        errno.EHOSTUNREACH,
-        errno.EOPNOTSUPP,
-        errno.ENETUNREACH,
-        errno.ETIMEDOUT,
-    )
-)
 #: accept() failures that mean the listening socket itself is unusable.
 _LISTENER_GONE = frozenset((errno.EBADF, errno.EINVAL, errno.ENOTSOCK))
 #: Pause after an accept() failure of an unknown kind, so it cannot spin.
 _ACCEPT_BACKOFF = 1.0
-
-
-def _describe_peer(peer: object, sock: trio.socket.SocketType) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
-    try:
-        name = sock.getsockname()
-    except OSError:
-        name = ""
-    return f"unix:{name}" if name else "unix socket"
 
 
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -814,15 +783,15 @@ class TrioWorker:
                 try:
                     sock, peer = await listener.accept()
                 except OSError as exc:
-                    if exc.errno in _ACCEPT_RETRY:
+                    if exc.errno in ACCEPT_RETRY:
                         continue
-                    if exc.errno in _ACCEPT_ERRORS:
+                    if exc.errno in ACCEPT_STARVED:
                         if not starved:
                             log.error(
-                                "accept failed: %s; retrying every %gs", exc.strerror, _ACCEPT_PAUSE
+                                "accept failed: %s; retrying every %gs", exc.strerror, ACCEPT_PAUSE
                             )
                             starved = True
-                        await trio.sleep(_ACCEPT_PAUSE)
+                        await trio.sleep(ACCEPT_PAUSE)
                         continue
                     if exc.errno in _LISTENER_GONE:
                         log.error("accept failed: %s; no longer accepting on it", exc)
@@ -849,7 +818,7 @@ class TrioWorker:
         """Serve a new connection, unless it is not allowed or there is no room for it."""
         options = self.options
         self.hooks.connection_accepted()
-        name = _describe_peer(peer, sock)
+        name = describe_peer(peer, sock)
         if options.allowed_clients and not peer_allowed(peer, options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", name)
             sock.close()
@@ -1047,7 +1016,7 @@ class TrioWorker:
             multiprocess=options.multiprocess,
         )
         if req.data is not None:
-            data_length = _int_param(params, "FCGI_DATA_LENGTH")
+            data_length = int_param(params, "FCGI_DATA_LENGTH")
             environ["fcgi.data"] = InputStream(reader(req.data), data_length)
         environ["fcgi.role"] = Role(req.role).name
         app: WSGIApp = self.app
@@ -1076,11 +1045,3 @@ class TrioWorker:
         return status, app_status, head, tail
 
 
-def _int_param(params: dict[str, str], name: str) -> int | None:
-    try:
-        return int(params[name])
-    except (KeyError, ValueError):
-        return None
-
-
-__all__ = ["ASGIApp", "TrioWorker"]

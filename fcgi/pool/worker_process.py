@@ -47,9 +47,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from fcgi import exit_codes, forkguard, stacks
+from fcgi.driver import Driver
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
 from fcgi.hooks import WorkerHooks
@@ -74,18 +75,6 @@ EXIT_BOOT_ERROR = exit_codes.EXIT_WORKERS
 
 #: prctl(2) option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
-
-
-class Driver(Protocol):
-    """What the pool needs of a worker driver (SyncWorker and TrioWorker satisfy it).
-
-    ``serve_forever`` calls ``ready()`` once it can serve: only then does the
-    worker count as started (see :func:`_serve`).
-    """
-
-    def serve_forever(self, ready: Callable[[], None] | None = None) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 DriverFactory = Callable[[Sequence[socket.socket], Any, ServerOptions, WorkerHooks], Driver]
