@@ -30,7 +30,8 @@ def loaded_after(*modules: str) -> set[str]:
         "import importlib, json, sys\n"
         f"for name in {list(modules)!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'fcgi' or m.startswith('fcgi.'))))\n"
+        "names = [m for m in sys.modules if m == 'fcgi' or m.startswith('fcgi.')]\n"
+        "print(json.dumps(sorted(names)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
