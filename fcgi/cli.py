@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from fcgi import __version__
 from fcgi.app_loader import AppImportError, load_app
@@ -19,8 +20,40 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_APP_IMPORT", "EXIT_USAGE", "build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean" for a mistyped flag (``--max-chidren``).
+
+    An unknown flag is reported by the top parser, which does not know the
+    subcommands' flags: the suggestions come from every parser of the command.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            known = sorted(_option_strings(self))
+            hints = []
+            for word in message[len(prefix) :].split():
+                if word.startswith("--"):
+                    close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1)
+                    if close:
+                        hints.append(f"{word.split('=', 1)[0]}: did you mean {close[0]}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``--flag`` of ``parser`` and of its subcommands."""
+    found = {s for s in parser._option_string_actions if s.startswith("--")}
+    for action in parser._actions:  # argparse has no public view of these
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fcgi", description="FastCGI server and process manager for Python web apps."
     )
     parser.add_argument("--version", action="version", version=f"fcgi {__version__}")

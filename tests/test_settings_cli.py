@@ -255,3 +255,12 @@ def test_a_setting_that_needs_several_processes_starts_a_master() -> None:
     args = ("fcgi.demo:app", "--listen", "unix:/tmp/x.sock", "--max-requests", "5")
     lines = errors(fcgi("serve", *args))
     assert any("--user: the master runs as root" in line for line in lines), lines
+
+
+def test_a_mistyped_flag_gets_a_did_you_mean() -> None:
+    """argparse alone says "unrecognized arguments"; the operator wants the right name."""
+    proc = fcgi("serve", "fcgi.demo:app", "--bind", "unix:/nonexistent/x.sock",
+                "--max-chidren", "3", "--request-terminate-timout=3")  # fmt: skip
+    (line,) = errors(proc)
+    assert "--max-chidren: did you mean --max-children?" in line
+    assert "--request-terminate-timout: did you mean --request-terminate-timeout?" in line
