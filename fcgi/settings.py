@@ -89,7 +89,21 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
         None if v == "" or v.startswith("/") else f"must be empty or start with '/', got {v!r}"
     ),
     "mode": lambda v: None if 0 <= v <= 0o7777 else f"must be a file mode, got {v:o}",
+    "backlog": lambda v: (
+        None if 0 <= v <= _C_INT_MAX else f"must lie between 0 and {_C_INT_MAX}, got {_show(v)}"
+    ),
+    "workers": lambda v: (
+        None
+        if 1 <= v <= MAX_WORKERS
+        else f"must lie between 1 and {MAX_WORKERS}, got {_show(v)}"
+    ),
 }
+#: listen(2) takes a C int (the kernel then caps it at net.core.somaxconn).
+_C_INT_MAX = 2**31 - 1
+#: Most workers one pool may have: its scoreboard is allocated for twice as
+#: many slots up front, and a typo of a few zeros must be refused before the
+#: master asks for gigabytes, not with an allocation failure.
+MAX_WORKERS = 10_000
 
 _TRIO = (("worker", ("trio",)),)
 _CONCURRENT = (("worker", ("trio", "asyncio")), ("interface", ("asgi",)))
@@ -155,7 +169,7 @@ _TABLE: tuple[Setting, ...] = (
     _pool("listen", "list", (), "address to listen on: unix:/path, HOST:PORT, [V6]:PORT, PORT "
           "or fd://N (repeatable)", php="listen", gunicorn="bind", aliases=("--bind", "-b"),
           unset_means="the socket on fd 0 (single process)", metavar="ADDR"),
-    _pool("listen_backlog", "int", 511, "listen queue length", check="not negative",
+    _pool("listen_backlog", "int", 511, "listen queue length", check="backlog",
           php="listen.backlog", gunicorn="backlog", aliases=("--backlog",)),
     _pool("listen_owner", "str", None, "owner of unix sockets", master=True,
           php="listen.owner", unset_means="the master's user", metavar="USER"),
@@ -178,7 +192,7 @@ _TABLE: tuple[Setting, ...] = (
     # -- pool: process manager ------------------------------------------------------------
     _pool("pm", "choice", "dynamic", "how the number of workers is managed",
           choices=("static", "dynamic", "ondemand"), master=True, php="pm"),
-    _pool("max_children", "int", 5, "most workers at once", check="at least 1", master=True,
+    _pool("max_children", "int", 5, "most workers at once", check="workers", master=True,
           php="pm.max_children", gunicorn="workers"),
     _pool("start_servers", "int", None, "workers started with the pool (pm = dynamic)",
           check="at least 1", master=True, php="pm.start_servers", only_when=_DYNAMIC,

@@ -264,3 +264,44 @@ def test_a_mistyped_flag_gets_a_did_you_mean() -> None:
     (line,) = errors(proc)
     assert "--max-chidren: did you mean --max-children?" in line
     assert "--request-terminate-timout: did you mean --request-terminate-timeout?" in line
+
+
+def write_pool(tmp_path: Path, extra: str, name: str = "www") -> Path:
+    path = tmp_path / "pool.toml"
+    path.write_text(
+        f'[pool.{name}]\napp = "fcgi.demo:app"\nuser = "root"\n'
+        f'listen = ["unix:{tmp_path}/p.sock"]\n{extra}\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        # A typo of a few zeros: refused, not a scoreboard of a trillion slots.
+        ("max_children = 1000000000000", "max_children: must lie between 1 and 10000"),
+        # listen() takes a C int: refused, not an OverflowError at bind time.
+        ("listen_backlog = 99999999999999999999", "listen_backlog: must lie between 0 and"),
+        # Parsed here, not first in each worker (which crashed at start).
+        ('listen_allowed_clients = ["999.1.1.1"]', "listen_allowed_clients: allowed client"),
+        ('listen_allowed_clients = "10.0.0.0/33"', "listen_allowed_clients: allowed client"),
+    ],
+)
+def test_values_that_would_fail_at_start_fail_in_check_config(
+    tmp_path: Path, extra: str, named: str
+) -> None:
+    """Found by a hostile review: each passed check-config, then crashed the start."""
+    path = write_pool(tmp_path, extra)
+    for proc in (fcgi("check-config", str(path)), fcgi("serve", "--config", str(path))):
+        (line,) = errors(proc)
+        assert named in line, line
+    assert not (tmp_path / "p.sock").exists()
+
+
+def test_a_line_break_in_a_pool_name_cannot_forge_an_error_line(tmp_path: Path) -> None:
+    path = write_pool(tmp_path, "", name='"a b\\nc"')
+    proc = fcgi("check-config", str(path))
+    lines = errors(proc)
+    assert "[pool.a b\\x0Ac]: a pool name is letters, digits" in lines[0], lines
+    # Every line of stderr is one of ours: none starts with the name's "c]".
+    assert len(lines) == len(proc.stderr.strip().splitlines()), proc.stderr

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fcgi.errors import ConfigError
+from fcgi.escape import escape
 from fcgi.options import ServerOptions
 from fcgi.settings import (
     DEFAULT_ACCESS_FORMAT,
@@ -47,6 +48,7 @@ from fcgi.settings import (
     parse_value,
     toml_value,
 )
+from fcgi.sockets import parse_allowed_clients
 
 __all__ = [
     "DEFAULT_ACCESS_FORMAT",
@@ -247,6 +249,9 @@ def _suggest(key: str, names: Iterable[str]) -> str:
 
 # -- reading the file --------------------------------------------------------------------
 
+#: What a pool name may be made of: it goes into log lines, the status page,
+#: process titles and file names, so nothing that needs quoting or escaping.
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HEADER = re.compile(r"\s*\[\s*([^\[\]]+?)\s*\](?:\s*#.*)?\s*$")
 
 
@@ -330,6 +335,14 @@ def config_from_mapping(
         problems.append(f"{source}: pool must be a set of [pool.NAME] tables")
         pools = {}
     for name, table in pools.items():
+        if not _POOL_NAME.fullmatch(name):
+            # Shown escaped: the name goes into every line about the pool,
+            # and a line break in it would start a line of its own.
+            problems.append(
+                f"{source}: [pool.{escape(name)}]: a pool name is letters, digits, "
+                "'-', '_' and '.'"
+            )
+            continue
         if not isinstance(table, dict):
             problems.append(f"{source}: pool.{name} must be a table")
             continue
@@ -505,6 +518,12 @@ def validate_pool(
             compile_format(pool.access_format)
         except ConfigError as exc:
             out.append(f"{w('access_format')}: {exc}")
+    if "listen_allowed_clients" not in pool.invalid:
+        try:
+            # Here, not first in each worker, which would crash at start.
+            parse_allowed_clients(pool.listen_allowed_clients)
+        except ConfigError as exc:
+            out.append(f"{w('listen_allowed_clients')}: {exc}")
     if pool.request_slowlog_timeout and pool.slowlog is None:
         pool.slowlog = "-"  # stderr, i.e. the master's log
     if not single and pool.user is None and os.geteuid() == 0:
