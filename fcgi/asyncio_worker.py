@@ -61,6 +61,7 @@ from fcgi.asgi import (
     build_scope,
 )
 from fcgi.connection import ServerConnection
+from fcgi.driver import log_refusal
 from fcgi.errors import ConfigError, ProtocolError, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
@@ -428,6 +429,8 @@ class _Connection(asyncio.Protocol):
         self.requests: dict[int, _Request] = {}
         #: Requests whose app is running (the others still wait for PARAMS).
         self.running = 0
+        #: Requests refused on this connection (see fcgi.driver.log_refusal).
+        self.refusals = 0
         self.transport: asyncio.Transport | None = None
         self.peer = "unix socket"
         self.fd = -1
@@ -784,7 +787,10 @@ class _Connection(asyncio.Protocol):
                     self._finish_unstarted(req, error_response(event.http_status))  # type: ignore[attr-defined]
         elif kind is ev.RequestRefused:
             self._refused()
-            log.warning(
+            self.refusals += 1
+            log_refusal(
+                log,
+                self.refusals,
                 "refused request id %d from %s: protocol status %d (role %d)",
                 rid,
                 self.peer,
@@ -811,7 +817,10 @@ class _Connection(asyncio.Protocol):
         worker = self.worker
         rid = event.request_id
         if worker.active_requests >= worker.options.max_reqs:
-            log.warning(
+            self.refusals += 1
+            log_refusal(
+                log,
+                self.refusals,
                 "refused request id %d from %s: %d requests in progress (max_reqs): OVERLOADED",
                 rid,
                 self.peer,

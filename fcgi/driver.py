@@ -10,6 +10,7 @@ single-process server, a pool worker) may ask of them.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -55,7 +56,7 @@ class Driver(Protocol):
     ``serve_forever`` calls ``ready()`` once it can serve (after an ASGI
     app's lifespan start-up): only then does a pool count the worker as
     started, or the single process say it serves. ``stop`` is signal-safe;
-``close`` comes after ``serve_forever`` has returned.
+    ``close`` comes after ``serve_forever`` has returned.
     """
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None: ...
@@ -64,3 +65,20 @@ class Driver(Protocol):
 
     def close(self) -> None:
         """Release what the driver holds besides the listeners (its wake-up pipe)."""
+
+
+#: Refusals of one connection (an unknown role, an id past the limit,
+#: OVERLOADED) logged as warnings; the rest go to the debug level. Each
+#: refusal is a line, and a peer can send thousands of BEGIN_REQUESTs in one
+#: packet: unbounded, a single connection would fill the log.
+REFUSALS_WARNED = 3
+
+
+def log_refusal(log: logging.Logger, count: int, message: str, *args: object) -> None:
+    """Log the ``count``-th refusal (from 1) of a connection: a few warnings, then debug."""
+    if count < REFUSALS_WARNED:
+        log.warning(message, *args)
+    elif count == REFUSALS_WARNED:
+        log.warning(message + "; further refusals on this connection are logged as debug", *args)
+    else:
+        log.debug(message, *args)

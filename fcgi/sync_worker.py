@@ -49,7 +49,7 @@ from dataclasses import replace
 from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.connection import Limits, ServerConnection
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param, log_refusal
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
 from fcgi.options import ServerOptions
@@ -103,6 +103,7 @@ _HEAP_SLACK = 4
 _JOIN_LIMIT = 16 * 1024
 _IOV_MAX = 1024
 _DONTWAIT = socket.MSG_DONTWAIT
+
 
 def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``sock`` to be ready; False if it never was.
@@ -249,6 +250,7 @@ class _Connection(SendBudget):
         "idle",
         "parked",
         "pending",
+        "refusals",
         "registered",
         "send_expired",
         "served",
@@ -275,6 +277,8 @@ class _Connection(SendBudget):
         self.conn = ServerConnection(limits)
         self.pending: deque[ev.Event] = deque()
         self.served = 0
+        #: Requests refused on this connection (see fcgi.driver.log_refusal).
+        self.refusals = 0
         self.registered = False
         #: While parked: when it is closed unless it does something first.
         self.deadline = 0.0
@@ -933,7 +937,10 @@ class SyncWorker:
                         c.served += 1
                         completed = True
                 elif kind is ev.RequestRefused:
-                    log.warning(
+                    c.refusals += 1
+                    log_refusal(
+                        log,
+                        c.refusals,
                         "refused request id %d from %s: protocol status %d (role %d)",
                         event.request_id,
                         c.peer,

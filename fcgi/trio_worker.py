@@ -58,7 +58,7 @@ from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIResponder, Lifespan, LifespanFailure, build_scope
 from fcgi.connection import ServerConnection
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param, log_refusal
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.hooks import NoHooks, WorkerHooks, render_answer
@@ -193,6 +193,8 @@ class _Connection:
         self.requests: dict[int, _Request] = {}
         #: Requests whose app is running (the others still wait for PARAMS).
         self.running = 0
+        #: Requests refused on this connection (see fcgi.driver.log_refusal).
+        self.refusals = 0
         self.lock = trio.Lock()
         self.broken: str | None = None
         self.unread_input = False
@@ -448,7 +450,10 @@ class _Connection:
                     self._spawn(self._finish_unstarted(req, answer, 1))
         elif kind is ev.RequestRefused:
             self._refused()
-            log.warning(
+            self.refusals += 1
+            log_refusal(
+                log,
+                self.refusals,
                 "refused request id %d from %s: protocol status %d (role %d)",
                 rid,
                 self.peer,
@@ -473,7 +478,10 @@ class _Connection:
         worker = self.worker
         rid = event.request_id
         if worker.active_requests >= worker.options.max_reqs:
-            log.warning(
+            self.refusals += 1
+            log_refusal(
+                log,
+                self.refusals,
                 "refused request id %d from %s: %d requests in progress (max_reqs): OVERLOADED",
                 rid,
                 self.peer,
@@ -1043,5 +1051,3 @@ class TrioWorker:
         tail = b"".join(req.deferred)
         req.deferred.clear()
         return status, app_status, head, tail
-
-
