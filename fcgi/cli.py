@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fcgi {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser("serve", help="serve a WSGI app over FastCGI")
+    serve = commands.add_parser("serve", help="serve a WSGI or ASGI app over FastCGI")
     serve.add_argument(
         "app", nargs="?", metavar="MODULE:APP", help="module:app or module:factory()"
     )
