@@ -1,14 +1,19 @@
 /*
- * fcgi._speedups: optional C versions of hot pure functions in fcgi.records.
+ * fcgi._speedups: optional C versions of hot pure functions of fcgi.records,
+ * fcgi.connection (the request head) and fcgi.wsgi (the response head).
  *
- * The pure-Python code in fcgi/records.py stays the reference and the
- * fallback; everything here must behave exactly like it on valid input and
- * must never guess on invalid input.  tests/test_speedups.py checks both.
+ * The pure-Python code stays the reference and the fallback: each function
+ * here names its Python twin (or, for scan_head, the record loop that checks
+ * it), must give the same result on valid input, and returns None rather
+ * than guess on anything else, so that the precise error always comes from
+ * the Python code.  tests/test_speedups.py and tests/test_fastpath.py feed
+ * both generated input and compare.  FCGI_PURE_PYTHON=1 turns all of it off.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <stdint.h>
+#include <string.h>
 
 /*
  * Read one FastCGI name-value length at buf[*pos], end being the buffer size.
@@ -53,22 +58,83 @@ PyDoc_STRVAR(decode_params_doc,
 "exception, if the block is malformed: the caller reports the precise\n"
 "error (fcgi.records._pair_spans).");
 
-static PyObject *
-decode_params(PyObject *module, PyObject *arg)
+/*
+ * Strings seen again and again.
+ *
+ * A web server sends the same PARAMS names with every request (nginx's
+ * fastcgi_params: about twenty), and many of the same short values ("GET",
+ * "HTTP/1.1", its own address).  Decoding each into a new str, then hashing
+ * the names again to put them in a dict, is a good part of what a request
+ * costs; so the str made for a short name or value is kept, by its bytes, in
+ * a small direct-mapped table, and the next request that sends the same
+ * bytes gets the same object (a name's hash is cached in it).  A peer that
+ * sends ever-new strings only makes entries change: the table never grows,
+ * and what it holds is exactly what a fresh decode would give.
+ */
+
+/* Slots per table; a power of two.  Collisions among nginx's names are rare
+   at this size and cost only a fresh decode. */
+#define CACHE_SLOTS 512
+/* Longer strings are decoded anew each time: rarely repeated, costly to
+   compare.  Values are held to a shorter length than names: the common
+   repeated ones ("GET", "HTTP/1.1", "CGI/1.1", an address, a port) are
+   short, while cookies and tokens, which are the peer's secrets and never
+   repeat across clients, are longer and so never kept. */
+#define CACHE_NAME_MAX 32
+#define CACHE_VALUE_MAX 16
+
+typedef struct {
+    PyObject *names[CACHE_SLOTS];
+    PyObject *values[CACHE_SLOTS];
+} speedups_state;
+
+/* FNV-1a over the bytes (at most CACHE_NAME_MAX of them) and the length. */
+static inline size_t
+cache_slot(const unsigned char *s, size_t n)
 {
-    (void)module;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+    uint32_t h = 2166136261u ^ (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ s[i]) * 16777619u;
     }
-    /* From here on every exit goes through the labels below, which release
-       the buffer. */
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    const size_t end = (size_t)view.len; /* view.len >= 0 */
+    return h & (CACHE_SLOTS - 1);
+}
+
+/* A new reference to the latin-1 str of s[0:n], from table when it is there
+   (only strings of at most max bytes are looked up and kept). */
+static PyObject *
+cached_latin1(PyObject **table, size_t max, const unsigned char *s, size_t n)
+{
+    if (n > max) {
+        return PyUnicode_DecodeLatin1((const char *)s, (Py_ssize_t)n, NULL);
+    }
+    PyObject **slot = &table[cache_slot(s, n)];
+    PyObject *hit = *slot;
+    /* Every str in the table came from PyUnicode_DecodeLatin1: one byte per
+       character, so comparing the bytes compares the strings. */
+    if (hit != NULL && (size_t)PyUnicode_GET_LENGTH(hit) == n
+        && memcmp(PyUnicode_1BYTE_DATA(hit), s, n) == 0) {
+        return Py_NewRef(hit);
+    }
+    PyObject *text = PyUnicode_DecodeLatin1((const char *)s, (Py_ssize_t)n, NULL);
+    if (text != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(text));
+    }
+    return text;
+}
+
+/*
+ * Decode the name-value pair block buf[0:end] into a new dict of latin-1 str.
+ *
+ * Returns the dict, Py_None (a new reference) if the block is malformed, or
+ * NULL with an exception set if memory ran out.
+ */
+static PyObject *
+decode_block(speedups_state *state, const unsigned char *buf, size_t end)
+{
     size_t pos = 0;
     PyObject *params = PyDict_New();
     if (params == NULL) {
-        goto error;
+        return NULL;
     }
     while (pos < end) {
         size_t name_len, value_len;
@@ -85,17 +151,14 @@ decode_params(PyObject *module, PyObject *arg)
             goto malformed;
         }
         /* Each slice is decoded on its own rather than sliced out of one
-           decoded copy of the whole block: same speed on typical nginx
-           PARAMS (measured), and no copy of a large body just to take a
-           small slice of it.  1-byte and empty strings come from CPython's
-           shared singletons, so the common short values allocate nothing. */
-        const char *name_start = (const char *)buf + pos;
-        PyObject *name = PyUnicode_DecodeLatin1(name_start, (Py_ssize_t)name_len, NULL);
+           decoded copy of the whole block: no copy of a large block just to
+           take a small slice of it, and short strings come from the cache. */
+        const unsigned char *name_start = buf + pos;
+        PyObject *name = cached_latin1(state->names, CACHE_NAME_MAX, name_start, name_len);
         if (name == NULL) {
             goto error;
         }
-        PyObject *value = PyUnicode_DecodeLatin1(
-            name_start + name_len, (Py_ssize_t)value_len, NULL);
+        PyObject *value = cached_latin1(state->values, CACHE_VALUE_MAX, name_start + name_len, value_len);
         if (value == NULL) {
             Py_DECREF(name);
             goto error;
@@ -108,27 +171,349 @@ decode_params(PyObject *module, PyObject *arg)
         }
         pos += name_len + value_len; /* <= end: checked above */
     }
-    PyBuffer_Release(&view);
     return params;
 
 malformed:
     Py_DECREF(params);
-    PyBuffer_Release(&view);
     Py_RETURN_NONE;
 
 error:
-    Py_XDECREF(params);
-    PyBuffer_Release(&view);
+    Py_DECREF(params);
     return NULL;
+}
+
+static PyObject *
+decode_params(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *params = decode_block(
+        PyModule_GetState(module), (const unsigned char *)view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return params;
+}
+
+/* Record layout (spec section 3.3): version, type, request id (2 bytes, big
+   endian), content length (2 bytes), padding length, reserved. */
+#define HEADER_LEN 8
+#define VERSION_1 1
+#define TYPE_BEGIN_REQUEST 1
+#define TYPE_PARAMS 4
+/* BEGIN_REQUEST's body: role (2 bytes), flags, 5 reserved bytes. */
+#define BEGIN_BODY_LEN 8
+
+/* Reads the record header at buf[pos]; 0 unless the whole record (header,
+   content and padding) lies within end and its version is 1. */
+static inline int
+read_record(const unsigned char *buf, size_t end, size_t pos, unsigned *type,
+            unsigned *rid, size_t *content_len, size_t *stop)
+{
+    if (end - pos < HEADER_LEN || buf[pos] != VERSION_1) {
+        return 0;
+    }
+    const unsigned char *h = buf + pos;
+    *type = h[1];
+    *rid = ((unsigned)h[2] << 8) | h[3];
+    *content_len = ((size_t)h[4] << 8) | h[5];
+    /* At most 8 + 65535 + 255 bytes: no overflow in any size_t. */
+    size_t total = HEADER_LEN + *content_len + h[6];
+    if (end - pos < total) {
+        return 0;
+    }
+    *stop = pos + total;
+    return 1;
+}
+
+PyDoc_STRVAR(scan_head_doc,
+"scan_head(data, /)\n"
+"--\n"
+"\n"
+"Recognise a whole request head at the start of data: a BEGIN_REQUEST,\n"
+"then PARAMS records of the same id up to the empty one, all complete.\n"
+"\n"
+"Returns (request_id, role, flags, params, params_length, end): the\n"
+"decoded PARAMS (as decode_params), the PARAMS content length in all, and\n"
+"the offset just past the empty PARAMS record.  Returns None for anything\n"
+"else (another record in between, a head not complete yet, a malformed\n"
+"record or pair block); the caller then runs its general record loop, which\n"
+"alone decides what is an error.  This function applies no rule of the\n"
+"protocol: fcgi.connection.ServerConnection does.");
+
+static PyObject *
+scan_head(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    const size_t end = (size_t)view.len;
+    PyObject *result = NULL;
+    unsigned char *joined = NULL;
+    unsigned type, rid, params_rid;
+    size_t clen, pos;
+
+    if (!read_record(buf, end, 0, &type, &rid, &clen, &pos)
+        || type != TYPE_BEGIN_REQUEST || rid == 0 || clen != BEGIN_BODY_LEN) {
+        goto no_match;
+    }
+    unsigned role = ((unsigned)buf[HEADER_LEN] << 8) | buf[HEADER_LEN + 1];
+    unsigned flags = buf[HEADER_LEN + 2];
+
+    /* First pass: find the PARAMS records, their total size and the first
+       one with content (the usual case is exactly one). */
+    size_t total = 0, first = 0, first_len = 0, records = 0;
+    size_t scan = pos, stop;
+    for (;;) {
+        if (!read_record(buf, end, scan, &type, &params_rid, &clen, &stop)
+            || type != TYPE_PARAMS || params_rid != rid) {
+            goto no_match;
+        }
+        if (clen == 0) {
+            break;
+        }
+        if (records++ == 0) {
+            first = scan + HEADER_LEN;
+            first_len = clen;
+        }
+        total += clen; /* bounded by the buffer's length */
+        scan = stop;
+    }
+    PyObject *params;
+    if (records <= 1) {
+        params = decode_block(PyModule_GetState(module), buf + first, first_len);
+    }
+    else {
+        /* A pair may straddle records: join the contents once. */
+        joined = PyMem_Malloc(total);
+        if (joined == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        size_t fill = 0, at = pos;
+        for (;;) {
+            (void)read_record(buf, end, at, &type, &params_rid, &clen, &stop);
+            if (clen == 0) {
+                break;
+            }
+            memcpy(joined + fill, buf + at + HEADER_LEN, clen);
+            fill += clen;
+            at = stop;
+        }
+        params = decode_block(PyModule_GetState(module), joined, total);
+    }
+    if (params == NULL) {
+        goto done;
+    }
+    if (params == Py_None) {
+        Py_DECREF(params);
+        goto no_match;
+    }
+    result = Py_BuildValue("(IIINnn)", rid, role, flags, params, (Py_ssize_t)total,
+                           (Py_ssize_t)stop);
+    goto done;
+
+no_match:
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(joined);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* -- the CGI response head (fcgi.wsgi._encode_head) ------------------------ */
+
+/* RFC 9110 section 5.6.2: tchar, the characters of a header name. */
+static int
+is_tchar(Py_UCS1 c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Header names that describe one HTTP hop; a WSGI app may not send them
+   (PEP 3333), and the web server makes its own. Lower case. */
+static const char *const hop_by_hop[] = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "te", "trailers", "transfer-encoding", "upgrade", NULL,
+};
+
+/* 1 if the n bytes at s equal the lower-case word, ignoring ASCII case. */
+static int
+equals_lower(const Py_UCS1 *s, Py_ssize_t n, const char *word)
+{
+    Py_ssize_t i = 0;
+    for (; i < n && word[i] != '\0'; i++) {
+        Py_UCS1 c = s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (Py_UCS1)(c + ('a' - 'A'));
+        }
+        if (c != (Py_UCS1)word[i]) {
+            return 0;
+        }
+    }
+    return i == n && word[i] == '\0';
+}
+
+/* A str whose every character fits one latin-1 byte, else NULL. */
+static const Py_UCS1 *
+latin1_chars(PyObject *text, Py_ssize_t *length)
+{
+    if (!PyUnicode_CheckExact(text) || PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND) {
+        return NULL;
+    }
+    *length = PyUnicode_GET_LENGTH(text);
+    return PyUnicode_1BYTE_DATA(text);
+}
+
+/* 1 if none of CR, LF, NUL is among the n characters (they would end the
+   line early, in fcgi or in the web server). */
+static int
+one_line(const Py_UCS1 *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(encode_head_doc,
+"encode_head(status, headers, /)\n"
+"--\n"
+"\n"
+"The CGI header block for a WSGI start_response() call, and whether it has\n"
+"a Content-Length: (bytes, bool).\n"
+"\n"
+"Returns None, not an exception, for anything fcgi.wsgi._encode_head_py\n"
+"would refuse (or that this function does not vouch for); the caller then\n"
+"runs that reference, which raises the precise error.");
+
+static PyObject *
+encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "encode_head() takes exactly 2 arguments");
+        return NULL;
+    }
+    PyObject *status = args[0], *headers = args[1];
+    Py_ssize_t status_len;
+    const Py_UCS1 *st = latin1_chars(status, &status_len);
+    /* "NNN reason": a 3-digit code not starting with 0, a space, one line. */
+    if (st == NULL || status_len < 4 || st[0] < '1' || st[0] > '9' || st[1] < '0'
+        || st[1] > '9' || st[2] < '0' || st[2] > '9' || st[3] != ' '
+        || !one_line(st, status_len) || !PyList_CheckExact(headers)) {
+        Py_RETURN_NONE;
+    }
+    /* First pass: check every header and add up the size. */
+    Py_ssize_t count = PyList_GET_SIZE(headers);
+    Py_ssize_t total = 8 + status_len + 2 + 2; /* "Status: " status CRLF ... CRLF */
+    int has_length = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t name_len = 0, value_len = 0;
+        const Py_UCS1 *name = latin1_chars(PyTuple_GET_ITEM(item, 0), &name_len);
+        const Py_UCS1 *value = latin1_chars(PyTuple_GET_ITEM(item, 1), &value_len);
+        if (name == NULL || value == NULL || name_len == 0 || !one_line(value, value_len)) {
+            Py_RETURN_NONE;
+        }
+        for (Py_ssize_t j = 0; j < name_len; j++) {
+            if (!is_tchar(name[j])) {
+                Py_RETURN_NONE;
+            }
+        }
+        for (const char *const *hop = hop_by_hop; *hop != NULL; hop++) {
+            if (equals_lower(name, name_len, *hop)) {
+                Py_RETURN_NONE;
+            }
+        }
+        if (equals_lower(name, name_len, "content-length")) {
+            has_length = 1;
+        }
+        total += name_len + 2 + value_len + 2; /* name ": " value CRLF */
+    }
+    /* Second pass: nothing can fail any more but the allocation. The list
+       cannot change in between: no Python code runs here. */
+    PyObject *head = PyBytes_FromStringAndSize(NULL, total);
+    if (head == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(head);
+    memcpy(out, "Status: ", 8);
+    out += 8;
+    memcpy(out, st, (size_t)status_len);
+    out += status_len;
+    *out++ = '\r';
+    *out++ = '\n';
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        Py_ssize_t name_len = PyUnicode_GET_LENGTH(name);
+        Py_ssize_t value_len = PyUnicode_GET_LENGTH(value);
+        memcpy(out, PyUnicode_1BYTE_DATA(name), (size_t)name_len);
+        out += name_len;
+        *out++ = ':';
+        *out++ = ' ';
+        memcpy(out, PyUnicode_1BYTE_DATA(value), (size_t)value_len);
+        out += value_len;
+        *out++ = '\r';
+        *out++ = '\n';
+    }
+    *out++ = '\r';
+    *out++ = '\n';
+    return Py_BuildValue("(NO)", head, has_length ? Py_True : Py_False);
 }
 
 static PyMethodDef speedups_methods[] = {
     {"decode_params", decode_params, METH_O, decode_params_doc},
+    {"scan_head", scan_head, METH_O, scan_head_doc},
+    {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL, encode_head_doc},
     {NULL, NULL, 0, NULL},
 };
 
-/* No module state and no slots beyond the defaults: multi-phase init makes
-   the module safe to load in subinterpreters at no cost. */
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *state = PyModule_GetState(module);
+    if (state != NULL) {
+        for (size_t i = 0; i < CACHE_SLOTS; i++) {
+            Py_VISIT(state->names[i]);
+            Py_VISIT(state->values[i]);
+        }
+    }
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *state = PyModule_GetState(module);
+    if (state != NULL) {
+        for (size_t i = 0; i < CACHE_SLOTS; i++) {
+            Py_CLEAR(state->names[i]);
+            Py_CLEAR(state->values[i]);
+        }
+    }
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    (void)speedups_clear((PyObject *)module);
+}
+
+/* Multi-phase init with the string cache as module state (zeroed by
+   CPython): each interpreter that loads the module gets its own. */
 static PyModuleDef_Slot speedups_slots[] = {
     {0, NULL},
 };
@@ -136,10 +521,13 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fcgi._speedups",
-    .m_doc = "Optional C versions of hot functions in fcgi.records.",
-    .m_size = 0,
+    .m_doc = "Optional C versions of hot functions of fcgi.records, fcgi.connection and fcgi.wsgi.",
+    .m_size = sizeof(speedups_state),
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
 };
 
 PyMODINIT_FUNC

@@ -48,10 +48,13 @@ from fcgi.records import (
     encode_pairs,
     encode_record,
     encode_unknown_type,
+    scan_head,
     stream_buffers,
 )
 
 _unpack_header = HEADER.unpack_from
+#: The C head scanner (None on the pure-Python path): see ServerConnection._whole_head.
+_scan_head = scan_head
 _pack_header = HEADER.pack
 
 # Request stages.
@@ -240,9 +243,14 @@ class ServerConnection:
         request body is copied once on its way from the socket to the app.
         """
         out: list[ev.Event] = []
-        pos = self._finish_partial(data, out) if self._partial_len else 0
-        if pos < 0:
-            return out
+        if self._partial_len:
+            pos = self._finish_partial(data, out)
+            if pos < 0:
+                return out
+        elif self._requests or _scan_head is None:
+            pos = 0
+        else:
+            pos = self._whole_head(data, out)
         end = len(data)
         while end - pos >= HEADER_LEN:
             version, rtype, rid, clen, plen = _unpack_header(data, pos)
@@ -257,6 +265,31 @@ class ServerConnection:
         if pos < end:
             self._stash(memoryview(data)[pos:] if pos else data)
         return out
+
+    def _whole_head(self, data: bytes | bytearray | memoryview, out: list[ev.Event]) -> int:
+        """Take a request head that came whole at the start of ``data`` in one step.
+
+        The usual request: a BEGIN_REQUEST and its whole PARAMS stream in one
+        read, with no other request active. :func:`fcgi.records.scan_head`
+        (C) finds and decodes it; the rules are the ones :meth:`_record`
+        applies record by record (``_admit``, ``_params_ready``), so the
+        events and the answers are the same. Anything scan_head does not
+        recognise, and a PARAMS stream over max_params_bytes (whose
+        rejection the record loop words), goes to the record loop instead.
+        Returns how many bytes of ``data`` were taken (0 for none).
+        """
+        head = _scan_head(data)  # type: ignore[misc]  # not None: feed checked
+        if head is None:
+            return 0
+        rid, role, flags, params, params_size, end = head
+        if params_size > self.limits.max_params_bytes:
+            return 0
+        req = self._admit(rid, role, flags, out)
+        if req is not None:
+            req.params_size = params_size
+            self._params_ready(req, rid, params, out)
+        # A refused id's PARAMS records are for an inactive id: ignored (3.3).
+        return end
 
     def _stash(self, piece: bytes | bytearray | memoryview) -> None:
         """Keep ``piece`` of an incomplete record, uncopied if it is large and immutable.
@@ -410,6 +443,10 @@ class ServerConnection:
         if len(content) != BEGIN_REQUEST_BODY.size:
             raise ProtocolError(f"BEGIN_REQUEST body of {len(content)} bytes, expected 8")
         role, flags = BEGIN_REQUEST_BODY.unpack(content)
+        self._admit(rid, role, flags, out)
+
+    def _admit(self, rid: int, role: int, flags: int, out: list[ev.Event]) -> _Request | None:
+        """Make ``rid`` active, or refuse it (END_REQUEST with a protocol status)."""
         keep_conn = bool(flags & KEEP_CONN)
         status = -1
         if role not in self.limits.roles:
@@ -425,9 +462,10 @@ class ServerConnection:
             if not keep_conn and not self._requests:
                 self.should_close = True
             out.append(ev.RequestRefused(rid, status, role))
-            return
-        self._requests[rid] = _Request(role, keep_conn)
+            return None
+        req = self._requests[rid] = _Request(role, keep_conn)
         out.append(ev.BeginRequest(rid, role, keep_conn))
+        return req
 
     def _params_done(self, req: _Request, rid: int, out: list[ev.Event]) -> None:
         try:
@@ -436,6 +474,12 @@ class ServerConnection:
             self._reject(req, rid, f"malformed PARAMS: {exc}", 400, out)
             return
         req.params = []
+        self._params_ready(req, rid, params, out)
+
+    def _params_ready(
+        self, req: _Request, rid: int, params: dict[str, str], out: list[ev.Event]
+    ) -> None:
+        """The PARAMS stream of ``rid`` ended and decoded: check it, then pass it on."""
         if len(params) > self.limits.max_params:
             self._reject(req, rid, f"more than {self.limits.max_params} PARAMS", 431, out)
             return

@@ -72,6 +72,8 @@ _LEN4 = struct.Struct("!L")
 
 _PADDING = bytes(8)
 
+HeadScan = tuple[int, int, int, dict[str, str], int, int]
+
 
 def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
     """One record, padded to a multiple of 8 bytes as the spec recommends."""
@@ -255,10 +257,12 @@ def _decode_params_py(data: bytes) -> dict[str, str]:
 
 
 _decode_params_c: Callable[[bytes], dict[str, str] | None] | None
+_scan_head_c: Callable[[bytes | bytearray | memoryview], HeadScan | None] | None
 try:
     from fcgi._speedups import decode_params as _decode_params_c
+    from fcgi._speedups import scan_head as _scan_head_c
 except ImportError:  # built without the extension (no compiler, FCGI_NO_EXTENSIONS=1)
-    _decode_params_c = None
+    _decode_params_c = _scan_head_c = None
 
 #: Whether :func:`decode_params` runs the C version (``fcgi._speedups``). It is
 #: False where the extension was not built, or with ``FCGI_PURE_PYTHON=1`` in the
@@ -282,3 +286,13 @@ def _decode_params_fast(data: bytes) -> dict[str, str]:
 
 # Chosen once here, so a request pays for one C call and one ``is None`` test.
 decode_params = _decode_params_fast if SPEEDUPS else _decode_params_py
+
+#: A request head found whole by the C scanner: request id, role, flags, the
+#: decoded PARAMS, their length in bytes, and the offset just past the empty
+#: PARAMS record. See :meth:`fcgi.connection.ServerConnection._whole_head`,
+#: the one place that applies the protocol's rules to it.
+#:
+#: None on the pure-Python path: there is no Python twin, because the
+#: connection's record loop *is* the reference it is checked against
+#: (tests/test_fastpath.py feeds both the same generated streams).
+scan_head = _scan_head_c if SPEEDUPS else None

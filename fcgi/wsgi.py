@@ -17,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from fcgi.errors import RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
+from fcgi.records import SPEEDUPS
 
 log = logging.getLogger("fcgi.wsgi")
 
@@ -416,8 +417,12 @@ def _check_name(name: object) -> bool:
     return is_length
 
 
-def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
-    """The CGI header block, and whether it has a Content-Length."""
+def _encode_head_py(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
+    """The CGI header block, and whether it has a Content-Length.
+
+    The reference; ``fcgi._speedups.encode_head`` is its C twin (see
+    :func:`_encode_head_fast`).
+    """
     if type(status) is not str or status not in _GOOD_STATUSES:
         if type(status) is not str or not _STATUS_RE.match(status):
             raise ValueError(f"invalid status {status!r}: expected a str like '200 OK'")
@@ -447,6 +452,24 @@ def _encode_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bo
         return "".join(lines).encode("latin-1"), has_length
     except UnicodeEncodeError as exc:
         raise ValueError(f"header text is not latin-1: {exc}") from None
+
+
+_encode_head_c: Callable[[object, object], tuple[bytes, bool] | None] | None = None
+if SPEEDUPS:
+    from fcgi._speedups import encode_head as _encode_head_c
+
+
+def _encode_head_fast(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bool]:
+    """:func:`_encode_head_py` in C; anything it does not vouch for goes to the reference.
+
+    The C version returns None rather than raise, so an invalid status or
+    header is always reported by the Python code, in its words.
+    """
+    head = _encode_head_c(status, headers)  # type: ignore[misc]  # bound only if not None
+    return head if head is not None else _encode_head_py(status, headers)
+
+
+_encode_head = _encode_head_fast if _encode_head_c is not None else _encode_head_py
 
 
 def run_app(

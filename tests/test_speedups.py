@@ -1,6 +1,8 @@
-"""The optional C ``decode_params`` (fcgi/_speedups.c) against the pure-Python one.
+"""The optional C functions (fcgi/_speedups.c) against their pure-Python twins.
 
-Both are compared through :func:`fcgi.records._decode_params_fast`, the wrapper
+``decode_params`` and ``encode_head`` here; ``scan_head``, which has no twin
+but the connection's record loop, in tests/test_fastpath.py. decode_params is
+compared through :func:`fcgi.records._decode_params_fast`, the wrapper
 that :func:`fcgi.records.decode_params` is bound to when the extension is in
 use: the same dict, or the same :class:`ProtocolError` message, on every input.
 """
@@ -19,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fcgi import records as r
+from fcgi import wsgi
 from fcgi.errors import ProtocolError
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -297,3 +300,89 @@ def test_no_leak_and_no_allocation_from_declared_lengths(
         tracemalloc.stop()
     assert after - before < 16 * 1024, "leaks"
     assert peak - before < 64 * 1024, "allocated more than one decoded block"
+
+
+# -- the response head (fcgi.wsgi._encode_head) ---------------------------------------
+
+status_text = st.one_of(
+    st.sampled_from(["200 OK", "404 Not Found", "599 x", "200 ", "099 No", "2000 OK", "20 OK"]),
+    st.text(alphabet=st.sampled_from("0123456789 OKé\r\n\0\u0100aZ"), max_size=12),
+)
+name_text = st.one_of(
+    st.sampled_from(
+        [
+            "Content-Type",
+            "content-length",
+            "CONTENT-LENGTH",
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Upgrade",
+            "X-Fine_1",
+            "Bad Name",
+            "",
+            "é",
+            "Content-Lengthy",
+        ]
+    ),
+    st.text(alphabet=st.sampled_from("aZ09-!#|~:\r\n é\u0100"), max_size=8),
+)
+value_text = st.text(alphabet=st.sampled_from("ab 9;=\té\r\n\0\u0100\x7f"), max_size=10)
+header_item = st.one_of(
+    st.tuples(name_text, value_text),
+    st.sampled_from([("A", b"bytes"), (b"A", "v"), ("A", "v", "w"), ["A", "v"], ("A", 1)]),
+)
+headers_value = st.one_of(
+    st.lists(header_item, max_size=5),
+    st.sampled_from([(("A", "v"),), None, "A: v"]),
+)
+
+
+def head_outcome(
+    encode: Callable[..., tuple[bytes, bool]], status: object, headers: object
+) -> object:
+    try:
+        return encode(status, headers)
+    except (TypeError, ValueError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@pytest.mark.skipif(wsgi._encode_head_c is None, reason="the C extension is not in use")
+@SETTINGS
+@given(st.one_of(status_text, st.sampled_from([None, b"200 OK", 200])), headers_value)
+def test_encode_head_c_matches_the_reference(status: object, headers: object) -> None:
+    expected = head_outcome(wsgi._encode_head_py, status, headers)
+    assert head_outcome(wsgi._encode_head_fast, status, headers) == expected
+    # The C twin vouches for exactly what the reference accepts: it never
+    # leaves a valid head to the slow path (that would only cost speed, but
+    # would also hide a divergence), and never accepts an invalid one.
+    assert wsgi._encode_head_c is not None
+    raw = wsgi._encode_head_c(status, headers)
+    assert (raw is None) == (type(expected) is tuple and type(expected[0]) is str)
+    if raw is not None:
+        assert raw == expected
+
+
+def test_encode_head_selected_as_documented() -> None:
+    if r.SPEEDUPS:
+        assert wsgi._encode_head is wsgi._encode_head_fast
+    else:
+        assert wsgi._encode_head is wsgi._encode_head_py
+
+
+def test_string_cache_never_changes_what_is_decoded(
+    c_decode: Callable[[bytes], dict[str, str]],
+) -> None:
+    """Short names and values are kept between calls (fcgi/_speedups.c, "Strings seen
+    again and again"): whatever the table holds, each call gives what a fresh decode
+    gives, at the length limits, through collisions and evictions."""
+    blocks = []
+    for round_ in range(3):
+        pairs = [
+            (f"N{i}".encode() * (1 + i % 20), bytes([i % 256]) * (i % 40)) for i in range(1500)
+        ]
+        pairs += [(b"n" * size, b"v" * size) for size in (15, 16, 17, 31, 32, 33)]
+        pairs += [(b"\xe9" * 3, b"\x00\xff"), (b"same", str(round_).encode())]
+        blocks.append(r.encode_pairs(pairs))
+    for block in blocks + blocks[::-1]:
+        assert c_decode(block) == r._decode_params_py(block)
