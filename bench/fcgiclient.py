@@ -1,21 +1,23 @@
 """A small blocking FastCGI client, used only to check a backend's answers before timing it.
 
-It is independent of the ``fcgi`` package on purpose: the harness must not trust the code
-it measures to judge that code's answers.
+Records are built and parsed by :class:`fcgi.client_connection.ClientConnection`, the
+client side of the package's sans-IO core; this module adds the socket and the CGI
+header parsing. It judges nothing the core could get wrong the same way twice: the
+server side of a request (:mod:`fcgi.connection`, the drivers, the app) is separate
+code, most backends it checks are not fcgi at all, and the check is the exact body
+bytes of each route. The independent oracle for the protocol itself is the
+conformance suite (``conformance/client.py``).
 """
 
 from __future__ import annotations
 
 import socket
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-_HEADER = struct.Struct("!BBHHBx")
-_BEGIN = struct.Struct("!HB5x")
-_END = struct.Struct("!LB3x")
-BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 3, 4, 5, 6, 7
-RESPONDER, KEEP_CONN = 1, 1
-_MAX_CONTENT = 65528
+from fcgi.client_connection import ClientConnection, EndRequest, StderrData, StdoutData
+
+#: Bytes asked of the socket per read.
+_RECV_SIZE = 256 * 1024
 
 
 @dataclass
@@ -28,37 +30,12 @@ class Response:
     stderr: bytes = b""
     app_status: int = 0
     protocol_status: int = 0
-    records: list[int] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
             if key.lower() == name.lower():
                 return value
         return None
-
-
-def _record(rtype: int, content: bytes, request_id: int = 1) -> bytes:
-    pad = -len(content) % 8
-    return _HEADER.pack(1, rtype, request_id, len(content), pad) + content + b"\0" * pad
-
-
-def _stream(rtype: int, data: bytes) -> bytes:
-    parts = [_record(rtype, data[i : i + _MAX_CONTENT]) for i in range(0, len(data), _MAX_CONTENT)]
-    parts.append(_record(rtype, b""))
-    return b"".join(parts)
-
-
-def _nv_len(n: int) -> bytes:
-    return bytes([n]) if n < 128 else struct.pack("!L", n | 0x80000000)
-
-
-def encode_params(params: dict[str, str]) -> bytes:
-    """Encode name-value pairs (FastCGI spec section 3.4)."""
-    out = bytearray()
-    for name, value in params.items():
-        n, v = name.encode("latin-1"), value.encode("latin-1")
-        out += _nv_len(len(n)) + _nv_len(len(v)) + n + v
-    return bytes(out)
 
 
 def build_params(
@@ -87,16 +64,6 @@ def build_params(
     for i in range(nheaders):
         params[f"HTTP_X_BENCH_HEADER_{i}"] = f"value-{i}-abcdefghijklmnopqrstuvwxyz"
     return params
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def _parse_stdout(data: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -128,23 +95,30 @@ def request_on(
 ) -> Response:
     """Send one request on an open socket and read the answer up to END_REQUEST."""
     params = build_params(path, method, len(body), nheaders)
-    begin = _record(BEGIN_REQUEST, _BEGIN.pack(RESPONDER, KEEP_CONN if keep_conn else 0))
-    sock.sendall(begin + _stream(PARAMS, encode_params(params)) + _stream(STDIN, body))
+    conn = ClientConnection()
+    pairs = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in params.items()]
+    conn.send_request(pairs, body, keep_conn=keep_conn)
+    sock.sendall(conn.data_to_send())
     stdout, stderr = bytearray(), bytearray()
-    kinds: list[int] = []
     while True:
-        _version, rtype, _rid, clen, plen = _HEADER.unpack(_recv_exact(sock, 8))
-        content = _recv_exact(sock, clen + plen)[:clen]
-        kinds.append(rtype)
-        if rtype == STDOUT:
-            stdout += content
-        elif rtype == STDERR:
-            stderr += content
-        elif rtype == END_REQUEST:
-            app_status, proto_status = _END.unpack(content)
-            break
-    status, headers, resp_body = _parse_stdout(bytes(stdout))
-    return Response(status, headers, resp_body, bytes(stderr), app_status, proto_status, kinds)
+        chunk = sock.recv(_RECV_SIZE)
+        if not chunk:
+            raise ConnectionError("connection closed before END_REQUEST")
+        for event in conn.feed(chunk):
+            if isinstance(event, StdoutData):
+                stdout += event.data
+            elif isinstance(event, StderrData):
+                stderr += event.data
+            elif isinstance(event, EndRequest):
+                status, headers, resp_body = _parse_stdout(bytes(stdout))
+                return Response(
+                    status,
+                    headers,
+                    resp_body,
+                    bytes(stderr),
+                    event.app_status,
+                    event.protocol_status,
+                )
 
 
 def request(

@@ -8,6 +8,8 @@ padded oddly, split anywhere, delivered byte by byte or interleaved across ids.
 
 from __future__ import annotations
 
+# Not built on fcgi.client_connection.ClientConnection, which fcgi request, the tests'
+# rawfcgi and the benchmark's checker share: an oracle must not share the code it judges.
 import socket
 import struct
 import time

@@ -1,8 +1,10 @@
-"""A small blocking FastCGI client, and the ``fcgi request`` command built on it.
+"""A small blocking FastCGI client, built on :class:`fcgi.client_connection.ClientConnection`.
 
 It talks to a FastCGI backend the way a web server would, without one: for
 health checks and for debugging an application (like libfcgi's ``cgi-fcgi``,
-but it parses the CGI response and says clearly what went wrong).
+but it parses the CGI response and says clearly what went wrong). This module
+does the sockets and the CGI response; the records are the sans-IO client's.
+The ``fcgi request`` command around it is in :mod:`fcgi.cli`.
 
 >>> client = FastCGIClient("unix:/run/app.sock")            # doctest: +SKIP
 >>> response = client.request({"REQUEST_METHOD": "GET", "PATH_INFO": "/"})  # doctest: +SKIP
@@ -14,68 +16,52 @@ Params given as ``str`` are sent UTF-8 encoded; give ``bytes`` to send exact byt
 
 from __future__ import annotations
 
-import argparse
 import http
 import os
 import selectors
 import socket
-import sys
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from fcgi import __version__
-from fcgi.errors import FastCGIError, ProtocolError
-from fcgi.records import (
-    DATA,
-    END_REQUEST,
-    END_REQUEST_BODY,
-    GET_VALUES,
-    GET_VALUES_RESULT,
-    HEADER,
-    HEADER_LEN,
-    PARAMS,
-    STDERR,
-    STDIN,
-    STDOUT,
-    UNKNOWN_TYPE,
-    VERSION_1,
-    ProtocolStatus,
-    Role,
-    decode_pairs,
-    encode_begin_request,
-    encode_pairs,
-    encode_record,
-    encode_stream,
+from fcgi.client_connection import (
+    ClientConnection,
+    ClientEvent,
+    EndRequest,
+    GetValuesResult,
+    StderrData,
+    StdoutData,
+    UnknownType,
 )
+from fcgi.errors import FastCGIError, ProtocolError
+from fcgi.records import GET_VALUES, ProtocolStatus, Role
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ClientError",
     "ConnectionFailed",
     "FastCGIClient",
     "RequestTimeout",
     "Response",
     "UsageError",
-    "add_request_arguments",
     "build_params",
     "parse_address",
     "parse_cgi_response",
-    "request_command",
 ]
 
 DEFAULT_TIMEOUT = 30.0
-#: Exit code of ``fcgi request --fail`` for a 4xx or 5xx answer: curl's for
-#: ``--fail`` (CURLE_HTTP_RETURNED_ERROR), so scripts written for curl read it.
-EXIT_HTTP_ERROR = 22
 #: Where a bare port connects: the loopback, as ``fcgi serve --bind PORT`` listens.
 BARE_PORT_HOST = "127.0.0.1"
 _REQUEST_ID = 1
 _RECV_SIZE = 256 * 1024
 
 ParamValue = str | bytes
-#: Called with each record received as ``(type, request id, content)``; True stops reading.
-_Handler = Callable[[int, int, bytes], bool]
+#: Called with each event of the exchange; True stops reading.
+_Handler = Callable[[ClientEvent], bool]
+#: Queues the records of one exchange on a fresh or kept connection.
+_Start = Callable[[ClientConnection], None]
 
 
 class ClientError(FastCGIError):
@@ -273,30 +259,35 @@ def _encode_params(params: Mapping[str, ParamValue]) -> list[tuple[bytes, bytes]
 
 
 class _Exchange:
-    """Send one byte string while reading the records that come back, on one socket."""
+    """Send what a connection queued while reading what comes back, on one socket."""
 
-    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+    def __init__(self, sock: socket.socket, conn: ClientConnection, timeout: float | None) -> None:
         self.sock = sock
+        self.conn = conn
         self.timeout = timeout
-        self.buffer = bytearray()
+        #: Events received but not handled yet: what came after the last one
+        #: the caller wanted stays here (see FastCGIClient._run).
+        self.pending: deque[ClientEvent] = deque()
         self.received_any = False
         #: Bytes of the outgoing message not sent yet (the backend may answer early).
         self.unsent = 0
 
-    def records(self, outgoing: bytes) -> Generator[tuple[int, int, bytes]]:
-        """Yield ``(type, id, content)`` for every record the peer sends.
+    def events(self) -> Generator[ClientEvent]:
+        """Yield every event of what the peer sends.
 
-        Writes ``outgoing`` concurrently with reading, so a backend that answers
-        before it has read the whole body never deadlocks against us.
+        Writes what the connection queued concurrently with reading, so a
+        backend that answers before it has read the whole body never
+        deadlocks against us.
         """
         sock = self.sock
         sock.setblocking(False)
-        pending = memoryview(outgoing)
+        pending = memoryview(self.conn.data_to_send())
         self.unsent = len(pending)
         with selectors.DefaultSelector() as sel:
             sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0))
             while True:
-                yield from self._parse()
+                while self.pending:
+                    yield self.pending.popleft()
                 ready = sel.select(self.timeout)
                 if not ready:
                     raise RequestTimeout(
@@ -330,32 +321,12 @@ class _Exchange:
                     except OSError as exc:
                         raise ConnectionFailed(f"reading from the backend failed: {exc}") from None
                     if not chunk:
-                        detail = " in the middle of a record" if self.buffer else ""
+                        detail = " in the middle of a record" if self.conn.mid_record else ""
                         raise ConnectionFailed(
                             f"the backend closed the connection{detail} before the response ended"
                         )
                     self.received_any = True
-                    self.buffer += chunk
-
-    def _parse(self) -> Generator[tuple[int, int, bytes]]:
-        buf = self.buffer
-        pos = 0
-        try:
-            while len(buf) - pos >= HEADER_LEN:
-                version, rtype, rid, clen, plen = HEADER.unpack_from(buf, pos)
-                if version != VERSION_1:
-                    raise ProtocolError(
-                        f"backend sent a record with FastCGI version {version}"
-                        " (is it really a FastCGI server?)"
-                    )
-                start = pos + HEADER_LEN
-                if start + clen + plen > len(buf):
-                    break
-                content = bytes(buf[start : start + clen])
-                pos = start + clen + plen
-                yield rtype, rid, content
-        finally:
-            del buf[:pos]
+                    self.pending += self.conn.feed(chunk)
 
 
 class FastCGIClient:
@@ -367,13 +338,18 @@ class FastCGIClient:
     backend closes it after the response. ``timeout`` is how long to wait for
     any progress (connecting, sending, receiving) before giving up; None waits
     forever.
+
+    Records for other request ids, and management answers nobody asked for,
+    are skipped (``ignore_strays``): the response to our request is what
+    this client is for, and a confused backend is better shown than refused.
     """
 
     def __init__(self, address: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         parse_address(address)  # fail early on a typo
         self.address = address
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        #: A connection kept open by keep_conn=True, with its protocol state.
+        self._kept: tuple[socket.socket, ClientConnection] | None = None
 
     def __enter__(self) -> FastCGIClient:
         return self
@@ -383,41 +359,45 @@ class FastCGIClient:
 
     def close(self) -> None:
         """Close a connection kept open by ``keep_conn=True``."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._kept is not None:
+            self._kept[0].close()
+            self._kept = None
 
     def _run(
         self,
-        outgoing: bytes,
+        start: _Start,
         keep_conn: bool,
         timeout: float | None,
         handle: _Handler,
     ) -> None:
-        reused = self._sock is not None
-        sock = self._sock if self._sock is not None else _connect(self.address, timeout)
-        self._sock = None
-        exchange = _Exchange(sock, timeout)
-        records = exchange.records(outgoing)
+        kept, self._kept = self._kept, None
+        if kept is None:
+            sock = _connect(self.address, timeout)
+            conn = ClientConnection(ignore_strays=True)
+        else:
+            sock, conn = kept
+        start(conn)
+        exchange = _Exchange(sock, conn, timeout)
+        events = exchange.events()
         try:
-            for record in records:
-                if handle(*record):
+            for event in events:
+                if handle(event):
                     break
-            records.close()  # settles exchange.buffer
+            events.close()
         except ConnectionFailed:
             sock.close()
-            if reused and not exchange.received_any:
+            if kept is not None and not exchange.received_any:
                 # The backend dropped the idle kept connection: try once on a new one.
-                self._run(outgoing, keep_conn, timeout, handle)
+                self._run(start, keep_conn, timeout, handle)
                 return
             raise
         except BaseException:
             sock.close()
             raise
-        # Reuse only a clean connection: nothing left half sent or half read.
-        if keep_conn and not exchange.buffer and exchange.unsent == 0:
+        # Reuse only a clean connection: nothing left half sent, half read or unread.
+        if keep_conn and not exchange.pending and not conn.mid_record and exchange.unsent == 0:
             sock.setblocking(True)
-            self._sock = sock
+            self._kept = sock, conn
         else:
             sock.close()
 
@@ -441,39 +421,33 @@ class FastCGIClient:
         pairs = _encode_params(params)
         if role == Role.FILTER and "FCGI_DATA_LENGTH" not in params:
             pairs.append((b"FCGI_DATA_LENGTH", str(len(data or b"")).encode()))
-        parts = [
-            encode_begin_request(_REQUEST_ID, role, keep_conn),
-            encode_stream(PARAMS, _REQUEST_ID, encode_pairs(pairs)),
-            encode_record(PARAMS, _REQUEST_ID),
-        ]
-        if role != Role.AUTHORIZER:
-            parts.append(encode_stream(STDIN, _REQUEST_ID, body))
-            parts.append(encode_record(STDIN, _REQUEST_ID))
-        if role == Role.FILTER:
-            parts.append(encode_stream(DATA, _REQUEST_ID, data or b""))
-            parts.append(encode_record(DATA, _REQUEST_ID))
+
+        def start(conn: ClientConnection) -> None:
+            conn.send_request(
+                pairs,
+                body,
+                role=role,
+                keep_conn=keep_conn,
+                data=data or b"",
+                request_id=_REQUEST_ID,
+            )
 
         stdout: list[bytes] = []
         stderr: list[bytes] = []
-        end: list[tuple[int, int]] = []
+        end: list[EndRequest] = []
 
-        def handle(rtype: int, rid: int, content: bytes) -> bool:
-            if rid != _REQUEST_ID:
-                return False  # management replies and strays are not ours
-            if rtype == STDOUT:
-                stdout.append(content)
-            elif rtype == STDERR:
-                stderr.append(content)
-            elif rtype == END_REQUEST:
-                if len(content) != END_REQUEST_BODY.size:
-                    raise ProtocolError(f"END_REQUEST body of {len(content)} bytes, expected 8")
-                app_status, protocol_status = END_REQUEST_BODY.unpack(content)
-                end.append((app_status, protocol_status))
+        def handle(event: ClientEvent) -> bool:
+            if isinstance(event, StdoutData):
+                stdout.append(event.data)
+            elif isinstance(event, StderrData):
+                stderr.append(event.data)
+            elif isinstance(event, EndRequest):
+                end.append(event)
                 return True
             return False
 
-        self._run(b"".join(parts), keep_conn, timeout, handle)
-        app_status, protocol_status = end[0]
+        self._run(start, keep_conn, timeout, handle)
+        app_status, protocol_status = end[0].app_status, end[0].protocol_status
         out = b"".join(stdout)
         err = b"".join(stderr)
         if protocol_status != ProtocolStatus.REQUEST_COMPLETE:
@@ -514,123 +488,33 @@ class FastCGIClient:
         """Ask the backend FCGI_GET_VALUES; returns only the names it understood."""
         if timeout is None:
             timeout = self.timeout
-        query = encode_pairs([(name.encode(), b"") for name in names])
+        wanted = list(names)
         result: dict[str, str] = {}
 
-        def handle(rtype: int, rid: int, content: bytes) -> bool:
-            if rid != 0:
-                return False
-            if rtype == GET_VALUES_RESULT:
-                for name, value in decode_pairs(content):
-                    result[name.decode("latin-1")] = value.decode("latin-1")
+        def start(conn: ClientConnection) -> None:
+            conn.get_values(wanted)
+
+        def handle(event: ClientEvent) -> bool:
+            if isinstance(event, GetValuesResult):
+                result.update(event.values)
                 return True
-            if rtype == UNKNOWN_TYPE:
+            if isinstance(event, UnknownType) and event.record_type == GET_VALUES:
                 raise ProtocolError("the backend does not understand FCGI_GET_VALUES")
             return False
 
-        keep = self._sock is not None
-        self._run(encode_record(GET_VALUES, 0, query), keep, timeout, handle)
+        self._run(start, self._kept is not None, timeout, handle)
         return result
 
 
-# -- the ``fcgi request`` command ------------------------------------------------------------
+# -- the params a web server would send -----------------------------------------------------
 
 
-def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``fcgi request ADDR [PATH?QUERY]``."""
-    parser.add_argument(
-        "address",
-        metavar="ADDR",
-        help="backend address: unix:/path, /abs/path, HOST:PORT, [IPv6]:PORT, "
-        "or PORT for 127.0.0.1:PORT (as fcgi serve --bind)",
-    )
-    parser.add_argument(
-        "target",
-        metavar="PATH?QUERY",
-        nargs="?",
-        default="/",
-        help="request path and query string (default /); a full http:// URL also works",
-    )
-    parser.add_argument(
-        "-X",
-        "--request",
-        dest="method",
-        metavar="METHOD",
-        help="request method (default GET, or POST with -d)",
-    )
-    parser.add_argument(
-        "-H",
-        "--header",
-        dest="headers",
-        action="append",
-        default=[],
-        metavar="'NAME: VALUE'",
-        help="add a request header, sent as HTTP_NAME (repeatable)",
-    )
-    parser.add_argument(
-        "-d",
-        "--data",
-        dest="data",
-        action="append",
-        metavar="DATA|@FILE",
-        help="request body; @FILE reads a file, @- standard input (repeats are joined with &)",
-    )
-    parser.add_argument(
-        "--param",
-        dest="params",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="set a raw FastCGI param, overriding the defaults (repeatable)",
-    )
-    parser.add_argument(
-        "-i",
-        "--include",
-        action="store_true",
-        help="print the status line and response headers before the body",
-    )
-    parser.add_argument(
-        "-f",
-        "--fail",
-        action="store_true",
-        help=f"like curl --fail: on a 4xx or 5xx answer print no body, only the status "
-        f"line on stderr, and exit {EXIT_HTTP_ERROR} (for health checks)",
-    )
-    parser.add_argument(
-        "--role",
-        choices=("responder", "authorizer", "filter"),
-        default="responder",
-        help="FastCGI role of the request (default responder)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"give up after this long without progress (default {DEFAULT_TIMEOUT:g})",
-    )
+class UsageError(FastCGIError):
+    """A request the user described wrongly (a ``-H`` without a colon, an unreadable ``-d @FILE``).
 
-
-class UsageError(Exception):
-    """A command-line argument the user got wrong."""
-
-
-def _read_body(items: list[str] | None, stdin: BinaryIO) -> bytes | None:
-    if not items:
-        return None
-    parts = []
-    for item in items:
-        if item == "@-":
-            parts.append(stdin.read())
-        elif item.startswith("@"):
-            try:
-                with open(item[1:], "rb") as f:
-                    parts.append(f.read())
-            except OSError as exc:
-                raise UsageError(f"cannot read {item[1:]}: {exc.strerror or exc}") from None
-        else:
-            parts.append(os.fsencode(item))
-    return b"&".join(parts)
+    Raised while the request is built, before any connection: ``fcgi request``
+    catches it by name there and exits 2 (see :mod:`fcgi.errors`).
+    """
 
 
 def build_params(
@@ -693,73 +577,3 @@ def build_params(
             raise UsageError(f"--param {item!r}: expected NAME=VALUE")
         params[name] = os.fsencode(value)
     return params
-
-
-def _write_response(
-    response: Response, include: bool, out: BinaryIO, err: BinaryIO, failed: bool = False
-) -> None:
-    """Print ``response``; with ``failed`` (``--fail`` and a 4xx/5xx) only say so on ``err``.
-
-    The backend's stderr and our own diagnosis are printed either way: they
-    say why a health check failed.
-    """
-    if response.stderr:
-        err.write(response.stderr)
-        if not response.stderr.endswith(b"\n"):
-            err.write(b"\n")
-        err.flush()
-    if response.error:
-        err.write(f"fcgi request: {response.error}\n".encode())
-        err.flush()
-    if failed:
-        line = f"HTTP/1.1 {response.status} {response.reason}".rstrip()
-        err.write(f"fcgi request: the backend answered {line}\n".encode("utf-8", "replace"))
-        err.flush()
-        return
-    if include:
-        head = [f"HTTP/1.1 {response.status} {response.reason}".rstrip()]
-        head += [f"{name}: {value}" for name, value in response.headers]
-        out.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace"))
-    out.write(response.body)
-    out.flush()
-
-
-def request_command(args: argparse.Namespace) -> int:
-    """Run ``fcgi request``: 0 for a 1xx-4xx answer, 1 for a 5xx, 2 if there was none.
-
-    With ``--fail``, 22 for any 4xx or 5xx (as ``curl --fail``): a health
-    check that pings a path the backend does not serve then fails, instead of
-    passing on the 404.
-    """
-    stdout = sys.stdout.buffer
-    stderr = sys.stderr.buffer
-    try:
-        body = _read_body(args.data, sys.stdin.buffer)
-        params = build_params(args.target, args.method, args.headers, body, args.params)
-        client = FastCGIClient(args.address, timeout=args.timeout)
-    except (UsageError, ValueError) as exc:
-        stderr.write(f"fcgi request: {exc}\n".encode())
-        stderr.flush()
-        return 2
-    role = {"responder": Role.RESPONDER, "authorizer": Role.AUTHORIZER, "filter": Role.FILTER}[
-        args.role
-    ]
-    try:
-        with client:
-            response = client.request(params, body or b"", role=role)
-    except FastCGIError as exc:
-        message = str(exc) if args.address in str(exc) else f"{args.address}: {exc}"
-        stderr.write(f"fcgi request: {message}\n".encode())
-        stderr.flush()
-        return 2
-    failed = args.fail and response.status >= 400
-    try:
-        _write_response(response, args.include, stdout, stderr, failed)
-    except BrokenPipeError:
-        # The reader went away (``| head``): not our error. Keep Python quiet at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    if failed:
-        return EXIT_HTTP_ERROR
-    return 1 if response.status >= 500 else 0

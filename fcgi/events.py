@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Event:
+    """What every event carries: the request it belongs to."""
+
     request_id: int
 
 
@@ -36,12 +38,14 @@ class Params(Event):
 
 @dataclass(slots=True)
 class StdinData(Event):
+    """Part of the request body (FCGI_STDIN); never empty."""
+
     data: bytes
 
 
 @dataclass(slots=True)
 class StdinEnd(Event):
-    pass
+    """The body is whole: the web server sent the empty FCGI_STDIN record."""
 
 
 @dataclass(slots=True)
@@ -53,7 +57,7 @@ class DataChunk(Event):
 
 @dataclass(slots=True)
 class DataEnd(Event):
-    pass
+    """The FCGI_DATA stream is whole (its empty record arrived)."""
 
 
 @dataclass(slots=True)

@@ -45,7 +45,7 @@ import tomllib
 from typing import Any
 
 from fcgi.errors import ConfigError
-from fcgi.escape import EscapingFormatter
+from fcgi.escape import EscapingFormatter, escape
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 #: syslog stamps the time itself; the tag is syslog(3)'s ``IDENT[PID]:``.
@@ -173,8 +173,6 @@ def _unreachable(address: str) -> str | None:
 
 def _escape_ident(ident: str) -> str:
     """The ident as a tag: syslog parsers end it at a blank, a colon or a bracket."""
-    from fcgi.escape import escape
-
     return "".join("_" if c in " :[]" else c for c in escape(ident)) or "fcgi"
 
 

@@ -1,17 +1,23 @@
-"""Settings one worker process serves with.
+"""Settings one worker process serves with, and :func:`make_options` that builds them.
 
 The single-process server and every pool worker read the same
 :class:`ServerOptions`; the pool's configuration file (issue: process manager)
 maps onto it, so a knob means the same thing everywhere. The defaults are
 the settings table's (:mod:`fcgi.settings`), written nowhere else.
+
+It sits below the pool and the server, which both build options here: the
+pool's :meth:`~fcgi.pool.config.PoolConfig.server_options` and ``fcgi.serve()``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fcgi.connection import Limits
-from fcgi.settings import default
+from fcgi.settings import default, resolve
+from fcgi.sockets import parse_allowed_clients
 
 
 @dataclass(slots=True)
@@ -64,3 +70,55 @@ class ServerOptions:
     #: Trio worker: most requests in progress at once over all connections; one
     #: more gets END_REQUEST OVERLOADED. Reported as FCGI_MAX_REQS.
     max_reqs: int = default("max_reqs")
+
+
+def make_options(
+    *,
+    read_timeout: float | str | None = None,
+    script_name: str | None = None,
+    max_params: int | None = None,
+    max_params_bytes: int | str | None = None,
+    allowed_clients: Sequence[str] | str | None = None,
+    multiprocess: bool = False,
+    stderr_tracebacks: bool = True,
+    interface: str | None = None,
+    threads: int | None = None,
+    max_conns: int | None = None,
+    max_reqs: int | None = None,
+    max_body_size: int | str | None = None,
+    request_header_timeout: float | str | None = None,
+    send_timeout: float | str | None = None,
+) -> ServerOptions:
+    """Build :class:`ServerOptions` from keyword settings, validating each.
+
+    None means the default of :data:`fcgi.settings.SETTINGS`; values are read
+    as in the file (``"512M"``, ``"1m30s"``). ``allowed_clients`` is the
+    ``listen_allowed_clients`` setting; the addresses in the environment's
+    ``FCGI_WEB_SERVER_ADDRS`` are allowed too.
+    """
+    given = dict(locals())
+    processes, tracebacks = given.pop("multiprocess"), given.pop("stderr_tracebacks")
+    given["listen_allowed_clients"] = given.pop("allowed_clients")
+    v = resolve(given, lambda name: name)
+    allowed = parse_allowed_clients(v["listen_allowed_clients"])
+    env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
+    if env_allowed:
+        allowed += parse_allowed_clients(env_allowed)
+    return ServerOptions(
+        read_timeout=v["read_timeout"],
+        limits=Limits(
+            max_params=v["max_params"],
+            max_params_bytes=v["max_params_bytes"],
+            max_body_size=v["max_body_size"],
+        ),
+        request_header_timeout=v["request_header_timeout"],
+        send_timeout=v["send_timeout"],
+        script_name=v["script_name"],
+        allowed_clients=allowed,
+        multiprocess=processes,
+        stderr_tracebacks=tracebacks,
+        interface=v["interface"],
+        threads=v["threads"],
+        max_conns=v["max_conns"],
+        max_reqs=v["max_reqs"],
+    )

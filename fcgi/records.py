@@ -1,7 +1,7 @@
 """FastCGI 1.0 wire format: record headers, fixed bodies and name-value pairs.
 
 Pure functions over bytes. The connection state machine (:mod:`fcgi.connection`)
-and the client (:mod:`fcgi.client`) are both built on these, so the byte layout
+and the client side (:mod:`fcgi.client_connection`) are both built on these, so the byte layout
 lives in exactly one place.
 """
 
@@ -19,6 +19,7 @@ HEADER_LEN = 8
 MAX_CONTENT_LEN = 0xFFFF
 #: Largest payload that still needs no padding to stay 8-byte aligned.
 MAX_ALIGNED_CONTENT_LEN = 0xFFF8
+#: The descriptor on which a web server hands the app its listening socket (spec 2.2).
 LISTENSOCK_FILENO = 0
 KEEP_CONN = 1
 

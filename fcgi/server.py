@@ -9,109 +9,40 @@ script it answers the one request and returns.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from wsgiref.handlers import CGIHandler
 
-from fcgi import forkguard, systemd
-from fcgi.connection import Limits
+from fcgi import forkguard
 from fcgi.driver import Driver
 from fcgi.errors import ConfigError
+from fcgi.hooks import WorkerHooks
 from fcgi.interface import choose_worker, resolve_interface
-from fcgi.options import ServerOptions
+from fcgi.listeners import Listeners, address_of, open_single
+from fcgi.logsetup import reopen_log_files
+from fcgi.options import ServerOptions, make_options
 from fcgi.pool import reexec
-from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, ConfigErrors, resolve
-from fcgi.sockets import (
-    format_address,
-    inherited_fd0,
-    open_listener,
-    parse_allowed_clients,
-    parse_bind,
-    socket_path,
+from fcgi.pool.config import MasterConfig, PoolConfig, apply_values, validate_master
+from fcgi.pool.master import GRACEFUL_STOP_SIGNALS, RELOAD_SIGNALS, run_master
+from fcgi.pool.worker_hooks import (
+    SingleProcessHooks,
+    SlowRequestWatcher,
+    single_process_needs_hooks,
 )
-from fcgi.sync_worker import SyncWorker
+from fcgi.pool.worker_process import driver_factory
+from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, ConfigErrors
 from fcgi.wsgi import WSGIApp
 
-if TYPE_CHECKING:
-    from fcgi.hooks import WorkerHooks
-    from fcgi.pool.config import PoolConfig
-    from fcgi.pool.worker_hooks import SingleProcessHooks, SlowRequestWatcher
+#: make_options lives with the options it makes (fcgi.options) and is still
+#: importable from here, where it was first.
+__all__ = ["make_options", "open_listeners", "run_single", "serve"]
 
 log = logging.getLogger("fcgi.serve")
-
-
-def make_options(
-    *,
-    read_timeout: float | str | None = None,
-    script_name: str | None = None,
-    max_params: int | None = None,
-    max_params_bytes: int | str | None = None,
-    allowed_clients: Sequence[str] | str | None = None,
-    multiprocess: bool = False,
-    stderr_tracebacks: bool = True,
-    interface: str | None = None,
-    threads: int | None = None,
-    max_conns: int | None = None,
-    max_reqs: int | None = None,
-    max_body_size: int | str | None = None,
-    request_header_timeout: float | str | None = None,
-    send_timeout: float | str | None = None,
-) -> ServerOptions:
-    """Build :class:`ServerOptions` from keyword settings, validating each.
-
-    None means the default of :data:`fcgi.settings.SETTINGS`; values are read
-    as in the file (``"512M"``, ``"1m30s"``). ``allowed_clients`` is the
-    ``listen_allowed_clients`` setting.
-    """
-    given = dict(locals())
-    processes, tracebacks = given.pop("multiprocess"), given.pop("stderr_tracebacks")
-    given["listen_allowed_clients"] = given.pop("allowed_clients")
-    v = resolve(given, lambda name: name)
-    allowed = parse_allowed_clients(v["listen_allowed_clients"])
-    env_allowed = os.environ.get("FCGI_WEB_SERVER_ADDRS")
-    if env_allowed:
-        allowed += parse_allowed_clients(env_allowed)
-    return ServerOptions(
-        read_timeout=v["read_timeout"],
-        limits=Limits(
-            max_params=v["max_params"],
-            max_params_bytes=v["max_params_bytes"],
-            max_body_size=v["max_body_size"],
-        ),
-        request_header_timeout=v["request_header_timeout"],
-        send_timeout=v["send_timeout"],
-        script_name=v["script_name"],
-        allowed_clients=allowed,
-        multiprocess=processes,
-        stderr_tracebacks=tracebacks,
-        interface=v["interface"],
-        threads=v["threads"],
-        max_conns=v["max_conns"],
-        max_reqs=v["max_reqs"],
-    )
-
-
-@dataclass
-class Listeners:
-    """The sockets a server listens on, and the socket files it must remove."""
-
-    sockets: list[socket.socket] = field(default_factory=list)
-    #: Unix socket files this process created: removed on exit. Sockets
-    #: inherited from a parent (fd 0, fd://N, systemd) belong to the parent.
-    owned_paths: list[str] = field(default_factory=list)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-        for path in self.owned_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def open_listeners(
@@ -125,28 +56,8 @@ def open_listeners(
     """
     handover = reexec.take_handover()
     if handover.sockets:
-        return Listeners(list(handover.sockets.values()), handover.owned_paths)
-    if isinstance(bind, str):
-        bind = [bind]
-    if not bind:
-        activated = systemd.listen_fds()
-        if activated:
-            return Listeners(activated)
-        inherited = inherited_fd0()
-        return Listeners([inherited] if inherited is not None else [])
-    listeners = Listeners()
-    try:
-        for spec in bind:
-            sock = open_listener(spec, mode=mode, backlog=backlog)
-            listeners.sockets.append(sock)
-            if parse_bind(spec).kind == "unix":
-                path = socket_path(sock)
-                if path:
-                    listeners.owned_paths.append(path)
-    except BaseException:
-        listeners.close()
-        raise
-    return listeners
+        return Listeners(handover.sockets.values(), handover.owned_paths)
+    return open_single([bind] if isinstance(bind, str) else bind or [], mode=mode, backlog=backlog)
 
 
 def serve(
@@ -235,8 +146,6 @@ def serve(
     otherwise this process serves alone. Every mistake is raised at once as
     :class:`~fcgi.settings.ConfigErrors`. Returns the exit code.
     """
-    from fcgi.pool.config import MasterConfig, PoolConfig, apply_values, validate_master
-
     given: dict[str, Any] = {
         name: value
         for name, value in locals().items()
@@ -272,8 +181,6 @@ def serve(
     if problems:
         raise ConfigErrors(problems)
     if master:
-        from fcgi.pool.master import run_master
-
         return run_master(config)
     if pool.chdir:
         os.chdir(pool.chdir)
@@ -295,21 +202,11 @@ def serve(
             )
         if interface_used == "asgi":
             raise ConfigError("an ASGI app cannot run as a CGI script: give an address to bind")
-        from wsgiref.handlers import CGIHandler
-
         log.debug("fd 0 is not a listening socket: answering one request as CGI")
         CGIHandler().run(app)
         return 0
     try:
-        run_single(
-            app,
-            listeners.sockets,
-            options,
-            worker=worker_used,
-            owned_paths=listeners.owned_paths,
-            app_spec=app_spec,
-            pool=pool,
-        )
+        run_single(app, listeners, options, worker=worker_used, app_spec=app_spec, pool=pool)
     finally:
         reexec.unblock_signals()
         listeners.close()
@@ -333,10 +230,9 @@ def _started_as_cgi() -> bool:
 
 def run_single(
     app: WSGIApp,
-    listeners: Sequence[socket.socket],
+    listeners: Listeners,
     options: ServerOptions,
     worker: str = "sync",
-    owned_paths: list[str] | None = None,
     app_spec: str | None = None,
     pool: PoolConfig | None = None,
 ) -> None:
@@ -352,9 +248,9 @@ def run_single(
     Signals mean what they mean to a pool's master:
 
     * SIGTERM, SIGQUIT: graceful stop. The unix socket files this process
-      created (``owned_paths``) are removed at once (and the list emptied):
-      while the queued requests are served no new connection can join the
-      queue by path, and a successor may bind the path without waiting.
+      created (``listeners.owned_paths``) are removed at once (and
+      forgotten): while the queued requests are served no new connection can
+      join the queue by path, and a successor may bind the path without waiting.
     * SIGHUP, SIGUSR2: reload. The request in progress is finished, then the
       process re-executes itself with the same command line, its listening
       sockets kept open across the exec (connections wait in their queue, the
@@ -375,11 +271,7 @@ def run_single(
         nonlocal stop_asked
         stop_asked = True
         server.stop()
-        if owned_paths:
-            for path in owned_paths:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            owned_paths.clear()
+        listeners.remove_files()
 
     def reload(signum: int, frame: object) -> None:
         nonlocal reload_asked
@@ -387,8 +279,6 @@ def run_single(
         server.stop()
 
     def reopen(signum: int, frame: object) -> None:
-        from fcgi.logsetup import reopen_log_files
-
         if hooks is not None:
             hooks.reopen()
         reopen_log_files()
@@ -396,20 +286,19 @@ def run_single(
         log.info("SIGUSR1: log files reopened")
 
     handlers = {
-        signal.SIGTERM: graceful,
-        signal.SIGQUIT: graceful,
-        signal.SIGHUP: reload,
-        signal.SIGUSR2: reload,
+        **dict.fromkeys(GRACEFUL_STOP_SIGNALS, graceful),
+        **dict.fromkeys(RELOAD_SIGNALS, reload),
         signal.SIGUSR1: reopen,
     }
-    names = ", ".join(_listener_name(sock) for sock in listeners)
+    sockets = listeners.sockets
+    names = ", ".join(address_of(sock) for sock in sockets)
 
     def ready() -> None:
         log.info("serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker)
 
-    hooks, watcher = _observe(pool, listeners)
+    hooks, watcher = _observe(pool, sockets)
     try:
-        server = _make_worker(app, listeners, options, worker, hooks)
+        server = _make_worker(app, sockets, options, worker, hooks)
     except BaseException:
         _stop_observing(hooks, watcher)
         raise
@@ -438,7 +327,7 @@ def run_single(
                 log.error(
                     "reload failed: the new code does not import: %s; old code goes on", error
                 )
-                server = _make_worker(app, listeners, options, worker, hooks)
+                server = _make_worker(app, sockets, options, worker, hooks)
                 continue
             # From here a signal waits for the next image; a stop asked during
             # the check wins over the reload.
@@ -448,13 +337,13 @@ def run_single(
             log.info("reloading: re-executing with the same sockets")
             try:
                 reexec.exec_master(
-                    reexec.Handover(dict(_by_name(listeners)), list(owned_paths or []))
+                    reexec.Handover(dict(_by_name(sockets)), list(listeners.owned_paths))
                 )
             except OSError as exc:
                 log.error(
                     "reload failed: cannot exec %s: %s; old code goes on", sys.executable, exc
                 )
-                server = _make_worker(app, listeners, options, worker, hooks)
+                server = _make_worker(app, sockets, options, worker, hooks)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -472,12 +361,6 @@ def _observe(
     the status page run from the start of this image. None when nothing
     needs them, so that the plain server pays nothing per request.
     """
-    from fcgi.pool.worker_hooks import (
-        SingleProcessHooks,
-        SlowRequestWatcher,
-        single_process_needs_hooks,
-    )
-
     if pool is None or not single_process_needs_hooks(pool):
         return None, None
     hooks = SingleProcessHooks.open(pool, listeners)
@@ -501,27 +384,9 @@ def _make_worker(
     worker: str,
     hooks: WorkerHooks | None = None,
 ) -> Driver:
-    if worker == "asyncio":
-        from fcgi.asyncio_worker import AsyncioWorker
-
-        return AsyncioWorker(listeners, app, options, hooks)
-    if worker == "trio":
-        from fcgi.trio_worker import TrioWorker
-
-        return TrioWorker(listeners, app, options, hooks)
-    return SyncWorker(listeners, app, options, hooks)
+    return driver_factory(worker)(listeners, app, options, hooks)
 
 
 def _by_name(listeners: Sequence[socket.socket]) -> list[tuple[str, socket.socket]]:
     """Each listener under a name of its own (the handover's keys)."""
-    return [(f"{_listener_name(sock)}#{i}", sock) for i, sock in enumerate(listeners)]
-
-
-def _listener_name(sock: socket.socket) -> str:
-    path = socket_path(sock)
-    if path:
-        return f"unix:{path}"
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        return format_address(name[0], name[1])
-    return f"fd {sock.fileno()}"
+    return [(f"{address_of(sock)}#{i}", sock) for i, sock in enumerate(listeners)]

@@ -22,6 +22,7 @@ it only declares and converts, so everything else may import it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -516,8 +517,6 @@ def _literal(value: Any) -> str:
 
 def _string(text: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's, except \\/ which JSON never writes)."""
-    import json
-
     return json.dumps(text)
 
 

@@ -1,32 +1,26 @@
-"""Listening sockets: parsing bind addresses, binding safely, inherited fds.
+"""Addresses: bind specs, peers, and which peers are allowed.
 
 Address forms: ``unix:/path`` (or any path starting with ``/`` or ``.``),
 ``HOST:PORT``, ``[V6]:PORT``, a bare ``PORT`` (loopback only: FastCGI has no
 authentication, so listening on every interface must be asked for with
 ``0.0.0.0:PORT``), and ``fd://N`` for a socket handed over by a parent.
+
+What drivers need of a socket they were given lives here (naming and
+admitting peers, TCP_DEFER_ACCEPT); opening, inheriting and removing
+listening sockets is :mod:`fcgi.listeners`, which only the servers use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import grp
 import ipaddress
-import logging
 import math
-import os
-import pwd
 import socket
-import stat
-import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fcgi.errors import ConfigError
-
-log = logging.getLogger("fcgi.sockets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,223 +76,6 @@ def parse_bind(spec: str) -> BindSpec:
     if not 0 <= port <= 65535:
         raise ConfigError(f"bind address {spec!r}: port {port} out of range")
     return BindSpec("tcp", host=host, port=port)
-
-
-def open_listener(
-    spec: BindSpec | str,
-    *,
-    mode: int = 0o660,
-    backlog: int = 511,
-    owner: str | None = None,
-    group: str | None = None,
-) -> socket.socket:
-    """Bind and listen. A stale unix socket file is replaced; a live one is an error."""
-    if isinstance(spec, str):
-        spec = parse_bind(spec)
-    if spec.kind == "unix":
-        return _open_unix(spec.path, mode, backlog, owner, group)
-    if spec.kind == "fd":
-        return adopt_listener(spec.fd)
-    try:
-        infos = socket.getaddrinfo(
-            spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise ConfigError(f"bind address {spec}: cannot resolve {spec.host!r}: {exc}") from None
-    family, socktype, proto, _, addr = infos[0]
-    sock = socket.socket(family, socktype, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _open_unix(
-    path: str, mode: int, backlog: int, owner: str | None, group: str | None
-) -> socket.socket:
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind under a umask that leaves no window in which the socket is wider
-    # open than asked, then set the exact mode.
-    old_umask = os.umask(0o777 & ~mode)
-    try:
-        sock.bind(path)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, mode)
-    if owner is not None or group is not None:
-        uid = _uid(owner) if owner is not None else -1
-        gid = _gid(group) if group is not None else -1
-        os.chown(path, uid, gid)
-    return sock
-
-
-#: How long a new server waits for processes left by a dead one to let go of
-#: the socket at its path (the workers of a master killed with SIGKILL finish
-#: their requests first). Past it, the start fails saying what holds the path.
-LEFTOVER_WAIT = 10.0
-#: Seconds between two connection probes while waiting.
-LEFTOVER_PROBE_INTERVAL = 0.2
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Make way for a new socket at ``path``, unless a live server listens there.
-
-    Connection refused: nobody listens, the file is stale and is removed. A
-    connection is accepted into the queue: someone holds the listening
-    socket. If the process that called listen() on it (SO_PEERCRED) still
-    runs, that is another server: refuse. If it is gone, what holds the
-    socket are processes it left, such as the workers of a master killed
-    with SIGKILL finishing their requests before they exit: wait up to
-    LEFTOVER_WAIT for them, then refuse, naming the path to free. A full
-    queue (EAGAIN) is treated the same way, as nobody can be asked.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"cannot listen on unix:{path}: a file that is not a socket is there")
-    deadline = time.monotonic() + LEFTOVER_WAIT
-    warned = False
-    while True:
-        listening, creator = _probe_unix(path)
-        if not listening:
-            log.info("removing stale socket %s (nobody listens on it)", path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        if creator is not None and _process_alive(creator):
-            raise ConfigError(
-                f"cannot listen on unix:{path}: another server is listening there (pid {creator})"
-            )
-        who = f"pid {creator}" if creator is not None else "a server that accepts nothing"
-        if not warned:
-            warned = True
-            log.warning(
-                "unix:%s: the server that created it (%s) is gone, but processes it left still "
-                "hold the socket; waiting up to %g s for them to finish",
-                path,
-                who,
-                LEFTOVER_WAIT,
-            )
-        if time.monotonic() >= deadline:
-            raise ConfigError(
-                f"cannot listen on unix:{path}: processes left by {who} still hold the socket "
-                f"after {LEFTOVER_WAIT:g} s; stop them (fuser -k {path}) or choose another path"
-            )
-        time.sleep(LEFTOVER_PROBE_INTERVAL)
-
-
-def _probe_unix(path: str) -> tuple[bool, int | None]:
-    """(someone holds a listening socket at path, pid that called listen() if known)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Non-blocking: a full queue must not hang the start (EAGAIN instead).
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except BlockingIOError:
-        return True, None
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False, None
-        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from None
-    else:
-        # For a unix stream socket, the peer credentials are the listener's
-        # as of its listen() call. A pid of 0: from another pid namespace.
-        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        pid = int(_UCRED.unpack(creds)[0])
-        return True, pid if pid > 0 else None
-    finally:
-        probe.close()
-
-
-#: struct ucred of SO_PEERCRED: pid, uid, gid.
-_UCRED = struct.Struct("3i")
-
-
-def _process_alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting to be reaped does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return state not in (b"Z", b"X")
-
-
-def _uid(name: str) -> int:
-    try:
-        return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise ConfigError(f"unknown user {name!r}") from None
-
-
-def _gid(name: str) -> int:
-    try:
-        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ConfigError(f"unknown group {name!r}") from None
-
-
-def adopt_listener(fd: int) -> socket.socket:
-    """Wrap an inherited listening socket, checking that it is one."""
-    try:
-        st = os.fstat(fd)
-    except OSError as exc:
-        raise ConfigError(f"fd://{fd}: {exc.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"fd://{fd} is not a socket")
-    sock = socket.socket(fileno=fd)
-    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        sock.detach()
-        raise ConfigError(f"fd://{fd} is a socket but not a listening one")
-    return sock
-
-
-def inherited_fd0() -> socket.socket | None:
-    """The listening socket on fd 0 that mod_fcgid, lighttpd and spawn-fcgi pass.
-
-    Returns None when fd 0 is not a listening socket (a terminal, a pipe, a
-    CGI request body). The socket moves to a new fd and fd 0 becomes /dev/null,
-    so nothing in the app mistakes it for standard input.
-    """
-    try:
-        st = os.fstat(0)
-    except OSError:
-        return None
-    if not stat.S_ISSOCK(st.st_mode):
-        return None
-    probe = socket.socket(fileno=os.dup(0))
-    try:
-        listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    except OSError:
-        listening = 0
-    if not listening:
-        probe.close()
-        return None
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return probe
 
 
 def defer_accept(sock: socket.socket, seconds: float) -> None:

@@ -83,14 +83,3 @@ def listen_fds(unset_environment: bool = True) -> list[socket.socket]:
         os.set_inheritable(fd, False)
         socks.append(socket.socket(fileno=fd))
     return socks
-
-
-def socket_address(sock: socket.socket) -> str:
-    """A bind spec naming where ``sock`` listens, to match it with a ``listen`` entry."""
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        path = name.decode() if isinstance(name, bytes) else name
-        return f"unix:{path}"
-    if sock.family == socket.AF_INET6:
-        return f"[{name[0]}]:{name[1]}"
-    return f"{name[0]}:{name[1]}"

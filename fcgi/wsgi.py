@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from fcgi.errors import RequestBodyIncomplete, RequestBodyTooLarge
+from fcgi.errors import FastCGIError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.records import SPEEDUPS
 
@@ -42,7 +42,7 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 Send = Callable[[bytes, bool], None]
 
 
-class ClientGone(Exception):
+class ClientGone(FastCGIError):
     """Raised by a driver's ``send`` when the web server went away mid-response."""
 
 

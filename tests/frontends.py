@@ -27,7 +27,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,12 +43,11 @@ from webservers import (
     Backend,
     HTTPResponse,
     ServerError,
-    free_port,
     read_text,
     render_template,
+    start_on_free_port,
     stop_process,
-    tail,
-    wait_until_accepting,
+    web_server_diagnostics,
 )
 
 #: The unprivileged user Apache (started as root) switches to.
@@ -192,13 +190,6 @@ def make_wrapper(dest: Path, app_dir: Path, python: str) -> Path:
     return render_deploy("bin/fcgi-app", values, dest, mode=0o755)
 
 
-def _state(proc: subprocess.Popen[bytes] | None) -> str:
-    if proc is None:
-        return "not started"
-    code = proc.poll()
-    return f"pid {proc.pid}, " + ("running" if code is None else f"exited with status {code}")
-
-
 # --------------------------------------------------------------------------- lighttpd
 
 
@@ -247,43 +238,22 @@ class Lighttpd:
         }
         render_deploy("lighttpd/lighttpd-test.conf", values, self.conf_path)
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.prefix / "lighttpd.stderr"
+
     def start(self) -> Lighttpd:
-        for attempt in range(3):
-            self.port = free_port()
-            self._render()
-            check = subprocess.run(
-                [self.binary, "-tt", "-f", str(self.conf_path)], capture_output=True, text=True
-            )
-            if check.returncode != 0:
-                raise ServerError(
-                    f"lighttpd -tt rejected the config\n{check.stdout}{check.stderr}\n"
-                    f"--- {self.conf_path}:\n{read_text(self.conf_path)}\n"
-                    f"--- {self.site_path}:\n{read_text(self.site_path)}"
-                )
-            with (self.prefix / "lighttpd.stderr").open("wb") as err:
-                self.proc = subprocess.Popen(
-                    [self.binary, "-D", "-f", str(self.conf_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                )
-            try:
-                wait_until_accepting(
-                    socket.AF_INET,
-                    ("127.0.0.1", self.port),
-                    self.proc,
-                    self.diagnostics,
-                    "lighttpd",
-                )
-            except ServerError:
-                self.stop()
-                if attempt < 2 and "Address already in use" in self.logs():
-                    self.exit_status = None
-                    continue
-                raise
-            return self
-        raise AssertionError("unreachable")
+        start_on_free_port(
+            self,
+            "lighttpd",
+            render=self._render,
+            check=[self.binary, "-tt", "-f", str(self.conf_path)],
+            run=[self.binary, "-D", "-f", str(self.conf_path)],
+            stderr_path=self.stderr_path,
+            shown=[self.conf_path, self.site_path],
+            log=self.logs,
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.exit_status is None:
@@ -303,20 +273,17 @@ class Lighttpd:
         return self.exit_status
 
     def logs(self) -> str:
-        return read_text(self.error_log_path) + read_text(self.prefix / "lighttpd.stderr")
+        return read_text(self.error_log_path) + read_text(self.stderr_path)
 
     def diagnostics(self) -> str:
-        parts = [
-            f"--- lighttpd on 127.0.0.1:{self.port} serving "
-            f"{', '.join('deploy/lighttpd/' + s for s, _ in self.sites)} ({_state(self.proc)})",
-            f"--- lighttpd error log ({self.error_log_path}):\n"
-            + tail(read_text(self.error_log_path)),
-        ]
-        stderr = read_text(self.prefix / "lighttpd.stderr").strip()
-        if stderr:
-            parts.append(f"--- lighttpd stderr:\n{tail(stderr)}")
-        parts.extend(backend.diagnostics() for backend in self.related)
-        return "\n".join(parts)
+        return web_server_diagnostics(
+            self,
+            "lighttpd",
+            ", ".join("deploy/lighttpd/" + site for site, _ in self.sites),
+            self.error_log_path,
+            self.stderr_path,
+            self.related,
+        )
 
 
 # --------------------------------------------------------------------------- apache
@@ -397,39 +364,23 @@ class Apache:
     def _command(self, *extra: str) -> list[str]:
         return [self.binary, "-f", str(self.conf_path), *extra]
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.prefix / "apache.stderr"
+
     def start(self) -> Apache:
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
-        for attempt in range(3):
-            self.port = free_port()
-            self._render()
-            check = subprocess.run(self._command("-t"), capture_output=True, text=True, env=env)
-            if check.returncode != 0:
-                raise ServerError(
-                    f"apache2 -t rejected the config\n{check.stdout}{check.stderr}\n"
-                    f"--- {self.conf_path}:\n{read_text(self.conf_path)}\n"
-                    f"--- {self.site_path}:\n{read_text(self.site_path)}"
-                )
-            with (self.prefix / "apache.stderr").open("wb") as err:
-                self.proc = subprocess.Popen(
-                    self._command("-DFOREGROUND"),
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    env=env,
-                    start_new_session=True,
-                )
-            try:
-                wait_until_accepting(
-                    socket.AF_INET, ("127.0.0.1", self.port), self.proc, self.diagnostics, "apache"
-                )
-            except ServerError:
-                self.stop()
-                if attempt < 2 and "Address already in use" in self.error_log():
-                    self.exit_status = None
-                    continue
-                raise
-            return self
-        raise AssertionError("unreachable")
+        start_on_free_port(
+            self,
+            "apache",
+            render=self._render,
+            check=self._command("-t"),
+            run=self._command("-DFOREGROUND"),
+            stderr_path=self.stderr_path,
+            shown=[self.conf_path, self.site_path],
+            log=self.error_log,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"},
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.exit_status is None:
@@ -440,16 +391,14 @@ class Apache:
         return read_text(self.error_log_path)
 
     def diagnostics(self) -> str:
-        parts = [
-            f"--- apache on 127.0.0.1:{self.port} serving "
-            f"{', '.join('deploy/apache/' + s for s, _ in self.sites)} ({_state(self.proc)})",
-            f"--- apache error log ({self.error_log_path}):\n{tail(self.error_log())}",
-        ]
-        stderr = read_text(self.prefix / "apache.stderr").strip()
-        if stderr:
-            parts.append(f"--- apache stderr:\n{tail(stderr)}")
-        parts.extend(backend.diagnostics() for backend in self.related)
-        return "\n".join(parts)
+        return web_server_diagnostics(
+            self,
+            "apache",
+            ", ".join("deploy/apache/" + site for site, _ in self.sites),
+            self.error_log_path,
+            self.stderr_path,
+            self.related,
+        )
 
 
 def chgrp_socket(path: Path, user: str = APACHE_USER) -> None:

@@ -1,4 +1,9 @@
-"""Byte-level FastCGI helpers for tests that need to misbehave on purpose."""
+"""Byte-level FastCGI helpers for tests that need to misbehave on purpose.
+
+Requests are built, and records read, with the sans-IO client
+(:mod:`fcgi.client_connection`); :func:`split_records` is the one place the
+tests cut bytes into records, so no test walks record headers itself.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fcgi import records as r
+from fcgi.client_connection import ClientConnection, Record, RecordSplitter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+Rec = tuple[int, int, bytes]  # (type, request id, content)
 
 
 def request_bytes(
@@ -30,12 +39,27 @@ def request_bytes(
     pairs = {k.encode("latin-1"): v.encode("latin-1") for k, v in params.items()}
     if body and "CONTENT_LENGTH" not in params:
         pairs[b"CONTENT_LENGTH"] = str(len(body)).encode()
-    return (
-        r.encode_begin_request(rid, role, keep_conn)
-        + r.encode_params(rid, pairs)
-        + r.encode_stream(r.STDIN, rid, body)
-        + r.encode_record(r.STDIN, rid)
-    )
+    conn = ClientConnection()
+    conn.send_request(pairs, body, role=role, keep_conn=keep_conn, request_id=rid)
+    return conn.data_to_send()
+
+
+def split_records(data: bytes | bytearray, *, aligned: bool = False) -> list[Record]:
+    """Every record of ``data``, strictly: the one place tests cut bytes into records.
+
+    ``data`` must be whole records of version 1, nothing left over; with
+    ``aligned`` each record must also end on an 8-byte boundary (what fcgi
+    sends always does). A :class:`Record` is ``(type, request id, content,
+    padding)``; ``rec[:3]`` is the form most tests compare with. For bytes
+    that arrive in pieces, see :class:`RecordReader`.
+    """
+    splitter = RecordSplitter()
+    records = splitter.feed(data)
+    assert not splitter.buffered, f"{splitter.buffered} bytes left over after the last record"
+    if aligned:
+        for rec in records:
+            assert (len(rec.content) + rec.padding) % 8 == 0, f"record not 8-byte aligned: {rec}"
+    return records
 
 
 def get_params(path: str = "/", query: str = "", method: str = "GET") -> dict[str, str]:
@@ -57,7 +81,7 @@ class Reply:
     stderr: bytes = b""
     app_status: int = -1
     protocol_status: int = -1
-    records: list[tuple[int, int, bytes]] = field(default_factory=list)
+    records: list[Rec] = field(default_factory=list)
 
     @property
     def status(self) -> int:
@@ -75,22 +99,20 @@ class Reply:
 class RecordReader:
     """Reads records off a socket, keeping what is left over for the next call."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, recv_size: int = 65536) -> None:
         self.sock = sock
-        self.buf = b""
+        self.recv_size = recv_size
+        self.splitter = RecordSplitter()
+        self.ready: deque[Rec] = deque()
 
-    def record(self) -> tuple[int, int, bytes] | None:
-        while True:
-            if len(self.buf) >= 8:
-                _, rtype, rid, clen, plen = r.HEADER.unpack_from(self.buf)
-                if len(self.buf) >= 8 + clen + plen:
-                    content = self.buf[8 : 8 + clen]
-                    self.buf = self.buf[8 + clen + plen :]
-                    return rtype, rid, content
-            data = self.sock.recv(65536)
+    def record(self) -> Rec | None:
+        """The next record, or None if the peer closed the connection first."""
+        while not self.ready:
+            data = self.sock.recv(self.recv_size)
             if not data:
                 return None
-            self.buf += data
+            self.ready += (rec[:3] for rec in self.splitter.feed(data))
+        return self.ready.popleft()
 
     def reply(self, rid: int = 1) -> Reply:
         """Collect records until END_REQUEST for ``rid``."""
@@ -121,7 +143,7 @@ class RecordReader:
                 return True
             if not data:
                 return True
-            self.buf += data
+            self.ready += (rec[:3] for rec in self.splitter.feed(data))
 
 
 def connect(address: str, timeout: float = 10.0) -> socket.socket:

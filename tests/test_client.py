@@ -16,16 +16,15 @@ import pytest
 
 from fcgi import events as ev
 from fcgi import records as r
+from fcgi.cli import add_request_arguments, request_command
 from fcgi.client import (
     ConnectionFailed,
     FastCGIClient,
     RequestTimeout,
     UsageError,
-    add_request_arguments,
     build_params,
     parse_address,
     parse_cgi_response,
-    request_command,
 )
 from fcgi.connection import Limits, ServerConnection
 from fcgi.errors import ProtocolError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from rawfcgi import split_records
 
 from fcgi import events as ev
 from fcgi import records as r
@@ -14,17 +15,7 @@ Rec = tuple[int, int, bytes]  # (type, request id, content)
 
 def parse(data: bytes) -> list[Rec]:
     """Strictly parse what the connection sent: version 1, padded to 8, nothing left over."""
-    out: list[Rec] = []
-    pos = 0
-    while pos < len(data):
-        version, rtype, rid, clen, plen = r.HEADER.unpack_from(data, pos)
-        assert version == 1
-        start = pos + r.HEADER_LEN
-        assert start + clen + plen <= len(data)
-        assert (clen + plen) % 8 == 0, "output records are 8-byte aligned"
-        out.append((rtype, rid, data[start : start + clen]))
-        pos = start + clen + plen
-    return out
+    return [rec[:3] for rec in split_records(data, aligned=True)]
 
 
 def raw_record(

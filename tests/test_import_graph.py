@@ -17,9 +17,26 @@ import pytest
 from rawfcgi import ROOT
 
 #: The layers, bottom first; a module may import only from its own layer and below.
-CORE = {"fcgi", "fcgi.records", "fcgi.connection", "fcgi.events", "fcgi.errors", "fcgi._speedups"}
+CORE = {
+    "fcgi",
+    "fcgi.records",
+    "fcgi.connection",
+    "fcgi.client_connection",
+    "fcgi.one_request",
+    "fcgi.uwsgi",
+    "fcgi.scgi",
+    "fcgi.events",
+    "fcgi.errors",
+    "fcgi._speedups",
+}
 ADAPTERS = {"fcgi.wsgi", "fcgi.asgi", "fcgi.spool", "fcgi.escape"}
-DRIVERS = {"fcgi.sync_worker", "fcgi.trio_worker", "fcgi.asyncio_worker", "fcgi.sockets"}
+DRIVERS = {
+    "fcgi.sync_worker",
+    "fcgi.trio_worker",
+    "fcgi.asyncio_worker",
+    "fcgi.sockets",
+    "fcgi.listeners",
+}
 POOL_PREFIX = "fcgi.pool"
 TOP = {"fcgi.server", "fcgi.cli", "fcgi.client"}
 
@@ -41,6 +58,16 @@ def loaded_after(*modules: str) -> set[str]:
 
 def test_the_protocol_core_loads_nothing_else() -> None:
     assert loaded_after("fcgi.records", "fcgi.connection") <= CORE
+
+
+def test_the_uwsgi_and_scgi_cores_stand_beside_the_fastcgi_one() -> None:
+    assert loaded_after("fcgi.uwsgi", "fcgi.scgi") <= CORE
+
+
+def test_the_client_side_of_the_core_needs_only_the_record_layer() -> None:
+    """ClientConnection stands beside ServerConnection on records, not on it."""
+    allowed = {"fcgi", "fcgi.records", "fcgi.errors", "fcgi._speedups", "fcgi.client_connection"}
+    assert loaded_after("fcgi.client_connection") <= allowed
 
 
 def test_importing_the_package_loads_no_server() -> None:

@@ -233,8 +233,13 @@ user = "root"
             title(proc.pid),
             log.read_text(),
         )
-        titles = sorted(title(pid) for pid in children_of(proc.pid))
-        assert titles == ["fcgi worker api idle", "fcgi worker www idle"], titles
+        # A worker turns "idle" when it is about to wait, a moment after its
+        # answer went out: give it that moment.
+        wanted = ["fcgi worker api idle", "fcgi worker www idle"]
+        wait_for(
+            lambda: sorted(title(pid) for pid in children_of(proc.pid)) == wanted,
+            what=f"worker titles {wanted}",
+        )
     finally:
         workers = children_of(proc.pid)
         proc.terminate()

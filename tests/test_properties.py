@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rawfcgi import split_records
 
 from fcgi import events as ev
 from fcgi import records as r
@@ -25,16 +26,7 @@ pairs_strategy = st.lists(st.tuples(pair_bytes, pair_bytes), max_size=12)
 
 
 def parse_records(data: bytes) -> list[tuple[int, int, bytes]]:
-    out = []
-    pos = 0
-    while pos < len(data):
-        version, rtype, rid, clen, plen = r.HEADER.unpack_from(data, pos)
-        assert version == r.VERSION_1
-        start = pos + r.HEADER_LEN
-        assert start + clen + plen <= len(data)
-        out.append((rtype, rid, data[start : start + clen]))
-        pos = start + clen + plen
-    return out
+    return [rec[:3] for rec in split_records(data)]
 
 
 def reference_length(data: bytes) -> tuple[int, int]:

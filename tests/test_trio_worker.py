@@ -30,6 +30,7 @@ from wsgiref.validate import validator
 import pytest
 import trio
 import trio.testing
+from rawfcgi import RecordReader
 
 from fcgi import records as r
 from fcgi.connection import Limits
@@ -145,8 +146,7 @@ class RawClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(WAIT)
         self.sock.connect(path)
-        self.buf = bytearray()
-        self.pos = 0
+        self.reader = RecordReader(self.sock, recv_size=1 << 20)
         self.log: list[tuple[int, int, bytes]] = []  # every record read, in order
         self.replies: dict[int, Reply] = {}
 
@@ -154,23 +154,12 @@ class RawClient:
         self.sock.sendall(data)
 
     def record(self) -> tuple[int, int, bytes] | None:
-        while True:
-            available = len(self.buf) - self.pos
-            if available >= 8:
-                _, rtype, rid, clen, plen = r.HEADER.unpack_from(self.buf, self.pos)
-                if available >= 8 + clen + plen:
-                    content = bytes(self.buf[self.pos + 8 : self.pos + 8 + clen])
-                    self.pos += 8 + clen + plen
-                    rec = (rtype, rid, content)
-                    self.log.append((rtype, rid, content[:64]))
-                    self._note(rec)
-                    return rec
-            data = self.sock.recv(1 << 20)
-            if not data:
-                return None
-            del self.buf[: self.pos]
-            self.pos = 0
-            self.buf += data
+        rec = self.reader.record()
+        if rec is not None:
+            rtype, rid, content = rec
+            self.log.append((rtype, rid, content[:64]))
+            self._note(rec)
+        return rec
 
     def _note(self, rec: tuple[int, int, bytes]) -> None:
         rtype, rid, content = rec

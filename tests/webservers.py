@@ -7,8 +7,11 @@ temporary directory; nothing touches the system's own web server setup.
   on a unix socket or a loopback TCP port, with its stderr kept in a file.
 * ``Nginx``: a private nginx (``daemon off``, one worker) whose site config is a
   file from ``deploy/nginx/`` rendered only for paths and ports.
+* :func:`start_on_free_port` and :func:`web_server_diagnostics`: the start
+  loop and the log report that ``Nginx`` shares with ``frontends.Lighttpd``
+  and ``frontends.Apache``.
 
-Both have ``diagnostics()``, which the tests put into assertion messages and
+Each has ``diagnostics()``, which the tests put into assertion messages and
 which ``conftest.py`` attaches to the report of any failed test.
 """
 
@@ -21,6 +24,7 @@ import http.client
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,8 +32,9 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -41,6 +46,9 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 #: Socket timeout for HTTP requests made by the tests (again: only against hangs).
 HTTP_TIMEOUT = 60.0
+#: Free ports a web server is started on before its failure counts: a port is
+#: only known free when probed, and another process may bind it first.
+START_ATTEMPTS = 3
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -142,6 +150,103 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def process_state(proc: subprocess.Popen[bytes] | None) -> str:
+    """``pid N, running`` / ``pid N, exited with status S`` / ``not started``."""
+    if proc is None:
+        return "not started"
+    code = proc.poll()
+    return f"pid {proc.pid}, " + ("running" if code is None else f"exited with status {code}")
+
+
+# --------------------------------------------------------------------------- web servers
+
+
+class WebServer(Protocol):
+    """What :func:`start_on_free_port` needs of Nginx, Lighttpd and Apache."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    exit_status: int | None
+
+    def stop(self) -> None: ...
+
+    def diagnostics(self) -> str: ...
+
+
+def start_on_free_port(
+    server: WebServer,
+    name: str,
+    *,
+    render: Callable[[], None],
+    check: Sequence[str],
+    run: Sequence[str],
+    stderr_path: Path,
+    shown: Sequence[Path],
+    log: Callable[[], str],
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Start a web server on 127.0.0.1 and a free port; fail with its logs.
+
+    Each attempt takes a free port, renders the config for it (``render``
+    reads ``server.port``), has the server check it (``check``; a rejection
+    fails at once, showing the rendered files in ``shown``), starts ``run``
+    in a session of its own with its output in ``stderr_path`` (``env``: its
+    environment, None for the test's) and waits until the port accepts. If
+    another process bound the port first ("Address already in use" in
+    ``log()``), the next attempt takes another.
+    """
+    for attempt in range(START_ATTEMPTS):
+        server.port = free_port()
+        render()
+        result = subprocess.run(list(check), capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            files = "\n".join(f"--- {path}:\n{read_text(path)}" for path in shown)
+            raise ServerError(
+                f"{name} rejected the config ({shlex.join(check)})\n"
+                f"{result.stdout}{result.stderr}\n{files}"
+            )
+        with stderr_path.open("wb") as err:
+            server.proc = subprocess.Popen(
+                list(run),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_until_accepting(
+                socket.AF_INET, ("127.0.0.1", server.port), server.proc, server.diagnostics, name
+            )
+        except ServerError:
+            server.stop()
+            if attempt < START_ATTEMPTS - 1 and "Address already in use" in log():
+                server.exit_status = None
+                continue
+            raise
+        return
+
+
+def web_server_diagnostics(
+    server: WebServer,
+    name: str,
+    serving: str,
+    error_log: Path,
+    stderr_path: Path,
+    related: Iterable[Backend],
+) -> str:
+    """A web server's state, error log and stderr, then its backends' diagnostics."""
+    parts = [
+        f"--- {name} on 127.0.0.1:{server.port} serving {serving} ({process_state(server.proc)})",
+        f"--- {name} error log ({error_log}):\n{tail(read_text(error_log))}",
+    ]
+    stderr = read_text(stderr_path).strip()
+    if stderr:
+        parts.append(f"--- {name} stderr:\n{tail(stderr)}")
+    parts.extend(backend.diagnostics() for backend in related)
+    return "\n".join(parts)
+
+
 # --------------------------------------------------------------------------- backend
 
 
@@ -209,14 +314,8 @@ class Backend:
         return read_text(self.stderr_path)
 
     def diagnostics(self) -> str:
-        state = "not started"
-        if self.proc is not None:
-            code = self.proc.poll()
-            state = f"pid {self.proc.pid}, " + (
-                "running" if code is None else f"exited with status {code}"
-            )
         return (
-            f"--- backend: {' '.join(self.command)} ({state})\n"
+            f"--- backend: {' '.join(self.command)} ({process_state(self.proc)})\n"
             f"--- backend stderr:\n{tail(self.stderr_text())}"
         )
 
@@ -398,43 +497,22 @@ class Nginx:
             *extra,
         ]
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.prefix / "nginx.stderr"
+
     def start(self) -> Nginx:
-        # The port is only known to be free when we probe it; if nginx loses the
-        # race for it to someone else, try another one.
-        for attempt in range(3):
-            self.port = free_port()
-            self._render()
-            check = subprocess.run(self._command("-t"), capture_output=True, text=True)
-            if check.returncode != 0:
-                raise ServerError(
-                    f"nginx -t rejected the config\n{check.stdout}{check.stderr}\n"
-                    f"--- {self.conf_path}:\n{read_text(self.conf_path)}\n"
-                    f"--- {self.prefix / self.site}:\n{read_text(self.prefix / self.site)}"
-                )
-            with (self.prefix / "nginx.stderr").open("wb") as err:
-                self.proc = subprocess.Popen(
-                    self._command(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                )
-            try:
-                wait_until_accepting(
-                    socket.AF_INET,
-                    ("127.0.0.1", self.port),
-                    self.proc,
-                    self.diagnostics,
-                    "nginx",
-                )
-            except ServerError:
-                self.stop()
-                if attempt < 2 and "Address already in use" in read_text(self.error_log_path):
-                    self.exit_status = None
-                    continue
-                raise
-            return self
-        raise AssertionError("unreachable")
+        start_on_free_port(
+            self,
+            "nginx",
+            render=self._render,
+            check=self._command("-t"),
+            run=self._command(),
+            stderr_path=self.stderr_path,
+            shown=[self.conf_path, self.prefix / self.site],
+            log=self.error_log,
+        )
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.exit_status is None:
@@ -445,21 +523,14 @@ class Nginx:
         return read_text(self.error_log_path)
 
     def diagnostics(self) -> str:
-        state = "not started"
-        if self.proc is not None:
-            code = self.proc.poll()
-            state = f"pid {self.proc.pid}, " + (
-                "running" if code is None else f"exited with status {code}"
-            )
-        parts = [
-            f"--- nginx on 127.0.0.1:{self.port} serving deploy/nginx/{self.site} ({state})",
-            f"--- nginx error log ({self.error_log_path}):\n{tail(self.error_log())}",
-        ]
-        stderr = read_text(self.prefix / "nginx.stderr").strip()
-        if stderr:
-            parts.append(f"--- nginx stderr:\n{tail(stderr)}")
-        parts.extend(backend.diagnostics() for backend in self.related)
-        return "\n".join(parts)
+        return web_server_diagnostics(
+            self,
+            "nginx",
+            f"deploy/nginx/{self.site}",
+            self.error_log_path,
+            self.stderr_path,
+            self.related,
+        )
 
     def connection(self) -> http.client.HTTPConnection:
         if self.ssl_context is not None:

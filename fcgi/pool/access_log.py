@@ -64,7 +64,6 @@ readers.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import time
@@ -317,16 +316,6 @@ def compile_format(fmt: str) -> Callable[[RequestRecord], str]:
         return "".join([part(rec) for part in parts])
 
     return line
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(fmt: str) -> Callable[[RequestRecord], str]:
-    return compile_format(fmt)
-
-
-def format_line(fmt: str, rec: RequestRecord) -> str:
-    """One log line for ``rec`` (the format compiled once and kept)."""
-    return _compiled(fmt)(rec)
 
 
 class AccessLog:

@@ -20,6 +20,7 @@ from typing import Any
 
 from fcgi.errors import ConfigError
 from fcgi.exit_codes import EXIT_OK, EXIT_USAGE
+from fcgi.pool import preflight
 from fcgi.pool.config import (
     ConfigErrors,
     MasterConfig,
@@ -30,7 +31,7 @@ from fcgi.pool.config import (
     read_config,
     validate_master,
 )
-from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, Setting, show_default
+from fcgi.settings import GLOBAL_KEYS, POOL_KEYS, SETTINGS, Setting, parse_value, show_default
 
 #: More choices than this are listed in the help text, not in the usage line.
 _LONG_CHOICES = 6
@@ -188,17 +189,10 @@ def config_from_args(args: argparse.Namespace, *, single: bool = False) -> Maste
 
 def parse_or_none(key: str, raw: object) -> object:
     """A value as the setting reads it, or None if it does not read."""
-    from fcgi.settings import parse_value
-
     try:
         return parse_value(SETTINGS[key], raw)
     except ValueError:
         return None
-
-
-def format_effective(config: MasterConfig) -> str:
-    """The configuration as TOML for ``--config`` (see :func:`fcgi.pool.config.format_toml`)."""
-    return format_toml(config)
 
 
 def print_errors(exc: ConfigError) -> None:
@@ -209,8 +203,6 @@ def print_errors(exc: ConfigError) -> None:
 
 def check_config_command(path: str) -> int:
     """``fcgi check-config FILE``: validate, print the effective settings; 0 if valid."""
-    from fcgi.pool import preflight
-
     try:
         config = load_config(path)
     except ConfigError as exc:

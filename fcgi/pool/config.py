@@ -36,7 +36,8 @@ from typing import Any
 
 from fcgi.errors import ConfigError
 from fcgi.escape import escape
-from fcgi.options import ServerOptions
+from fcgi.options import ServerOptions, make_options
+from fcgi.pool.access_log import compile_format
 from fcgi.settings import (
     DEFAULT_ACCESS_FORMAT,
     GLOBAL_KEYS,
@@ -53,8 +54,6 @@ from fcgi.sockets import parse_allowed_clients
 __all__ = [
     "DEFAULT_ACCESS_FORMAT",
     "GLOBAL_KEYS",
-    "LOG_LEVELS",
-    "PM_MODES",
     "POOL_KEYS",
     "ConfigErrors",
     "MasterConfig",
@@ -63,9 +62,6 @@ __all__ = [
     "load_config",
     "validate_master",
 ]
-
-PM_MODES: tuple[str, ...] = SETTINGS["pm"].choices
-LOG_LEVELS: tuple[str, ...] = SETTINGS["log_level"].choices
 
 #: Where a value came from, by precedence: a later layer overrides an earlier
 #: one, and a setting that does nothing in the chosen mode is an error only if
@@ -155,8 +151,6 @@ class PoolConfig:
 
     def server_options(self, *, multiprocess: bool = True) -> ServerOptions:
         """The per-worker settings this pool maps onto."""
-        from fcgi.server import make_options
-
         options = make_options(
             read_timeout=self.read_timeout,
             script_name=self.script_name,
@@ -224,21 +218,6 @@ def apply_values(
         setattr(target, key, value)
         target.origins[key] = origin
         target.layers[key] = layer
-
-
-def apply_settings(target: Target, settings: Mapping[str, object], source: str) -> None:
-    """Set ``settings`` (name: value) on ``target``; raise every problem at once."""
-    problems: list[str] = []
-    scope = POOL_KEYS if isinstance(target, PoolConfig) else GLOBAL_KEYS
-    known = {}
-    for key, value in settings.items():
-        if key in scope:
-            known[key] = (value, f"{source} {key}" if source else key)
-        else:
-            problems.append(f"{source}: {key}: unknown setting{_suggest(key, scope)}")
-    apply_values(target, known, problems)
-    if problems:
-        raise ConfigErrors(problems)
 
 
 def _suggest(key: str, names: Iterable[str]) -> str:
@@ -493,7 +472,6 @@ def validate_pool(
     ``single``: the pool describes the single-process server, which needs no
     app name (it has the object), no address (fd 0 will do) and no user.
     """
-    from fcgi.pool.access_log import compile_format
 
     def w(key: str) -> str:
         return where(config, pool, key)
@@ -600,14 +578,3 @@ def format_toml(config: MasterConfig) -> str:
 
 def _pool_name(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_value(SETTINGS["app"], name)
-
-
-def effective_settings(config: MasterConfig) -> dict[str, Any]:
-    """Every setting with its effective value (TOML's shape: [global] and pool.NAME)."""
-    out: dict[str, Any] = {key: getattr(config, key) for key in SETTINGS if key in GLOBAL_KEYS}
-    out["pool"] = {}
-    for pool in config.pools:
-        values = {key: getattr(pool, key) for key in SETTINGS if key in POOL_KEYS}
-        values["start_servers"] = pool.effective_start_servers
-        out["pool"][pool.name] = values
-    return out

@@ -16,28 +16,48 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# The kernel's numbers, as its headers name them (Python's socket module has none).
+#: linux/netlink.h: the netlink family that answers sock_diag queries.
 NETLINK_SOCK_DIAG = 4
+#: linux/sock_diag.h: the message type of a query, for any address family.
 SOCK_DIAG_BY_FAMILY = 20
+#: linux/netlink.h, nlmsghdr flags: a request; ROOT|MATCH, every matching
+#: socket; and, on an answer, "one part of several" (NLMSG_DONE ends them).
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
+NLM_F_MULTI = 0x2
+#: linux/netlink.h, message types of the answer: an error (0: none), the end.
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+#: linux/tcp_states.h: the listening state (queries select states by 1 << n;
+#: /proc/net/tcp writes it in hex); unix sockets use the same numbers.
 TCP_LISTEN = 10
+#: linux/unix_diag.h: ask for, then read, the attribute with the two queue figures.
 UDIAG_SHOW_RQLEN = 0x10
 UNIX_DIAG_RQLEN = 4
+#: linux/inet_diag.h's INET_DIAG_NOCOOKIE, in each half of the cookie: any socket.
 NO_COOKIE = 0xFFFFFFFF
+#: Seconds to wait for the kernel's answer, which comes at once; a status
+#: page must never hang on it.
+_NETLINK_TIMEOUT = 2.0
 
+#: The kernel's structs, in native byte order: struct nlmsghdr, unix_diag_req,
+#: unix_diag_msg, rtattr (an attribute's length and type), inet_diag_req_v2
+#: (up to its sockid, which follows zeroed) and inet_diag_msg.
 _NLMSGHDR = struct.Struct("=IHHII")
 _UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")
 _UNIX_DIAG_MSG = struct.Struct("=BBBBIII")
 _RTATTR = struct.Struct("=HH")
-_INET_DIAG_REQ = struct.Struct("=BBBBI4x")  # the sockid follows, zeroed
+_INET_DIAG_REQ = struct.Struct("=BBBBI4x")
+#: struct inet_diag_sockid: ports (2 + 2), addresses (16 + 16), interface, cookie.
 _INET_SOCKID_LEN = 48
 _INET_DIAG_MSG = struct.Struct("=BBBBHH32sIIIIIIII")
 
 
 @dataclass(slots=True)
 class ListenQueue:
+    """One listening socket's queue (or a pool's, summed)."""
+
     #: Connections completed by the kernel and not yet accepted.
     queued: int
     #: The backlog the socket listens with (the most that can wait).
@@ -47,7 +67,7 @@ class ListenQueue:
 def _netlink_exchange(request: bytes) -> list[tuple[int, bytes]]:
     """Send one sock_diag request; return (type, payload) of every reply message."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(2.0)
+        nl.settimeout(_NETLINK_TIMEOUT)
         nl.sendto(request, (0, 0))
         out: list[tuple[int, bytes]] = []
         while True:
@@ -67,7 +87,7 @@ def _netlink_exchange(request: bytes) -> list[tuple[int, bytes]]:
                     return out
                 out.append((mtype, payload))
                 pos += (length + 3) & ~3
-                if not flags & 0x2:  # not NLM_F_MULTI: a single answer
+                if not flags & NLM_F_MULTI:  # a single answer
                     return out
 
 
@@ -119,7 +139,7 @@ def _proc_net_tcp(sock: socket.socket, ino: int) -> ListenQueue:
         next(f)
         for line in f:
             cols = line.split()
-            if len(cols) > 9 and cols[9] == str(ino) and cols[3] == "0A":
+            if len(cols) > 9 and cols[9] == str(ino) and cols[3] == f"{TCP_LISTEN:02X}":
                 _tx, rx = cols[4].split(":")
                 # /proc shows the accept queue but not the backlog for LISTEN sockets.
                 return ListenQueue(int(rx, 16), 0)
@@ -127,6 +147,7 @@ def _proc_net_tcp(sock: socket.socket, ino: int) -> ListenQueue:
 
 
 def listen_queue(sock: socket.socket) -> ListenQueue:
+    """Queue figures of a listening socket; OSError if the kernel cannot say."""
     if sock.family == socket.AF_UNIX:
         return unix_listen_queue(sock)
     return inet_listen_queue(sock)

@@ -1,16 +1,17 @@
 """The master: one loop that keeps every pool at the right size and answers signals.
 
-Read top to bottom, :meth:`Master.run` is the whole story::
+:meth:`Master.run` reads top to bottom as the whole story (its docstring draws
+it). The master holds the loop, the signals and the forking; what it does
+them with lives beside it:
 
-    open sockets (or take systemd's) -> install signal handlers -> fork workers
-    loop:
-        wait for a signal, a worker's output, a status connection, an
-            ondemand connection, or the next heartbeat
-        handle queued signals            (stop, reload, reopen, +/- worker)
-        reap dead children               (log, account, replace)
-        heartbeat                        (timeouts, slowlog, pool sizes, figures)
-        WATCHDOG=1 to systemd            (every half WatchdogSec, if it asks)
-    until stopping and no child is left
+* :mod:`fcgi.listeners`: the sockets, bound or inherited (systemd, a previous
+  master), and the unix socket files to remove;
+* :mod:`fcgi.pool.running_pool`: one pool's children (each a
+  :class:`~fcgi.pool.running_pool.Life`), scoreboard and start retries;
+* :mod:`fcgi.pool.scaling` and :mod:`fcgi.pool.reload`: pure decisions (how many
+  workers; the next step of a graceful reload), which the master carries out;
+* :mod:`fcgi.pool.status_server`: the ``status_listen`` page;
+* :mod:`fcgi.pool.reexec`: a master replacing itself for new preloaded code.
 
 A worker that cannot start is fatal only before "ready" (the exit status says
 why: 3 the app, 4 anything else). After it, the surviving workers go on
@@ -18,7 +19,7 @@ serving while the master tries again with a growing delay (1 s doubling to
 30 s), one worker at a time, until one starts.
 
 Signal handlers only queue the signal number; ``signal.set_wakeup_fd`` wakes
-the ``select`` so the loop does the work outside the handler. The master never
+the ``poll`` so the loop does the work outside the handler. The master never
 runs a thread or an event loop, so ``fork()`` is always safe.
 
 No signal may find the master without its handlers: that would kill it and
@@ -42,17 +43,17 @@ from collections import deque
 from enum import IntEnum
 from types import FrameType
 
-from fcgi import systemd
+from fcgi import stacks, systemd
 from fcgi.escape import escape
 from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_OK, EXIT_WORKERS
-from fcgi.pool import preflight, reexec
+from fcgi.listeners import Listeners
+from fcgi.pool import preflight, reexec, reload
 from fcgi.pool.config import MasterConfig, PoolConfig
-from fcgi.pool.listen_queue import total_listen_queue
-from fcgi.pool.running_pool import START_BACKOFF_FIRST, Child, Reload, RunningPool
+from fcgi.pool.logs import reopen_log_files, setup_logging
+from fcgi.pool.running_pool import START_BACKOFF_FIRST, Child, Life, RunningPool
 from fcgi.pool.scaling import dynamic_decision, static_decision
 from fcgi.pool.scoreboard import Slot, SlotState
-from fcgi.pool.status import PageAnswer, collect_from_board, ping_answer, render
-from fcgi.pool.status_server import StatusServer
+from fcgi.pool.status_server import StatusResponder, StatusServer
 from fcgi.pool.worker_output import OutputPipe, captures_output
 from fcgi.pool.worker_process import (
     EXIT_APP_ERROR,
@@ -77,6 +78,15 @@ FAST_STOP_GRACE = 1.0
 #: PHP-FPM: a crash in C (the interpreter, an extension), which a fresh master
 #: may cure; an app that raises or exits is replaced without counting.
 EMERGENCY_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS})
+#: What a signal asks of the master, as of PHP-FPM's (and the single-process
+#: server's, :func:`fcgi.server.run_single`): finish the requests in flight
+#: and stop; start new workers with new code. SIGINT is the fast stop, SIGUSR1
+#: reopens the log files, SIGTTIN / SIGTTOU add or remove a static worker.
+GRACEFUL_STOP_SIGNALS = (signal.SIGTERM, signal.SIGQUIT)
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
+#: Either stop: one of them queued during a preload reload's import check
+#: cancels the exec.
+STOP_SIGNALS = (*GRACEFUL_STOP_SIGNALS, signal.SIGINT)
 
 
 class State(IntEnum):
@@ -94,7 +104,9 @@ class Master:
         self.signals: deque[int] = deque()
         self.outputs: dict[int, OutputPipe] = {}
         self.status_servers: list[StatusServer] = []
-        self.owned_paths: list[str] = []
+        #: Every listening socket (pools' and status_listen's), and the unix
+        #: socket files this master (or the one it re-executed from) created.
+        self.listeners = Listeners()
         self.stop_deadline: float | None = None
         self.next_heartbeat = 0.0
         self.next_systemd_status = 0.0
@@ -103,8 +115,6 @@ class Master:
         #: pool name -> pid -> (phase, deadline); see _check_requests.
         self._stack_dumps: dict[str, dict[int, tuple[str, float]]] = {}
         self.crash_times: deque[float] = deque()
-        #: Every listening socket by its bind spec (handed over on re-exec).
-        self.sockets_by_spec: dict[str, socket.socket] = {}
         #: Workers of the master this one replaced by re-exec, still finishing.
         self.predecessors: set[int] = set()
         #: Set once this process wrote config.pid_file (only then is it ours to remove).
@@ -122,7 +132,25 @@ class Master:
     # == the loop ==================================================================
 
     def run(self) -> int:
-        """Run until stopped; return the exit code. Raises ConfigError before forking."""
+        """Run until stopped; return the exit code. Raises ConfigError before forking.
+
+        ::
+
+            install signal handlers, then let the signals held since the start through
+            open sockets (bind, or take systemd's and a previous master's)
+            preload apps, import the worker code, write the pid file
+            fork the first workers
+            loop until stopping and no child (nor a previous master's worker) is left:
+                wait        for a signal, a worker's output, a status_listen
+                            connection, an ondemand pool's connection, or the
+                            next deadline (a fraction of the shortest timeout)
+                signals     stop, reload, reopen logs, +/- a static worker
+                reap        dead children: log, account, replace; failed starts
+                every turn  readiness (READY=1), start retries, reload steps,
+                            request timeouts and slowlog, kill deadlines
+                heartbeat   once a second: pool sizes, listen queue figures, STATUS=
+                watchdog    WATCHDOG=1 every half WatchdogSec, if systemd asks
+        """
         # Set before any fork: workers start with it until they set their own,
         # so ``ps`` never shows a worker as a copy of the command line.
         source = self.config.source
@@ -237,7 +265,7 @@ class Master:
         return period
 
     def _anything_starting(self) -> bool:
-        return any(not c.ready for p in self.pools for c in p.children.values())
+        return any(c.life is Life.STARTING for p in self.pools for c in p.children.values())
 
     # == signals ====================================================================
 
@@ -255,7 +283,7 @@ class Master:
         while self.signals:
             sig = self.signals.popleft()
             name = signal.Signals(sig).name
-            if sig in (signal.SIGTERM, signal.SIGQUIT):
+            if sig in GRACEFUL_STOP_SIGNALS:
                 if self.state == State.RUNNING:
                     log.info("%s: graceful stop (finishing in-flight requests)", name)
                     self._stop(graceful=True)
@@ -266,13 +294,13 @@ class Master:
                 if self.state != State.TERMINATING:
                     log.info("SIGINT: fast stop")
                     self._stop(graceful=False)
-            elif sig in (signal.SIGHUP, signal.SIGUSR2):
+            elif sig in RELOAD_SIGNALS:
                 if self.state == State.RUNNING:
                     log.info("%s: graceful reload", name)
                     self._reload_all()
             elif sig == signal.SIGUSR1:
                 log.info("SIGUSR1: reopening log files")
-                self._reopen_logs()
+                reopen_log_files()
                 self._signal_all(signal.SIGUSR1)
             elif sig in (signal.SIGTTIN, signal.SIGTTOU):
                 self._resize(+1 if sig == signal.SIGTTIN else -1)
@@ -292,21 +320,14 @@ class Master:
         # connection can join the queue by path, so the queue runs dry and
         # nothing is left in it to be reset when the sockets close; and a new
         # master may bind the path at once. Sockets inherited from systemd
-        # are not ours: their queue waits for the next master. Forgotten
-        # once removed, so the exit cannot remove a successor's socket file.
-        for path in self.owned_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        self.owned_paths = []
+        # are not ours: their queue waits for the next master.
+        self.listeners.remove_files()
         if graceful:
             self.state = State.STOPPING
             grace = self.config.process_control_timeout
             self.stop_deadline = now + grace if grace > 0 else None
             for pool in self.pools:
-                for child in list(pool.children.values()):
-                    child.retiring = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child.pid, signal.SIGTERM)
+                pool.finish_all()
         else:
             self.state = State.TERMINATING
             self.stop_deadline = now + FAST_STOP_GRACE
@@ -411,16 +432,17 @@ class Master:
             pipe.close()
         slot = pool.account_exit(child)
         lived = now - child.spawned
+        killed = child.life is Life.KILLED
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             how = f"exited on signal {sig} ({signal.Signals(sig).name})"
-            crashed = not child.killed
+            crashed = not killed
         else:
             code = os.WEXITSTATUS(status)
             how = f"exited with code {code}"
             crashed = code != 0
         what = f"[pool {pool.name}] child {child.pid} {how} after {lived:.3f} s"
-        if child.killed or (child.retiring and not crashed):
+        if killed or (not child.live and not crashed):
             log.info("%s", what)
         elif slot.state == SlotState.BUSY:
             log.warning("%s, during %s %s", what, slot.method, slot.uri)
@@ -430,7 +452,10 @@ class Master:
             log.info("%s", what)
         if self.state != State.RUNNING:
             return
-        booted = child.ready or slot.state not in (SlotState.STARTING, SlotState.FREE)
+        booted = child.life is Life.SERVING or slot.state not in (
+            SlotState.STARTING,
+            SlotState.FREE,
+        )
         if booted and not slot.accepted and start_exit_code(status, None) is not None:
             # Said it could not start after it looked ready, before it took a
             # connection. The drivers say ready only after an ASGI app's
@@ -438,10 +463,10 @@ class Master:
             # with 3 or 4 itself): without it such a worker would be replaced
             # at once, again and again, instead of with the start backoff.
             booted = False
-        if booted and not child.ready:
+        if booted and child.life is Life.STARTING:
             # It got ready and exited between two looks: a start all the same.
             self._note_started(pool)
-        if not booted and not child.retiring:
+        if not booted and child.live:
             self._boot_failed(pool, child, status, how, now)
         elif booted and os.WIFSIGNALED(status) and os.WTERMSIG(status) in EMERGENCY_SIGNALS:
             self._count_crash(now)
@@ -458,11 +483,10 @@ class Master:
         while the master tries again, 1 s later, then 2, 4... up to 30 s, one
         worker at a time, until one starts.
         """
-        reload = pool.reload
-        if reload is not None and child.generation == reload.generation:
+        if pool.reload.active and child.generation == pool.reload.generation:
             pool.header.start_failures += 1
             pool.board.write_header(pool.header)
-            self._reload_failed(pool, now)
+            self._reload_step(pool, reload.StartFailed(), now)
             return
         if not self.announced_ready and not self.resumed:
             code = start_exit_code(status) or EXIT_WORKERS
@@ -506,26 +530,6 @@ class Master:
             systemd.notify("STATUS=" + self._status_line())
         return True
 
-    def _reload_failed(self, pool: RunningPool, now: float) -> None:
-        reload = pool.reload
-        assert reload is not None
-        log.error(
-            "[pool %s] reload failed: the new workers cannot start (see above); "
-            "the old workers keep serving",
-            pool.name,
-        )
-        for other in list(pool.children.values()):
-            if other.generation == reload.generation:
-                pool.retire(other, now, self.config.process_control_timeout)
-        pool.reload = None
-        self._report_reload_failure(
-            f"[pool {pool.name}] the new workers cannot start; the old workers keep serving"
-        )
-        if pool.reload_pending:
-            # Asked again while this one ran: perhaps with the code fixed.
-            pool.reload_pending = False
-            self._begin_reload(pool)
-
     def _report_reload_failure(self, reason: str) -> None:
         """Tell systemd the reload failed, then that the service is ready again (old code).
 
@@ -533,7 +537,7 @@ class Master:
         ``STATUS=`` line and cannot add an assignment of its own.
         """
         systemd.notify("STATUS=Reload failed: " + escape(reason))
-        if all(p.reload is None for p in self.pools):
+        if not self._reloading():
             systemd.notify("READY=1")
 
     def _count_crash(self, now: float) -> None:
@@ -571,20 +575,79 @@ class Master:
             self._begin_reload(pool)
 
     def _begin_reload(self, pool: RunningPool) -> None:
-        if pool.reload is not None:
-            pool.reload_pending = True
+        now = time.monotonic()
+        preloaded = pool.config.preload_app and pool.config.app_object is None
+        self._reload_step(pool, reload.Asked(now, pool.generation, preloaded), now)
+
+    def _advance_reload(self, pool: RunningPool, now: float) -> None:
+        """Every turn of a reload: how far its new generation has come."""
+        if not pool.reload.active:
             return
-        if pool.config.preload_app and pool.config.app_object is None:
-            self._reexec()
-            return
-        if pool.app is not None:
-            log.warning(
-                "[pool %s] the app object was handed over by fcgi.serve(): workers "
-                "restart with it; restart the program for new code",
-                pool.name,
-            )
-        pool.reload = Reload(generation=pool.generation + 1, started=time.monotonic())
-        self._spawn(pool, pool.reload.generation)
+        gen = pool.reload.generation
+        new = [c for c in pool.children.values() if c.generation == gen and c.live]
+        old = [c for c in pool.live_children() if c.generation != gen]
+        cfg = pool.config
+        wanted = reload.generation_size(
+            cfg.pm, pool.target, cfg.effective_start_servers, len(old), cfg.max_children
+        )
+        ready = sum(1 for c in new if c.life is Life.SERVING)
+        self._reload_step(pool, reload.Progress(now, len(new), ready, wanted), now)
+
+    def _reload_step(self, pool: RunningPool, event: reload.Event, now: float) -> None:
+        """Feed ``event`` to the pool's reload (:func:`fcgi.pool.reload.step`); do what it says."""
+        pool.reload, actions = reload.step(pool.reload, event)
+        for action in actions:
+            if isinstance(action, reload.ReExec):
+                self._reexec()
+            elif isinstance(action, reload.Spawn):
+                if action.probe and pool.app is not None:
+                    log.warning(
+                        "[pool %s] the app object was handed over by fcgi.serve(): workers "
+                        "restart with it; restart the program for new code",
+                        pool.name,
+                    )
+                for _ in range(action.count):
+                    self._spawn(pool, action.generation)
+            elif isinstance(action, reload.Switch):
+                self._switch_generation(pool, action, now)
+            elif isinstance(action, reload.Abandon):
+                self._abandon_reload(pool, action, now)
+            else:  # reload.Again: asked while this one ran
+                self._begin_reload(pool)
+
+    def _switch_generation(self, pool: RunningPool, switch: reload.Switch, now: float) -> None:
+        """Every new worker is ready: the old ones finish, the new generation serves."""
+        grace = self.config.process_control_timeout
+        old = [c for c in pool.live_children() if c.generation != switch.generation]
+        for child in old:
+            pool.retire(child, now, grace)
+        pool.generation = switch.generation
+        log.info(
+            "[pool %s] reload complete in %.3f s: generation %d serving, %d old workers finishing",
+            pool.name,
+            switch.took,
+            switch.generation,
+            len(old),
+        )
+        if not self._reloading():
+            systemd.notify("READY=1\nSTATUS=Reloaded")
+
+    def _abandon_reload(self, pool: RunningPool, abandon: reload.Abandon, now: float) -> None:
+        """A new worker could not start: the new ones stop, the old ones keep serving."""
+        log.error(
+            "[pool %s] reload failed: the new workers cannot start (see above); "
+            "the old workers keep serving",
+            pool.name,
+        )
+        for other in list(pool.children.values()):
+            if other.generation == abandon.generation:
+                pool.retire(other, now, self.config.process_control_timeout)
+        self._report_reload_failure(
+            f"[pool {pool.name}] the new workers cannot start; the old workers keep serving"
+        )
+
+    def _reloading(self) -> bool:
+        return any(pool.reload.active for pool in self.pools)
 
     def _reexec(self) -> None:
         """Reload a preloaded app: exec a new master, keeping sockets and workers."""
@@ -606,15 +669,14 @@ class Master:
         # From here signals stay pending, and pending signals survive the
         # exec: the new master handles them once its handlers are in place.
         reexec.block_signals()
-        stops = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT)
-        if any(sig in stops for sig in self.signals):
+        if any(sig in STOP_SIGNALS for sig in self.signals):
             # Asked to stop while the new code was checked: stop, don't exec.
             reexec.unblock_signals()
             log.info("reload cancelled: a stop was requested meanwhile")
             return
         # Queued here means not handled yet: hand them over as pending
         # signals. A reload queued is the exec itself.
-        for sig in set(self.signals) - {signal.SIGHUP, signal.SIGUSR2}:
+        for sig in set(self.signals) - set(RELOAD_SIGNALS):
             os.kill(os.getpid(), sig)
         self.signals.clear()
         if self.watchdog is not None:
@@ -627,7 +689,9 @@ class Master:
         )
         try:
             reexec.exec_master(
-                reexec.Handover(dict(self.sockets_by_spec), list(self.owned_paths), workers)
+                reexec.Handover(
+                    dict(self.listeners.by_spec), list(self.listeners.owned_paths), workers
+                )
             )
         except OSError as exc:
             reexec.unblock_signals()
@@ -643,52 +707,10 @@ class Master:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    def _advance_reload(self, pool: RunningPool, now: float) -> None:
-        reload = pool.reload
-        if reload is None:
-            return
-        gen = reload.generation
-        new = [c for c in pool.children.values() if c.generation == gen and not c.retiring]
-        if reload.phase == "probe":
-            if not any(c.ready for c in new):
-                return
-            reload.phase = "replace"
-            old_live = [c for c in pool.live_children() if c.generation != gen]
-            if pool.config.pm == "static":
-                want = pool.target
-            elif pool.config.pm == "dynamic":
-                want = max(pool.config.effective_start_servers, len(old_live))
-            else:
-                want = len(old_live)
-            want = min(max(want, 1), pool.config.max_children)
-            for _ in range(want - len(new)):
-                self._spawn(pool, gen)
-            return
-        if not all(c.ready for c in new):
-            return
-        grace = self.config.process_control_timeout
-        old = [c for c in pool.children.values() if c.generation != gen and not c.retiring]
-        for child in old:
-            pool.retire(child, now, grace)
-        pool.generation = gen
-        pool.reload = None
-        log.info(
-            "[pool %s] reload complete in %.3f s: generation %d serving, %d old workers finishing",
-            pool.name,
-            now - reload.started,
-            gen,
-            len(old),
-        )
-        if all(p.reload is None for p in self.pools):
-            systemd.notify("READY=1\nSTATUS=Reloaded")
-        if pool.reload_pending:
-            pool.reload_pending = False
-            self._begin_reload(pool)
-
     # == heartbeat ==================================================================
 
     def _fast_checks(self, now: float) -> None:
-        """Every loop turn: readiness, reload progress, request timeouts, kill deadlines."""
+        """Every loop turn: readiness, retries, reloads, request timeouts, kill deadlines."""
         for pool in self.pools:
             if pool.note_ready() and self._note_started(pool):
                 self._maintain(pool, now)
@@ -697,46 +719,55 @@ class Master:
                 self._maintain(pool, now)
             self._advance_reload(pool, now)
             self._check_requests(pool, now)
-            for child in list(pool.children.values()):
-                if child.kill_at is not None and now >= child.kill_at and not child.killed:
-                    log.warning(
-                        "[pool %s] child %d still running %.1f s after it was told to stop; "
-                        "killing it",
-                        pool.name,
-                        child.pid,
-                        self.config.process_control_timeout,
-                    )
-                    pool.kill(child)
+            self._kill_overdue(pool, now)
         for server in self.status_servers:
             server.expire(now)
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
-            for pool in self.pools:
-                for child in list(pool.children.values()):
-                    if not child.killed:
-                        log.warning(
-                            "[pool %s] child %d did not stop in time; killing it",
-                            pool.name,
-                            child.pid,
-                        )
-                        pool.kill(child)
-            for pid in self.predecessors:
-                log.warning("previous master's worker %d did not stop in time; killing it", pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_the_rest()
         if (
             not self.announced_ready
             and self.state == State.RUNNING
             and all(pool.ever_ready or pool.config.pm == "ondemand" for pool in self.pools)
         ):
-            self.announced_ready = True
-            log.info("master %d ready", os.getpid())
-            if self.predecessors:
-                log.info(
-                    "telling %d workers of the previous master to finish", len(self.predecessors)
+            self._announce_ready()
+
+    def _kill_overdue(self, pool: RunningPool, now: float) -> None:
+        """SIGKILL for each retiring child past its ``kill_at``."""
+        for child in list(pool.children.values()):
+            if child.life is Life.RETIRING and child.kill_at is not None and now >= child.kill_at:
+                log.warning(
+                    "[pool %s] child %d still running %.1f s after it was told to stop; killing it",
+                    pool.name,
+                    child.pid,
+                    self.config.process_control_timeout,
                 )
-                self._retire_predecessors()
-            systemd.notify(f"READY=1\nSTATUS=Ready to handle connections\nMAINPID={os.getpid()}")
+                pool.kill(child)
+
+    def _kill_the_rest(self) -> None:
+        """The stop's deadline passed: SIGKILL for every child still there."""
+        for pool in self.pools:
+            for child in list(pool.children.values()):
+                if child.life is not Life.KILLED:
+                    log.warning(
+                        "[pool %s] child %d did not stop in time; killing it",
+                        pool.name,
+                        child.pid,
+                    )
+                    pool.kill(child)
+        for pid in self.predecessors:
+            log.warning("previous master's worker %d did not stop in time; killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _announce_ready(self) -> None:
+        """Every pool has a worker ready (ondemand ones need none): tell systemd, once."""
+        self.announced_ready = True
+        log.info("master %d ready", os.getpid())
+        if self.predecessors:
+            log.info("telling %d workers of the previous master to finish", len(self.predecessors))
+            self._retire_predecessors()
+        systemd.notify(f"READY=1\nSTATUS=Ready to handle connections\nMAINPID={os.getpid()}")
 
     def _check_requests(self, pool: RunningPool, now: float) -> None:
         """Slowlog and request_terminate_timeout, from the scoreboard.
@@ -754,8 +785,6 @@ class Master:
         (phase, deadline)); a later pass, a fraction of the timeout later at
         most (_timeout_check_period), acts on them.
         """
-        from fcgi import stacks
-
         cfg = pool.config
         terminate = cfg.request_terminate_timeout
         slowlog = cfg.request_slowlog_timeout
@@ -765,7 +794,7 @@ class Master:
         for pid in [pid for pid in pending if pid not in pool.children]:
             del pending[pid]  # exited (and reaped) during its grace
         for child in list(pool.children.values()):
-            if child.killed:
+            if child.life is Life.KILLED:
                 pending.pop(child.pid, None)
                 continue
             job = pending.get(child.pid)
@@ -800,14 +829,12 @@ class Master:
                 # connection close, so the status page is where it shows.
                 pool.header.terminated_requests += 1
                 pool.board.write_header(pool.header)
-                log.warning(
-                    "[pool %s] child %d, method %s, uri %s: execution timed out "
-                    "(%.3f s > request_terminate_timeout %g s), terminating "
-                    "(its stack first)",
-                    pool.name,
-                    child.pid,
-                    slot.method,
-                    slot.uri,
+                _warn_request(
+                    pool,
+                    child,
+                    slot,
+                    "execution timed out (%.3f s > request_terminate_timeout %g s), "
+                    "terminating (its stack first)",
                     elapsed,
                     terminate,
                 )
@@ -818,14 +845,7 @@ class Master:
                 child.slowlogged_seq = seq
                 pool.header.slow_requests += 1
                 pool.board.write_header(pool.header)
-                log.warning(
-                    "[pool %s] child %d, method %s, uri %s: executing too slow (%.3f s), logging",
-                    pool.name,
-                    child.pid,
-                    slot.method,
-                    slot.uri,
-                    elapsed,
-                )
+                _warn_request(pool, child, slot, "executing too slow (%.3f s), logging", elapsed)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGUSR2)
 
@@ -867,7 +887,7 @@ class Master:
 
     def _maintain(self, pool: RunningPool, now: float, initial: bool = False) -> None:
         """Bring the pool to its size: replace the dead, add spares, retire the idle."""
-        if self.state != State.RUNNING or pool.reload is not None:
+        if self.state != State.RUNNING or pool.reload.active:
             return
         if now < pool.spawn_blocked_until:
             return
@@ -886,15 +906,7 @@ class Master:
             self._retire_idle_ondemand(pool, now, grace)
             return
         if decision.full:
-            if not pool.full_warned:
-                pool.full_warned = True
-                pool.header.max_children_reached += 1
-                pool.board.write_header(pool.header)
-                log.warning(
-                    "[pool %s] server reached max_children setting (%d), consider raising it",
-                    pool.name,
-                    cfg.max_children,
-                )
+            self._reached_max_children(pool)
         else:
             pool.full_warned = False
         if decision.busy_warning:
@@ -931,10 +943,23 @@ class Master:
                 log.debug("[pool %s] child %d idle for %g s: retiring", pool.name, child.pid, limit)
                 pool.retire(child, now, grace)
 
+    def _reached_max_children(self, pool: RunningPool) -> None:
+        """PHP-FPM's "max children reached": counted and logged once per episode."""
+        if pool.full_warned:
+            return
+        pool.full_warned = True
+        pool.header.max_children_reached += 1
+        pool.board.write_header(pool.header)
+        log.warning(
+            "[pool %s] server reached max_children setting (%d), consider raising it",
+            pool.name,
+            pool.config.max_children,
+        )
+
     # == ondemand ===================================================================
 
     def _wants_accept_watch(self, pool: RunningPool) -> bool:
-        if pool.config.pm != "ondemand" or pool.reload is not None:
+        if pool.config.pm != "ondemand" or pool.reload.active:
             return False
         if time.monotonic() < pool.spawn_blocked_until:
             return False
@@ -950,15 +975,7 @@ class Master:
         if census.idle or census.starting:
             return
         if census.total >= pool.config.max_children:
-            if not pool.full_warned:
-                pool.full_warned = True
-                pool.header.max_children_reached += 1
-                pool.board.write_header(pool.header)
-                log.warning(
-                    "[pool %s] server reached max_children setting (%d), consider raising it",
-                    pool.name,
-                    pool.config.max_children,
-                )
+            self._reached_max_children(pool)
             return
         pool.full_warned = False
         self._spawn(pool)
@@ -966,13 +983,8 @@ class Master:
     # == sockets, logs, files =======================================================
 
     def _open_sockets(self) -> None:
-        from fcgi.sockets import parse_bind
-
-        inherited = {systemd.socket_address(s): s for s in systemd.listen_fds()}
         handover = reexec.take_handover()
-        for spec, sock in handover.sockets.items():
-            inherited[str(parse_bind(spec))] = sock
-        self.owned_paths += handover.owned_paths
+        self.listeners = Listeners.inherit(handover.sockets, handover.owned_paths)
         self.predecessors = set(handover.workers)
         self.resumed = bool(handover.sockets or handover.workers)
         if handover.sockets:
@@ -984,61 +996,35 @@ class Master:
             )
         try:
             for cfg in self.config.pools:
-                listeners = [self._listener(cfg, spec, inherited) for spec in cfg.listen]
-                pool = RunningPool(cfg, listeners)
+                pool = RunningPool(cfg, [self._listener(cfg, spec) for spec in cfg.listen])
                 self.pools.append(pool)
                 if cfg.status_listen:
-                    sock = self._listener(cfg, cfg.status_listen, inherited)
-                    self.status_servers.append(StatusServer(sock, self._status_responder(pool)))
+                    sock = self._listener(cfg, cfg.status_listen)
+                    self.status_servers.append(StatusServer(sock, StatusResponder(pool)))
         except BaseException:
             self._close_sockets()
             raise
-        for key, sock in inherited.items():
-            log.warning("inherited socket %s matches no pool's listen; closing it", key)
-            sock.close()
+        for address in self.listeners.close_unclaimed():
+            log.warning("inherited socket %s matches no pool's listen; closing it", address)
 
-    def _listener(
-        self, cfg: PoolConfig, spec: str, inherited: dict[str, socket.socket]
-    ) -> socket.socket:
+    def _listener(self, cfg: PoolConfig, spec: str) -> socket.socket:
         """The socket for ``spec``: inherited (systemd, re-exec) or freshly bound."""
-        from fcgi.sockets import open_listener, parse_bind
-
-        sock = inherited.pop(str(parse_bind(spec)), None)
-        if sock is None:
-            sock = open_listener(
-                spec,
-                mode=cfg.listen_mode,
-                backlog=cfg.listen_backlog,
-                owner=cfg.listen_owner,
-                group=cfg.listen_group,
-            )
-            if parse_bind(spec).kind == "unix":
-                self._remember_path(sock)
-        else:
+        sock = self.listeners.claim(spec)
+        if sock is not None:
             log.info("[pool %s] using inherited socket %s", cfg.name, spec)
-        self.sockets_by_spec[spec] = sock
-        return sock
-
-    def _remember_path(self, sock: socket.socket) -> None:
-        from fcgi.sockets import socket_path
-
-        path = socket_path(sock)
-        if path:
-            self.owned_paths.append(path)
-
-    def _status_responder(self, pool: RunningPool) -> StatusResponder:
-        return StatusResponder(pool)
+            return sock
+        return self.listeners.bind(
+            spec,
+            mode=cfg.listen_mode,
+            backlog=cfg.listen_backlog,
+            owner=cfg.listen_owner,
+            group=cfg.listen_group,
+        )
 
     def _close_sockets(self) -> None:
         for server in self.status_servers:
             server.close()
-            server.listener.close()
-        for pool in self.pools:
-            for sock in pool.listeners:
-                sock.close()
-        for path in self.owned_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self.listeners.close()
 
     def _preload_apps(self) -> None:
         for pool in self.pools:
@@ -1052,11 +1038,6 @@ class Master:
                     # The exit table's 3, as when a worker cannot import it.
                     problem = preflight.Problem(f"[pool {pool.name}] {exc}", app=True)
                     raise preflight.StartupError([problem]) from None
-
-    def _reopen_logs(self) -> None:
-        from fcgi.pool.logs import reopen_log_files
-
-        reopen_log_files()
 
     def _write_pid_file(self) -> None:
         if self.config.pid_file:
@@ -1093,25 +1074,6 @@ class Master:
                 os.unlink(self.config.pid_file)
 
 
-class StatusResponder:
-    """The status_listen page of one pool, made by the master from the scoreboard."""
-
-    def __init__(self, pool: RunningPool) -> None:
-        self.pool = pool
-        #: status_listen admits the same TCP peers as the pool's own sockets.
-        self.allowed_clients: tuple[str, ...] = tuple(pool.config.listen_allowed_clients)
-
-    def __call__(self, params: dict[str, str]) -> PageAnswer:
-        cfg: PoolConfig = self.pool.config
-        path = (params.get("REQUEST_URI") or params.get("SCRIPT_NAME", "")).split("?", 1)[0]
-        if cfg.ping_path is not None and path == cfg.ping_path:
-            return ping_answer(cfg.ping_response)
-        queue = total_listen_queue(self.pool.listeners)
-        return render(
-            collect_from_board(cfg, self.pool.board, queue), params.get("QUERY_STRING", "")
-        )
-
-
 def start_exit_code(status: int, other: int | None = EXIT_WORKERS) -> int | None:
     """The master's exit status when its workers never started (``status`` from waitpid).
 
@@ -1134,8 +1096,6 @@ def run_master(config: MasterConfig) -> int:
     Raises :class:`~fcgi.errors.ConfigError` (nothing forked yet) for a socket
     that cannot be bound or an app that cannot be preloaded.
     """
-    from fcgi.pool.logs import setup_logging
-
     # Until Master.run has its handlers, a signal waits instead of killing a
     # master that is still starting (it may already hold sockets).
     reexec.block_signals()
@@ -1149,3 +1109,15 @@ def run_master(config: MasterConfig) -> int:
         raise
     setup_logging(config)
     return Master(config).run()
+
+
+def _warn_request(pool: RunningPool, child: Child, slot: Slot, what: str, *args: object) -> None:
+    """A warning about the request a child runs: pool, pid, method and URI, then ``what``."""
+    log.warning(
+        "[pool %s] child %d, method %s, uri %s: " + what,
+        pool.name,
+        child.pid,
+        slot.method,
+        slot.uri,
+        *args,
+    )

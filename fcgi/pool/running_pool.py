@@ -13,10 +13,12 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.listen_queue import total_listen_queue
+from fcgi.pool.reload import Reload
 from fcgi.pool.scaling import Census
 from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
 from fcgi.pool.worker_output import OutputPipe
@@ -30,31 +32,45 @@ START_BACKOFF_FIRST = 1.0
 START_BACKOFF_MAX = 30.0
 
 
+class Life(Enum):
+    """Where a child is in its life, as the master sees it; it only moves forward.
+
+    ``STARTING -> SERVING -> RETIRING -> KILLED``; a child told to stop while
+    STARTING goes straight to RETIRING (or KILLED). Readiness is watched only
+    while STARTING: one told to stop first is not capacity and never will
+    be, so its start is neither a failure nor a recovery.
+    """
+
+    #: Forked; the scoreboard has not shown it past STARTING yet.
+    STARTING = "starting"
+    #: Seen ready (app imported, driver built): counts as capacity.
+    SERVING = "serving"
+    #: Told to finish and exit (SIGTERM, graceful): not capacity any more.
+    RETIRING = "retiring"
+    #: Sent SIGKILL.
+    KILLED = "killed"
+
+
 @dataclass(slots=True)
 class Child:
     pid: int
     index: int
     generation: int
     spawned: float
-    #: Told to finish and exit (graceful); not counted as capacity any more.
-    retiring: bool = False
-    #: When a retiring child gets SIGKILL (None: wait for it as long as it takes).
+    life: Life = Life.STARTING
+    #: When a RETIRING child gets SIGKILL (None: wait for it as long as it
+    #: takes). A value the loop reads for its next wake-up, not a stage of
+    #: life: whether a retiring child has a deadline depends on who retired
+    #: it (a graceful stop has one deadline for all, the master's).
     kill_at: float | None = None
-    killed: bool = False
-    #: It passed the STARTING state at least once (app imported, driver built).
-    ready: bool = False
     slowlogged_seq: int = 0
     terminated_seq: int = 0
     outputs: list[OutputPipe] = field(default_factory=list)
 
-
-@dataclass(slots=True)
-class Reload:
-    generation: int
-    started: float
-    #: "probe": one new worker must come up before anything else happens;
-    #: "replace": the rest of the new generation is starting.
-    phase: str = "probe"
+    @property
+    def live(self) -> bool:
+        """Not told to stop: STARTING or SERVING."""
+        return self.life is Life.STARTING or self.life is Life.SERVING
 
 
 class RunningPool:
@@ -85,8 +101,7 @@ class RunningPool:
         #: belongs to an attempt already judged, so its failure does not
         #: double the wait again.
         self.start_backoff_decided = 0.0
-        self.reload: Reload | None = None
-        self.reload_pending = False
+        self.reload = Reload()
         self.full_warned = False
         self.app: Any = None
 
@@ -100,13 +115,11 @@ class RunningPool:
         return self.board.read_slot(child.index)
 
     def live_children(self) -> list[Child]:
-        return [c for c in self.children.values() if not c.retiring]
+        return [c for c in self.children.values() if c.live]
 
-    def census(self, generation: int | None = None) -> Census:
+    def census(self) -> Census:
         census = Census()
         for child in self.live_children():
-            if generation is not None and child.generation != generation:
-                continue
             slot = self.slot_of(child)
             state = slot.state
             if state == SlotState.IDLE:
@@ -119,17 +132,16 @@ class RunningPool:
                 census.starting += 1
         return census
 
-    def note_ready(self) -> list[Child]:
-        """Mark children that got past STARTING; return the ones new since last time."""
-        fresh = []
+    def note_ready(self) -> bool:
+        """Move the STARTING children the scoreboard shows ready to SERVING; True if any."""
+        fresh = False
         for child in self.children.values():
-            if not child.ready and self.slot_of(child).state not in (
+            if child.life is Life.STARTING and self.slot_of(child).state not in (
                 SlotState.STARTING,
                 SlotState.FREE,
             ):
-                child.ready = True
-                self.ever_ready = True
-                fresh.append(child)
+                child.life = Life.SERVING
+                self.ever_ready = fresh = True
         return fresh
 
     # -- workers that cannot start -------------------------------------------------
@@ -213,15 +225,21 @@ class RunningPool:
 
     def retire(self, child: Child, now: float, grace: float) -> None:
         """Ask a child to finish its request and exit (SIGTERM is graceful for workers)."""
-        if child.retiring:
+        if not child.live:
             return
-        child.retiring = True
+        child.life = Life.RETIRING
         child.kill_at = now + grace if grace > 0 else None
         _signal(child.pid, signal.SIGTERM)
 
+    def finish_all(self) -> None:
+        """A graceful stop: every child is told to finish (the master keeps the deadline)."""
+        for child in list(self.children.values()):
+            if child.life is not Life.KILLED:
+                child.life = Life.RETIRING
+            _signal(child.pid, signal.SIGTERM)
+
     def kill(self, child: Child) -> None:
-        child.retiring = True
-        child.killed = True
+        child.life = Life.KILLED
         _signal(child.pid, signal.SIGKILL)
 
     def close(self) -> None:

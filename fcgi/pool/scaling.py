@@ -34,6 +34,8 @@ class Census:
 
 @dataclass(slots=True)
 class Decision:
+    """What the master does to one pool at this heartbeat."""
+
     spawn: int = 0
     retire_idle: int = 0
     #: The pool wanted more workers and is at max_children.
@@ -45,6 +47,7 @@ class Decision:
 
 
 def static_decision(census: Census, target: int) -> Decision:
+    """Fork or retire (idle ones) until the pool has ``target`` workers."""
     if census.total < target:
         return Decision(spawn=target - census.total)
     if census.total > target:
@@ -53,6 +56,7 @@ def static_decision(census: Census, target: int) -> Decision:
 
 
 def dynamic_decision(census: Census, config: PoolConfig, rate: int) -> Decision:
+    """PHP-FPM's dynamic rule (see the module docstring); ``rate`` is this heartbeat's."""
     if census.idle > config.max_spare_servers:
         return Decision(retire_idle=1, next_rate=1)
     available = census.idle + census.starting + census.partly_busy

@@ -90,6 +90,10 @@ _SLOT = struct.Struct(f"<IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
 assert _SLOT.size == _START_AT + _START.size
 _SEQ = struct.Struct("<I")
 SLOT_SIZE = (_SLOT.size + 63) // 64 * 64
+#: Reads of a header or slot that may meet a write in progress before the
+#: last one is taken as it is: a write holds the counter odd for well under a
+#: microsecond, and a torn read only misleads one status page or heartbeat.
+_READ_ATTEMPTS = 1000
 
 
 @dataclass(slots=True)
@@ -160,7 +164,7 @@ class Scoreboard:
         struct.pack_into("<I", self._map, 8, seq + 2)
 
     def read_header(self) -> Header:
-        for _ in range(1000):
+        for _ in range(_READ_ATTEMPTS):
             values = _HEADER.unpack_from(self._map, 0)
             seq = values[2]
             if seq & 1 == 0 and struct.unpack_from("<I", self._map, 8)[0] == seq:
@@ -206,7 +210,7 @@ class Scoreboard:
     def read_slot(self, index: int) -> Slot:
         off = self._offset(index)
         m = self._map
-        for _ in range(1000):
+        for _ in range(_READ_ATTEMPTS):
             values = _SLOT.unpack_from(m, off)
             seq = values[0]
             if seq & 1 == 0 and _SEQ.unpack_from(m, off)[0] == seq:
@@ -297,11 +301,9 @@ class SlotWriter:
         method: bytes,
         uri: bytes,
     ) -> None:
-        m, off, seq = self._map, self._off, self._seq
-        _SEQ.pack_into(m, off, seq + 1)
-        _START.pack_into(
-            m,
-            off + _START_AT,
+        self._write(
+            _START,
+            _START_AT,
             accepted,
             state,
             active,
@@ -312,8 +314,6 @@ class SlotWriter:
             method,
             uri,
         )
-        self._seq = seq = seq + 2
-        _SEQ.pack_into(m, off, seq)
 
     def request_finished(
         self,
@@ -326,11 +326,13 @@ class SlotWriter:
         state: int,
         active: int,
     ) -> None:
+        self._write(_END, _END_AT, requests, duration, cpu, memory, status, accepted, state, active)
+
+    def _write(self, layout: struct.Struct, at: int, *values: object) -> None:
+        """Pack ``values`` at ``at`` in the slot, the counter odd meanwhile (the seqlock)."""
         m, off, seq = self._map, self._off, self._seq
         _SEQ.pack_into(m, off, seq + 1)
-        _END.pack_into(
-            m, off + _END_AT, requests, duration, cpu, memory, status, accepted, state, active
-        )
+        layout.pack_into(m, off + at, *values)
         self._seq = seq = seq + 2
         _SEQ.pack_into(m, off, seq)
 

@@ -30,7 +30,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape as xml_escape
 
 from fcgi.escape import escape
 from fcgi.pool.config import PoolConfig
@@ -339,7 +338,9 @@ def render_xml(st: PoolStatus, full: bool) -> str:
         elif isinstance(value, list):
             inner = "".join(element("process", item) for item in value)
         else:
-            inner = xml_escape(str(value))
+            # &, < and > as XML text wants them (xml.sax.saxutils.escape does
+            # the same, but importing it loads urllib.request into every worker).
+            inner = html.escape(str(value), quote=False)
         return f"<{tag}>{inner}</{tag}>"
 
     body = "".join(element(name, value) for name, value in _document(st, full).items())

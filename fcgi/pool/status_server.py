@@ -9,6 +9,9 @@ A TCP ``status_listen`` takes connections only from the pool's
 ``listen_allowed_clients``, as the workers do on the pool's own sockets: the
 page shows what every worker is doing, and an address that may not send
 requests has no business reading it.
+
+:class:`StatusServer` serves any :class:`Responder`; :class:`StatusResponder`
+is the one the master gives it, making a pool's page from the scoreboard.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from fcgi import events as ev
 from fcgi.connection import ServerConnection
 from fcgi.errors import FastCGIError
 from fcgi.hooks import render_answer
-from fcgi.pool.status import PageAnswer
+from fcgi.pool.listen_queue import total_listen_queue
+from fcgi.pool.running_pool import RunningPool
+from fcgi.pool.status import PageAnswer, collect_from_board, ping_answer, render
 from fcgi.sockets import peer_allowed
 
 log = logging.getLogger("fcgi.pool")
@@ -40,6 +45,25 @@ class Responder(Protocol):
     allowed_clients: tuple[str, ...]
 
     def __call__(self, params: dict[str, str], /) -> PageAnswer: ...
+
+
+class StatusResponder:
+    """The status_listen page of one pool, made by the master from the scoreboard."""
+
+    def __init__(self, pool: RunningPool) -> None:
+        self.pool = pool
+        #: status_listen admits the same TCP peers as the pool's own sockets.
+        self.allowed_clients: tuple[str, ...] = tuple(pool.config.listen_allowed_clients)
+
+    def __call__(self, params: dict[str, str]) -> PageAnswer:
+        cfg = self.pool.config
+        path = (params.get("REQUEST_URI") or params.get("SCRIPT_NAME", "")).split("?", 1)[0]
+        if cfg.ping_path is not None and path == cfg.ping_path:
+            return ping_answer(cfg.ping_response)
+        queue = total_listen_queue(self.pool.listeners)
+        return render(
+            collect_from_board(cfg, self.pool.board, queue), params.get("QUERY_STRING", "")
+        )
 
 
 class _StatusConnection:
