@@ -1,8 +1,12 @@
 """ASGI 3 on FastCGI: the HTTP scope from PARAMS, one request cycle, and lifespan.
 
-Nothing here touches a socket: the trio worker hands :class:`ASGIResponder` a
-:class:`fcgi.spool.SpooledBody` with the request body and an async ``write``
-for STDOUT, and runs :class:`Lifespan` once per worker process.
+Nothing here touches a socket or picks an event loop: a driver (the trio or
+the asyncio worker) hands :class:`ASGIResponder` a
+:class:`fcgi.spool.SpooledBody` with the request body, an async ``write`` for
+STDOUT and its :class:`Waits` (how to wait on its loop), and runs a
+:class:`Lifespan` subclass once per worker process. The rules (which message
+comes when, what is an error, what the web server sees) are here once, for
+both.
 
 The response goes out CGI-style, like the WSGI one: ``Status: 200 OK`` and the
 headers, sent with the first piece of body so a short response is one record.
@@ -16,10 +20,8 @@ import logging
 import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
-
-import trio
 
 from fcgi.errors import FastCGIError, RequestBodyTooLarge
 from fcgi.escape import Lines
@@ -35,6 +37,48 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: ``write(data)``: queue STDOUT for this request; raises ClientGone.
 Write = Callable[[bytes], Awaitable[None]]
+
+
+class Event(Protocol):
+    """A one-shot flag tasks can wait for: ``trio.Event`` and ``asyncio.Event`` both are."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
+
+
+class Queue(Protocol):
+    """Messages between the worker and the app's lifespan call (``asyncio.Queue`` is one)."""
+
+    async def put(self, item: Message) -> None: ...
+
+    async def get(self) -> Message: ...
+
+
+class Waits(Protocol):
+    """How :class:`ASGIResponder` waits: the one thing that differs between event loops.
+
+    Each driver supplies one (``fcgi.trio_worker``'s, ``fcgi.asyncio_worker``'s),
+    so the request cycle's rules are written once and neither loop is imported
+    here.
+    """
+
+    async def checkpoint(self) -> None:
+        """A point where the loop's own rules want one: under trio every async
+        call is a checkpoint; asyncio needs none, and a no-op costs it nothing."""
+
+    async def pause(self) -> None:
+        """Let every other task run before going on (an app that loops on
+        ``receive()`` after the end must not keep the loop from them)."""
+
+    async def next_piece(self, body: SpooledBody, timeout: float) -> bytes | None:
+        """The next piece of ``body`` (b"" at its end); None if nothing came within ``timeout``."""
+
+    def event(self) -> Event:
+        """A new :class:`Event` of this loop."""
+
 
 ASGI_VERSION = "3.0"
 HTTP_SPEC_VERSION = "2.4"
@@ -186,7 +230,12 @@ def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
 
 
 class ASGIResponder:
-    """Runs one ASGI HTTP request cycle; :meth:`disconnect` is the abort path."""
+    """Runs one ASGI HTTP request cycle; :meth:`disconnect` is the abort path.
+
+    ``waits`` is the driver's (see :class:`Waits`). ``write_last``, if given,
+    takes the response's last piece instead of ``write``: the asyncio worker
+    sends it with END_REQUEST, in one write, when the app returns at once.
+    """
 
     def __init__(
         self,
@@ -195,6 +244,8 @@ class ASGIResponder:
         body: SpooledBody,
         write: Write,
         *,
+        waits: Waits,
+        write_last: Write | None = None,
         stderr: Write | None = None,
         body_timeout: float = 30.0,
         where: str = "",
@@ -203,6 +254,8 @@ class ASGIResponder:
         self.scope = scope
         self.body = body
         self.write = write
+        self.write_last = write_last or write
+        self.waits = waits
         self.stderr = stderr
         self.body_timeout = body_timeout
         self.where = where or f"{scope.get('method')} {scope.get('path')}"
@@ -217,49 +270,59 @@ class ASGIResponder:
         self._head_has_length = False
         self._head_sent = False
         self._complete = False
-        self._finished = trio.Event()
+        #: Set once the response is complete or the web server went away; made
+        #: only when an app waits for that (most never do).
+        self._finished: Event | None = None
 
     def disconnect(self, reason: str) -> None:
         """The web server went away: receive() says http.disconnect, send() raises."""
         if self.gone is None:
             self.gone = reason
-        self._finished.set()
+        self._finish()
         self.body.end()
+
+    def _finish(self) -> None:
+        if self._finished is not None:
+            self._finished.set()
 
     # -- the callables the app gets -------------------------------------------------
 
     async def receive(self) -> Message:
         if self.gone is not None or self._complete:
-            await trio.lowlevel.checkpoint()
+            await self.waits.pause()
             return dict(_DISCONNECT)
         if not self._body_done:
-            with trio.move_on_after(self.body_timeout) as waited:
-                chunk = await self.body.receive()
+            body = self.body
+            chunk = await self.waits.next_piece(body, self.body_timeout)
             if self.gone is not None:
                 return dict(_DISCONNECT)
-            if waited.cancelled_caught:
+            if chunk is None:
                 log.warning(
                     "%s: request body stalled for %gs; treating it as ended",
                     self.where,
                     self.body_timeout,
                 )
-                self.body.end()
+                body.end()
                 chunk = b""
             if self._remaining is not None:
                 if len(chunk) >= self._remaining:
                     chunk = chunk[: self._remaining]
-                    self.body.end()
+                    body.end()
                     self._body_done = True
                 self._remaining -= len(chunk)
-            if not chunk or self.body.exhausted:
+            if not chunk or body.exhausted:
                 self._body_done = True
             return {"type": "http.request", "body": chunk, "more_body": not self._body_done}
+        # Nothing left to receive until the response is complete or the web
+        # server goes away (neither has happened: see the first test).
+        if self._finished is None:
+            self._finished = self.waits.event()
         await self._finished.wait()
         return dict(_DISCONNECT)
 
     async def send(self, message: Message) -> None:
         if self.gone is not None:
-            await trio.lowlevel.checkpoint()
+            await self.waits.checkpoint()
             raise ClientDisconnected(self.gone)
         kind = message.get("type")
         if kind == "http.response.start":
@@ -269,7 +332,7 @@ class ASGIResponder:
                 message.get("status"), message.get("headers", ())
             )
             self.status = message["status"]
-            await trio.lowlevel.checkpoint()
+            await self.waits.checkpoint()
         elif kind == "http.response.body":
             if self._head is None:
                 raise RuntimeError("http.response.body sent before http.response.start")
@@ -287,17 +350,19 @@ class ASGIResponder:
                     self._head = head
                 data = head + data
                 self._head_sent = True
+            write = self.write
             if not more:
                 self._complete = True
-                self._finished.set()
+                self._finish()
+                write = self.write_last
             if data:
                 try:
-                    await self.write(data)
+                    await write(data)
                 except ClientGone as exc:
                     self.disconnect(str(exc) or "the web server went away")
                     raise ClientDisconnected(self.gone) from None
             else:
-                await trio.lowlevel.checkpoint()
+                await self.waits.checkpoint()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an http scope")
 
@@ -379,64 +444,85 @@ class ASGIResponder:
 
 
 class Lifespan:
-    """The ASGI lifespan protocol, run once per worker process.
+    """The ASGI lifespan protocol, run once per worker process, on any event loop.
 
-    :meth:`startup` starts the app's lifespan task in ``nursery`` and waits for
-    its answer; :meth:`shutdown` asks it to stop and waits again. An app that
-    does not speak lifespan (it raises or returns before reading the startup
-    message) is served without it, as the spec says.
+    :meth:`startup` starts the app's lifespan call in the background and waits
+    for its answer; :meth:`shutdown` asks it to stop and waits again. An app
+    that does not speak lifespan (it raises or returns before reading the
+    startup message) is served without it, as the spec says.
+
+    The rules are here; a driver's subclass says how the call runs in the
+    background on its loop (:meth:`_start`, :meth:`_cancel`,
+    :meth:`_wait_exited`) and gives the two queues and the event.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, to_app: Queue, from_app: Queue, exited: Event) -> None:
         self.app = app
         #: Shared with every request scope (shallow copies), per the lifespan spec.
         self.state: dict[str, Any] = {}
         self.supported = False
-        self._to_app_send, self._to_app_recv = trio.open_memory_channel[Message](1)
-        self._from_app_send, self._from_app_recv = trio.open_memory_channel[Message](10)
+        self._to_app = to_app
+        self._from_app = from_app
+        #: Set once the app's lifespan call has returned (or raised).
+        self._exited = exited
         self._receive_called = False
-        self._scope = trio.CancelScope()
-        self._exited = trio.Event()
+
+    # -- what the driver supplies ---------------------------------------------------
+
+    def _start(self) -> None:
+        """Run :meth:`_run_app` in the background."""
+        raise NotImplementedError
+
+    async def _cancel(self) -> None:
+        """Stop the app's lifespan call if it still runs."""
+        raise NotImplementedError
+
+    async def _wait_exited(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the app's call to return."""
+        raise NotImplementedError
+
+    # -- the protocol ----------------------------------------------------------------
 
     async def _receive(self) -> Message:
         self._receive_called = True
-        return await self._to_app_recv.receive()
+        return await self._to_app.get()
 
     async def _send(self, message: Message) -> None:
-        await self._from_app_send.send(message)
+        await self._from_app.put(message)
 
     async def _run_app(self) -> None:
+        """The app's lifespan call; how it ended is the last message it sends us.
+
+        Cancelled, it sends nothing: the worker cancels it only once it waits
+        for no more messages.
+        """
         scope: Scope = {
             "type": "lifespan",
             "asgi": {"version": ASGI_VERSION, "spec_version": LIFESPAN_SPEC_VERSION},
             "state": self.state,
         }
         outcome: Message = {"type": "fcgi.app_exited", "error": None}
-        with self._scope:
-            try:
-                await self.app(scope, self._receive, self._send)
-            except Exception as exc:
-                outcome["error"] = exc
-                outcome["trace"] = traceback.format_exc()
-            finally:
-                self._exited.set()
-        with trio.CancelScope(shield=True):
-            # Capacity 10 and at most 3 messages matter: this never blocks for long.
-            with trio.move_on_after(1):
-                await self._from_app_send.send(outcome)
+        try:
+            await self.app(scope, self._receive, self._send)
+        except Exception as exc:
+            outcome["error"] = exc
+            outcome["trace"] = traceback.format_exc()
+        finally:
+            self._exited.set()
+        await self._from_app.put(outcome)
 
-    async def startup(self, nursery: trio.Nursery) -> None:
+    async def startup(self) -> None:
         """Raise :class:`LifespanFailure` if the app says startup failed."""
-        nursery.start_soon(self._run_app)
-        await self._to_app_send.send({"type": "lifespan.startup"})
-        reply = await self._from_app_recv.receive()
+        self._start()
+        await self._to_app.put({"type": "lifespan.startup"})
+        reply = await self._from_app.get()
         kind = reply.get("type")
         if kind == "lifespan.startup.complete":
             self.supported = True
             log.debug("lifespan startup complete")
             return
         if kind == "lifespan.startup.failed":
-            self._scope.cancel()
+            await self._cancel()
             message = reply.get("message") or "(no message)"
             raise LifespanFailure(f"the app's lifespan startup failed: {message}")
         if kind == "fcgi.app_exited":
@@ -450,16 +536,16 @@ class Lifespan:
             raise LifespanFailure(
                 f"the app raised during lifespan startup:\n{reply.get('trace', error)}".rstrip()
             )
-        self._scope.cancel()
+        await self._cancel()
         raise LifespanFailure(f"unexpected ASGI message {kind!r} during lifespan startup")
 
     async def shutdown(self) -> None:
         """Ask the app to shut down and wait for it; failures are logged, not raised."""
         if not self.supported or self._exited.is_set():
-            self._scope.cancel()
+            await self._cancel()
             return
-        await self._to_app_send.send({"type": "lifespan.shutdown"})
-        reply = await self._from_app_recv.receive()
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        reply = await self._from_app.get()
         kind = reply.get("type")
         if kind == "lifespan.shutdown.complete":
             log.debug("lifespan shutdown complete")
@@ -469,6 +555,5 @@ class Lifespan:
             log.error("the app raised during lifespan shutdown:\n%s", Lines(reply.get("trace", "")))
         else:
             log.warning("unexpected ASGI message %r during lifespan shutdown", kind)
-        with trio.move_on_after(LIFESPAN_EXIT_GRACE):
-            await self._exited.wait()
-        self._scope.cancel()
+        await self._wait_exited(LIFESPAN_EXIT_GRACE)
+        await self._cancel()

@@ -13,6 +13,36 @@ Rules taken from the FastCGI 1.0 specification:
   management types get UNKNOWN_TYPE (section 4.2);
 * without FCGI_KEEP_CONN the application closes the connection once the request
   is answered (section 3.5), reported here as :attr:`ServerConnection.should_close`.
+
+What each record does to an active request, by the stage the request is in
+(``_record`` is this table; BEGIN_REQUEST makes an id active, in
+READING_PARAMS, unless it is refused; ABORT_REQUEST gives an
+:class:`~fcgi.events.AbortRequest` in every stage)::
+
+    stage            PARAMS              STDIN                 DATA
+    ---------------  ------------------  --------------------  ---------------------
+    READING_PARAMS   content: kept       reject 400            reject 400 if content
+                     empty: Params ->
+                     READING_STDIN
+                     (AUTHORIZER:
+                     INPUT_DONE)
+    READING_STDIN    reject 400          content: StdinData    reject 400 if content
+                                         empty: StdinEnd ->
+                                         INPUT_DONE (FILTER:
+                                         READING_DATA)
+    READING_DATA     reject 400          reject 400 if content content: DataChunk
+                                                               empty: DataEnd ->
+                                                               INPUT_DONE
+    INPUT_DONE       reject 400          reject 400 if content reject 400 if content
+                                         (AUTHORIZER: ignored)
+    REJECTED         ignored             ignored               ignored
+
+A reject is one :class:`~fcgi.events.RequestRejected` for the request (the
+driver answers it), never a closed connection; the limits (max_params,
+max_params_bytes, max_body_size) reject with 431 or 413 in the same way. What
+breaks the framing itself (a bad version, BEGIN_REQUEST for an active id,
+records only a web server receives) is a :class:`ProtocolError`: the stream
+cannot be trusted any further.
 """
 
 from __future__ import annotations
@@ -57,10 +87,11 @@ _unpack_header = HEADER.unpack_from
 _scan_head = scan_head
 _pack_header = HEADER.pack
 
-# Request stages.
-_PARAMS = 0
-_STDIN = 1
-_DATA = 2
+# A request's stages: what it waits for. Named after what they wait for, not
+# after the record types (PARAMS, STDIN, DATA), which are plain ints too.
+_READING_PARAMS = 0
+_READING_STDIN = 1
+_READING_DATA = 2
 _INPUT_DONE = 3
 _REJECTED = 4
 
@@ -106,13 +137,13 @@ _OUTGOING_TYPES = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNK
 class Limits:
     """What one connection accepts; every default is safe to face the internet with.
 
-    ``max_requests`` is how many ids may be active at once on this connection:
+    ``max_active_ids`` is how many ids may be active at once on this connection:
     1 means no multiplexing (extra ids get CANT_MPX_CONN). ``max_conns`` and
     ``max_reqs`` are only reported through GET_VALUES and should describe the
     whole process.
     """
 
-    max_requests: int = 1
+    max_active_ids: int = 1
     max_params: int = 1000
     max_params_bytes: int = 256 * 1024
     max_conns: int = 1
@@ -143,7 +174,7 @@ class _Request:
     def __init__(self, role: int, keep_conn: bool) -> None:
         self.role = role
         self.keep_conn = keep_conn
-        self.stage = _PARAMS
+        self.stage = _READING_PARAMS
         self.params: list[bytes] = []
         self.params_size = 0
         self.stderr_used = False
@@ -355,7 +386,7 @@ class ServerConnection:
         if req is not None:
             stage = req.stage
             if rtype == STDIN:
-                if stage == _STDIN:
+                if stage == _READING_STDIN:
                     if content:
                         size = req.body_size + len(content)
                         if 0 <= req.body_limit < size:
@@ -364,9 +395,9 @@ class ServerConnection:
                         req.body_size = size
                         out.append(ev.StdinData(rid, bytes(content)))
                     else:
-                        req.stage = _DATA if req.role == Role.FILTER else _INPUT_DONE
+                        req.stage = _READING_DATA if req.role == Role.FILTER else _INPUT_DONE
                         out.append(ev.StdinEnd(rid))
-                elif stage == _PARAMS:
+                elif stage == _READING_PARAMS:
                     self._reject(req, rid, "STDIN arrived before the PARAMS stream ended", 400, out)
                 elif stage != _REJECTED and content and req.role != Role.AUTHORIZER:
                     self._reject(
@@ -374,7 +405,7 @@ class ServerConnection:
                     )
                 return
             if rtype == PARAMS:
-                if stage == _PARAMS:
+                if stage == _READING_PARAMS:
                     if content:
                         req.params_size += len(content)
                         if req.params_size > self.limits.max_params_bytes:
@@ -395,7 +426,7 @@ class ServerConnection:
                     )
                 return
             if rtype == DATA:
-                if stage == _DATA:
+                if stage == _READING_DATA:
                     if content:
                         req.data_size += len(content)
                         limit = self.limits.max_body_size
@@ -451,10 +482,10 @@ class ServerConnection:
         status = -1
         if role not in self.limits.roles:
             status = ProtocolStatus.UNKNOWN_ROLE
-        elif len(self._requests) >= self.limits.max_requests:
+        elif len(self._requests) >= self.limits.max_active_ids:
             status = (
                 ProtocolStatus.CANT_MPX_CONN
-                if self.limits.max_requests == 1
+                if self.limits.max_active_ids == 1
                 else ProtocolStatus.OVERLOADED
             )
         if status >= 0:
@@ -501,7 +532,7 @@ class ServerConnection:
                 req.declared = True
             elif limit:
                 req.body_limit = limit
-        req.stage = _STDIN if req.role != Role.AUTHORIZER else _INPUT_DONE
+        req.stage = _READING_STDIN if req.role != Role.AUTHORIZER else _INPUT_DONE
         out.append(ev.Params(rid, params))
 
     def _body_over_limit(
@@ -546,7 +577,7 @@ class ServerConnection:
         known = {
             b"FCGI_MAX_CONNS": str(limits.max_conns).encode(),
             b"FCGI_MAX_REQS": str(limits.max_reqs).encode(),
-            b"FCGI_MPXS_CONNS": b"1" if limits.max_requests > 1 else b"0",
+            b"FCGI_MPXS_CONNS": b"1" if limits.max_active_ids > 1 else b"0",
         }
         answer = [(name, known[name]) for name, _ in names if name in known]
         self._out.append(encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer)))

@@ -3,16 +3,27 @@
 A driver turns sockets into calls of the sans-IO core and of the app. The
 three differ in how they wait (epoll, trio, asyncio) but must agree on the
 rest: which accept() errors are the connection's and which the process's,
-how a param is read as a number, and what the process that runs them (the
-single-process server, a pool worker) may ask of them.
+how a param is read as a number, what the process that runs them (the
+single-process server, a pool worker) may ask of them and how it stops them
+(:class:`WorkerBase`), how refusals are logged, and the WSGI environ of a
+request (:func:`wsgi_environ`). What only the two that serve many requests
+at once (trio, asyncio) share is in :mod:`fcgi.multiplex`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
-from collections.abc import Callable, Mapping
-from typing import Protocol
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fcgi.hooks import NoHooks, WorkerHooks
+from fcgi.options import ServerOptions
+from fcgi.records import Role
+from fcgi.wsgi import ErrorStream, InputStream, build_environ, content_length
 
 #: accept() errors that concern only the connection being taken (it was reset
 #: while queued, the network under it failed, a firewall rule refused it:
@@ -82,3 +93,76 @@ def log_refusal(log: logging.Logger, count: int, message: str, *args: object) ->
         log.warning(message + "; further refusals on this connection are logged as debug", *args)
     else:
         log.debug(message, *args)
+
+
+class WorkerBase:
+    """What every driver's worker holds, and how the process running it stops it.
+
+    ``stop()`` may come from a signal handler or another thread, where no
+    event loop may be touched: it sets a flag and writes a byte to a pipe
+    whose other end the driver's loop watches (epoll, trio, asyncio alike).
+    """
+
+    def __init__(
+        self,
+        listeners: Sequence[socket.socket],
+        app: Any,
+        options: ServerOptions | None = None,
+        hooks: WorkerHooks | None = None,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.app = app
+        self.options = options or ServerOptions()
+        self.hooks: WorkerHooks = hooks or NoHooks()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def stop(self) -> None:
+        """Stop accepting, finish the requests in progress, return. Signal- and thread-safe."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def close(self) -> None:
+        """Release what the worker holds besides the listeners (its wake-up pipe)."""
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+#: Role names by number, for ``fcgi.role``: a dict lookup per request, not an enum call.
+ROLE_NAMES = {role.value: role.name for role in Role}
+
+
+def wsgi_environ(
+    params: Mapping[str, str],
+    options: ServerOptions,
+    errors: ErrorStream,
+    read_stdin: Callable[[], bytes],
+    read_data: Callable[[], bytes] | None,
+    *,
+    role: int,
+    multithread: bool,
+) -> dict[str, Any]:
+    """The WSGI environ of one request, as every driver that runs WSGI apps builds it.
+
+    ``read_stdin`` and ``read_data`` give the next piece of FCGI_STDIN and
+    FCGI_DATA (b"" at the end); ``read_data`` is None unless the role is
+    FILTER, whose app finds the file in ``fcgi.data``.
+    """
+    environ = build_environ(
+        params,
+        InputStream(read_stdin, content_length(params)),
+        errors,
+        mount=options.script_name,
+        multithread=multithread,
+        multiprocess=options.multiprocess,
+    )
+    if read_data is not None:
+        environ["fcgi.data"] = InputStream(read_data, int_param(params, "FCGI_DATA_LENGTH"))
+    environ["fcgi.role"] = ROLE_NAMES[role]
+    return environ

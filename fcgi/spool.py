@@ -1,14 +1,16 @@
 """A request body in transit: pushed by the connection, pulled by the app.
 
-The trio worker reads a connection for every request on it at once, so it
-cannot stop reading because one app is slow to consume its body: that would
-stall the other ids on the connection. :class:`SpooledBody` takes whatever
+The trio and asyncio workers read a connection for every request on it at
+once, so they cannot stop reading because one app is slow to consume its
+body: that would stall the other ids on the connection. :class:`SpooledBody` takes whatever
 arrives without blocking, keeps up to ``threshold`` bytes in memory and spills
 the rest to an anonymous temporary file, so memory stays bounded however large
 the body and however slow the reader.
 
-Pushing is synchronous (the reader task never waits here); pulling is a trio
-checkpoint that waits for data or the end of the stream.
+Pushing is synchronous (the reader task never waits here). Pulling waits in a
+:class:`Parking` the driver supplies (trio's ``ParkingLot``, or the asyncio
+worker's future), so this module runs under either event loop and imports
+neither.
 """
 
 from __future__ import annotations
@@ -16,15 +18,41 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-
-import trio
+from typing import Protocol
 
 #: Largest piece :meth:`SpooledBody.receive` returns from the spill file.
 READ_SIZE = 64 * 1024
 
 
+class Parking(Protocol):
+    """Where the reader of a body waits until the writer has news for it.
+
+    ``park()`` returns after the next ``unpark_all()``: :class:`SpooledBody`
+    calls that on every push, end and close. ``trio.lowlevel.ParkingLot`` is
+    one as it is; the asyncio worker has its own.
+    """
+
+    def unpark_all(self) -> object: ...
+
+    async def park(self) -> None: ...
+
+
+def _trio_parking() -> Parking:
+    """A trio ParkingLot: what a body made without a driver's :class:`Parking` waits in."""
+    # Imported here, not at the top: only a body made without a driver's
+    # Parking (tests, callers that predate it) waits with trio, and the
+    # asyncio worker, which passes its own, must not load trio at all.
+    import trio
+
+    return trio.lowlevel.ParkingLot()
+
+
 class SpooledBody:
-    """A one-way byte pipe, memory up to ``threshold``, a temporary file beyond."""
+    """A one-way byte pipe, memory up to ``threshold``, a temporary file beyond.
+
+    Its reader waits in ``parking`` (see :class:`Parking`); without one, in a
+    trio ParkingLot.
+    """
 
     __slots__ = (
         "_ended",
@@ -38,7 +66,7 @@ class SpooledBody:
         "threshold",
     )
 
-    def __init__(self, threshold: int) -> None:
+    def __init__(self, threshold: int, parking: Parking | None = None) -> None:
         self.threshold = threshold
         self._memory: deque[bytes] = deque()
         self._memory_size = 0
@@ -48,7 +76,7 @@ class SpooledBody:
         self._ended = False
         #: Raised by receive() once the data before it is read (see fail()).
         self._error: BaseException | None = None
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot = parking if parking is not None else _trio_parking()
 
     # -- producer side ---------------------------------------------------------
 
@@ -145,13 +173,15 @@ class SpooledBody:
         return None
 
     async def receive(self) -> bytes:
-        """Wait for the next piece; b"" means the stream is over."""
+        """Wait for the next piece; b"" means the stream is over.
+
+        A piece that is there already comes back without a scheduling point:
+        the trio worker adds its own (see ``fcgi.trio_worker._take``), asyncio
+        needs none.
+        """
         while True:
             data = self.receive_nowait()
             if data is not None:
-                # A scheduling point that cannot be cancelled: the piece is
-                # already taken off the buffer and must not be lost.
-                await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             await self._lot.park()
 

@@ -43,28 +43,26 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.connection import Limits, ServerConnection
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param, log_refusal
+from fcgi.driver import (
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    ACCEPT_STARVED,
+    WorkerBase,
+    log_refusal,
+    wsgi_environ,
+)
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
-from fcgi.hooks import NoHooks, WorkerHooks, render_answer
-from fcgi.options import ServerOptions
+from fcgi.hooks import render_answer
 from fcgi.records import Role
 from fcgi.sockets import defer_accept, describe_peer, peer_allowed
-from fcgi.wsgi import (
-    ClientGone,
-    ErrorStream,
-    InputStream,
-    WSGIApp,
-    build_environ,
-    content_length,
-    error_response,
-    respond,
-)
+from fcgi.wsgi import ClientGone, ErrorStream, error_response, respond
 
 log = logging.getLogger("fcgi.worker")
 
@@ -213,7 +211,6 @@ class _PeerClosed(Exception):
     pass
 
 
-_ROLE_NAMES = {role.value: role.name for role in Role}
 _BEGIN = ev.BeginRequest
 _AUTHORIZER = int(Role.AUTHORIZER)
 _FILTER = int(Role.FILTER)
@@ -482,7 +479,7 @@ class _Exchange:
         self._dispatch()
 
 
-class SyncWorker:
+class SyncWorker(WorkerBase):
     """Serve FastCGI connections on ``listeners`` until stopped.
 
     Connections are parked in the same epoll set as the listeners whenever
@@ -492,23 +489,13 @@ class SyncWorker:
     silent one, and a peer that trickles its head holds no worker.
     """
 
-    def __init__(
-        self,
-        listeners: Sequence[socket.socket],
-        app: WSGIApp,
-        options: ServerOptions | None = None,
-        hooks: WorkerHooks | None = None,
-    ) -> None:
-        self.listeners = list(listeners)
-        self.app = app
-        self.options = options or ServerOptions()
-        self.hooks: WorkerHooks = hooks or NoHooks()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes :class:`~fcgi.driver.WorkerBase`'s arguments (``app`` is a WSGI app)."""
+        super().__init__(*args, **kwargs)
         # One request at a time: say so to the web server and refuse extra ids.
         self.limits = replace(
-            self.options.limits, max_requests=1, max_reqs=1, max_conns=_MAX_PARKED + 1
+            self.options.limits, max_active_ids=1, max_reqs=1, max_conns=_MAX_PARKED + 1
         )
-        self._stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller: select.epoll | None = None
         self._buffer = memoryview(bytearray(_RECV_SIZE))
         #: Parked connections by fd, least recently parked first: kept ones
@@ -534,18 +521,7 @@ class SyncWorker:
         stop came: see :meth:`_drain`) and the parked ones that send a request
         before their head deadline, and returns.
         """
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        super().stop()
 
     # -- main loop -----------------------------------------------------------
 
@@ -1010,19 +986,15 @@ class SyncWorker:
             if answer is None:
                 stderr = exchange.stderr if options.stderr_tracebacks else None
                 errors = ErrorStream(stderr)
-                environ = build_environ(
+                environ = wsgi_environ(
                     params,
-                    InputStream(exchange.read_stdin, content_length(params)),
+                    options,
                     errors,
-                    mount=options.script_name,
+                    exchange.read_stdin,
+                    exchange.read_data if role == _FILTER else None,
+                    role=role,
                     multithread=options.multithread,
-                    multiprocess=options.multiprocess,
                 )
-                if role == _FILTER:
-                    environ["fcgi.data"] = InputStream(
-                        exchange.read_data, int_param(params, "FCGI_DATA_LENGTH")
-                    )
-                environ["fcgi.role"] = _ROLE_NAMES[role]
                 http_status, app_status, sent = respond(self.app, environ, exchange.send, stderr)
                 forkguard.verify()  # where a child the app forked comes back
                 errors.flush()

@@ -28,6 +28,11 @@ connection is busy. A connection must deliver a whole request head
 or of the first byte of its next request; a request's output may wait for the
 web server ``send_timeout`` in all (``read_timeout`` per write).
 
+What it shares with the asyncio worker (a request's state, what each event
+of the core does, the head deadline, eviction at ``max_conns``, one request's
+life, the ASGI request cycle) is in :mod:`fcgi.multiplex` and :mod:`fcgi.asgi`;
+here is how trio waits for it all.
+
 A web server that goes away (or a write that fails for any reason) ends that
 connection and its requests, with one log line; never the worker.
 
@@ -45,38 +50,24 @@ import errno
 import logging
 import math
 import os
-import select
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import trio
 
 from fcgi import events as ev
 from fcgi import forkguard, stacks
-from fcgi.asgi import ASGIResponder, Lifespan, LifespanFailure, build_scope
-from fcgi.connection import ServerConnection
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, int_param, log_refusal
-from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
+from fcgi.asgi import Lifespan, LifespanFailure, Message
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, wsgi_environ
+from fcgi.errors import RequestBodyIncomplete
 from fcgi.escape import Lines
-from fcgi.hooks import NoHooks, WorkerHooks, render_answer
-from fcgi.interface import resolve_interface
-from fcgi.options import ServerOptions
-from fcgi.records import ProtocolStatus, Role
-from fcgi.sockets import defer_accept, describe_peer, peer_allowed
+from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
+from fcgi.records import Role
+from fcgi.sockets import defer_accept, describe_peer
 from fcgi.spool import SpooledBody
-from fcgi.wsgi import (
-    ClientGone,
-    ErrorStream,
-    InputStream,
-    WSGIApp,
-    build_environ,
-    content_length,
-    error_response,
-    respond,
-)
+from fcgi.wsgi import ClientGone, ErrorStream, WSGIApp, respond
 
 log = logging.getLogger("fcgi.worker")
 
@@ -110,104 +101,108 @@ def _leaves(exc: BaseException) -> Any:
         yield exc
 
 
-class _Request:
-    """One request id being served on a connection."""
+async def _take(body: SpooledBody) -> bytes:
+    """The next piece of ``body`` (b"" at its end), as a trio checkpoint."""
+    data = await body.receive()
+    # A scheduling point that cannot be cancelled: the piece is already
+    # taken off the buffer and must not be lost.
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return data
 
-    __slots__ = (
-        "body",
-        "data",
-        "deferred",
-        "ended",
-        "gone",
-        "helpers",
-        "input_done",
-        "keep_conn",
-        "params",
-        "responder",
-        "rid",
-        "role",
-        "scope",
-        "send_waited",
-        "since",
-        "started",
-    )
+
+class _TrioWaits:
+    """How :class:`~fcgi.asgi.ASGIResponder` waits under trio (see :class:`fcgi.asgi.Waits`)."""
+
+    async def checkpoint(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def pause(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def next_piece(self, body: SpooledBody, timeout: float) -> bytes | None:
+        with trio.move_on_after(timeout):
+            return await _take(body)
+        return None
+
+    def event(self) -> trio.Event:
+        return trio.Event()
+
+
+class _Channel:
+    """A trio memory channel as the queue :class:`fcgi.asgi.Lifespan` takes."""
+
+    def __init__(self, size: int) -> None:
+        self._send, self._receive = trio.open_memory_channel[Message](size)
+
+    async def put(self, item: Message) -> None:
+        await self._send.send(item)
+
+    async def get(self) -> Message:
+        return await self._receive.receive()
+
+
+class _TrioLifespan(Lifespan):
+    """The ASGI lifespan on trio: the app's call runs in ``nursery``, in a scope of its own."""
+
+    def __init__(self, app: Any, nursery: trio.Nursery) -> None:
+        # The app sends at most 3 messages that matter: with room for 10, its
+        # send() never waits for long.
+        super().__init__(app, _Channel(1), _Channel(10), trio.Event())
+        self._nursery = nursery
+        self._scope = trio.CancelScope()
+
+    def _start(self) -> None:
+        self._nursery.start_soon(self._run_in_scope)
+
+    async def _run_in_scope(self) -> None:
+        with self._scope:
+            await self._run_app()
+
+    async def _cancel(self) -> None:
+        self._scope.cancel()
+
+    async def _wait_exited(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._exited.wait()
+
+
+class _Request(Request):
+    """One request id on trio: the scope its app runs in, and its WSGI thread's calls."""
+
+    __slots__ = ("deferred", "helpers", "scope")
 
     def __init__(self, rid: int, role: int, keep_conn: bool, spool_threshold: int) -> None:
-        self.rid = rid
-        self.role = role
-        self.keep_conn = keep_conn
-        self.params: dict[str, str] = {}
-        self.body = SpooledBody(spool_threshold)
-        #: True once the web server finished sending FCGI_STDIN.
-        self.input_done = role == Role.AUTHORIZER
-        if self.input_done:
-            self.body.end()  # authorizers get no FCGI_STDIN
-        self.data = SpooledBody(spool_threshold) if role == Role.FILTER else None
+        data = None
+        if role == Role.FILTER:
+            data = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot())
+        body = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot())
+        super().__init__(rid, role, keep_conn, body, data)
         #: Cancelled by ABORT_REQUEST: wraps the app's run.
         self.scope = trio.CancelScope()
         #: Scopes of trio calls made on behalf of this request's WSGI thread.
         self.helpers: set[trio.CancelScope] = set()
-        #: Why the web server no longer wants the answer, once it does not.
-        self.gone: str | None = None
-        self.started = False
-        self.responder: ASGIResponder | None = None
         #: WSGI output the thread handed over without flushing (sent with END_REQUEST).
         self.deferred: list[bytes] = []
-        #: True once END_REQUEST is queued: a rejected request that is then
-        #: aborted must not be ended twice (the second would be a driver bug
-        #: that takes the connection down).
-        self.ended = False
-        #: Seconds this request's output has waited for the web server to read.
-        self.send_waited = 0.0
-        #: When its head began to arrive (trio clock): see request_header_timeout.
-        self.since = 0.0
 
-    def abort(self, reason: str) -> None:
-        if self.gone is not None:
-            return
-        self.gone = reason
-        self.body.end()
-        if self.data is not None:
-            self.data.end()
-        if self.responder is not None:
-            self.responder.disconnect(reason)
+    def stop_app(self) -> None:
         self.scope.cancel()
         for scope in self.helpers:
             scope.cancel()
 
-    def close(self) -> None:
-        self.body.close()
-        if self.data is not None:
-            self.data.close()
+    def app_scope(self) -> trio.CancelScope:
+        return self.scope
 
 
-class _Connection:
+class _Connection(MultiplexConnection[_Request]):
     """One accepted connection: its reader, its requests, its fair write lock."""
 
     def __init__(self, worker: TrioWorker, sock: trio.socket.SocketType, peer: str) -> None:
-        self.worker = worker
+        super().__init__(worker, peer, sock.fileno())
         self.stream = trio.SocketStream(sock)
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.conn = ServerConnection(worker.limits)
-        self.requests: dict[int, _Request] = {}
-        #: Requests whose app is running (the others still wait for PARAMS).
-        self.running = 0
-        #: Requests refused on this connection (see fcgi.driver.log_refusal).
-        self.refusals = 0
         self.lock = trio.Lock()
-        self.broken: str | None = None
-        self.unread_input = False
         self._nursery: trio.Nursery | None = None
         self._read_scope: trio.CancelScope | None = None
         self._woken = False
-        #: When the head of the next request began to arrive (trio clock), or
-        #: None while no head is being waited for: from acceptance, since a
-        #: new connection owes us a request.
-        self.head_since: float | None = trio.current_time()
-        #: Since when the connection has had nothing in progress: the oldest
-        #: quiet connection is the first to go when max_conns is reached.
-        self.quiet_since = self.head_since
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -226,14 +221,8 @@ class _Connection:
             await self._close()
 
     @property
-    def quiet(self) -> bool:
-        """True if nothing is in progress: no app running, no answer being written."""
-        return (
-            self.running == 0
-            and self.broken is None
-            and not self.lock.locked()
-            and all(req.gone is None for req in self.requests.values())
-        )
+    def writing(self) -> bool:
+        return self.lock.locked()
 
     def wake(self) -> None:
         """Make the reader look again at whether to go on (idle, stopping, closing)."""
@@ -251,20 +240,6 @@ class _Connection:
             # Moving the deadline does not interrupt the read (which would
             # cost a trip through epoll on every request).
             self._read_scope.deadline = trio.current_time() + self.worker.options.read_timeout
-
-    def _abort_all(self, reason: str) -> None:
-        for req in list(self.requests.values()):
-            req.abort(reason)
-            if not req.started:
-                req.close()
-                self._retire(req)
-
-    def _retire(self, req: _Request) -> None:
-        if self.requests.get(req.rid) is req:
-            del self.requests[req.rid]
-            self.worker.active_requests -= 1
-            if not req.input_done:
-                self.unread_input = True
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):
@@ -307,16 +282,10 @@ class _Connection:
                 return "closing"
             timed = self.running == 0 or conn.mid_record
             now = trio.current_time()
-            head_deadline = self._head_deadline(now)
+            head_deadline = self._head_deadline()
             if head_deadline <= now:
-                log.warning(
-                    "closing connection from %s: no complete request head within %gs "
-                    "(request_header_timeout)",
-                    self.peer,
-                    worker.options.request_header_timeout,
-                )
                 # No answer is in flight to protect by draining the input.
-                self.broken = "request head timeout"
+                self.broken = self._head_timed_out()
                 return self.broken
             with trio.CancelScope() as scope:
                 scope.deadline = min(now + timeout if timed else math.inf, head_deadline)
@@ -333,38 +302,14 @@ class _Connection:
                     # Woken, or the head deadline passed: the loop's top says which.
                     self._woken = False
                     continue
-                if self.requests or conn.mid_record:
-                    log.warning(
-                        "closing connection from %s: stalled for %gs in the middle of a request",
-                        self.peer,
-                        timeout,
-                    )
-                else:
-                    log.info("closing idle connection from %s after %gs", self.peer, timeout)
-                self.broken = "read timeout"  # a stalled peer: nothing to drain
+                self.broken = self._read_timed_out()  # a stalled peer: nothing to drain
                 return self.broken
             if not data:
-                try:
-                    conn.feed_eof()
-                except ProtocolError as exc:
-                    log.warning("connection from %s closed mid-record: %s", self.peer, exc)
-                if self.requests:
-                    log.info(
-                        "web server %s closed the connection with %d request(s) in progress",
-                        self.peer,
-                        len(self.requests),
-                    )
+                self._peer_closed()
                 return "the web server closed the connection"
-            try:
-                events = conn.feed(data)
-            except ProtocolError as exc:
-                log.warning("closing connection from %s: protocol error: %s", self.peer, exc)
-                return f"protocol error: {exc}"
-            if not self.requests and conn.mid_record and self.head_since is None:
-                # The first bytes of the next request on a kept connection.
-                self.head_since = trio.current_time()
-            for event in events:
-                self._dispatch(event)
+            reason = self._feed(data)
+            if reason is not None:
+                return reason
             try:
                 await self._flush_control()
             except ClientGone as exc:
@@ -372,136 +317,18 @@ class _Connection:
                 # by itself (GET_VALUES, a refusal): _break logged it.
                 return str(exc)
 
-    def _input_waiting(self) -> bool:
-        """True if the peer's next bytes (or its EOF) are already here to read."""
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        try:
-            return bool(poller.poll(0))
-        except OSError:
-            return False
+    # -- requests (see fcgi.multiplex.MultiplexConnection) -----------------------
 
-    def _head_deadline(self, now: float) -> float:
-        """When the request head now being received must be complete (inf: none is).
+    def _new_request(self, event: ev.BeginRequest) -> _Request:
+        threshold = self.worker.options.spool_threshold
+        return _Request(event.request_id, event.role, event.keep_conn, threshold)
 
-        A head is BEGIN_REQUEST and the whole PARAMS stream. The clock starts
-        when the connection is accepted, or at the first byte of a request on
-        a kept connection, and does not restart with every byte as the read
-        timeout does: a peer trickling a head cannot hold the worker.
-        """
-        since = math.inf if self.head_since is None else self.head_since
-        if len(self.requests) > self.running:
-            for req in self.requests.values():
-                if not req.started and req.gone is None and req.since < since:
-                    since = req.since
-        return since + self.worker.options.request_header_timeout
+    def _start(self, req: _Request) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self.worker.serve_request, self, req)
 
-    def _dispatch(self, event: ev.Event) -> None:
-        kind = type(event)
-        rid = event.request_id
-        req = self.requests.get(rid)
-        if kind is ev.StdinData:
-            if req is not None:
-                self._push(req, req.body, event.data)  # type: ignore[attr-defined]
-        elif kind is ev.StdinEnd:
-            if req is not None:
-                req.input_done = True
-                req.body.end()
-        elif kind is ev.DataChunk:
-            if req is not None and req.data is not None:
-                self._push(req, req.data, event.data)  # type: ignore[attr-defined]
-        elif kind is ev.DataEnd:
-            if req is not None and req.data is not None:
-                req.data.end()
-        elif kind is ev.BeginRequest:
-            self._begin(event)  # type: ignore[arg-type]
-        elif kind is ev.Params:
-            if req is not None:
-                req.params = event.params  # type: ignore[attr-defined]
-                req.started = True
-                self.running += 1
-                assert self._nursery is not None
-                self._nursery.start_soon(self.worker._serve_request, self, req)
-        elif kind is ev.AbortRequest:
-            if req is not None and req.gone is None:
-                # (Once gone, the request is being answered already.)
-                log.info("request %d from %s aborted by the web server", rid, self.peer)
-                req.abort("aborted by the web server")
-                if not req.started:
-                    self._spawn(self._finish_unstarted(req, b"", 1))
-        elif kind is ev.RequestRejected:
-            reason = event.reason  # type: ignore[attr-defined]
-            log.warning("rejected request %d from %s: %s", rid, self.peer, reason)
-            if req is not None:
-                if req.started:
-                    if event.http_status == 413:  # type: ignore[attr-defined]
-                        # Cut at max_body_size: the app's next read raises,
-                        # so a partial body is never taken for the whole.
-                        too_large = RequestBodyTooLarge(reason)
-                        req.body.fail(too_large)
-                        if req.data is not None:
-                            req.data.fail(too_large)
-                    else:
-                        req.body.end()  # the app gets what arrived, then EOF
-                else:
-                    status = event.http_status  # type: ignore[attr-defined]
-                    answer = error_response(status)
-                    req.gone = reason
-                    self._spawn(self._finish_unstarted(req, answer, 1))
-        elif kind is ev.RequestRefused:
-            self._refused()
-            self.refusals += 1
-            log_refusal(
-                log,
-                self.refusals,
-                "refused request id %d from %s: protocol status %d (role %d)",
-                rid,
-                self.peer,
-                event.protocol_status,  # type: ignore[attr-defined]
-                event.role,  # type: ignore[attr-defined]
-            )
-
-    def _push(self, req: _Request, body: SpooledBody, data: bytes) -> None:
-        """Keep input for the app; a full disk fails that request, not the connection."""
-        try:
-            body.push(data)
-        except OSError as exc:
-            log.error(
-                "request %d from %s: cannot keep its body (%s); the app gets an error",
-                req.rid,
-                self.peer,
-                exc,
-            )
-            body.fail(exc)
-
-    def _begin(self, event: ev.BeginRequest) -> None:
-        worker = self.worker
-        rid = event.request_id
-        if worker.active_requests >= worker.options.max_reqs:
-            self.refusals += 1
-            log_refusal(
-                log,
-                self.refusals,
-                "refused request id %d from %s: %d requests in progress (max_reqs): OVERLOADED",
-                rid,
-                self.peer,
-                worker.active_requests,
-            )
-            self.conn.end_request(rid, 0, ProtocolStatus.OVERLOADED)
-            self._refused()
-            return
-        req = _Request(rid, event.role, event.keep_conn, worker.options.spool_threshold)
-        now = trio.current_time()
-        req.since = now if self.head_since is None else self.head_since
-        self.head_since = None
-        self.requests[rid] = req
-        worker.active_requests += 1
-
-    def _refused(self) -> None:
-        """A BEGIN_REQUEST was answered with a refusal: that request is over."""
-        if not self.requests:
-            self.head_since = None
-            self.quiet_since = trio.current_time()
+    def _answer_unstarted(self, req: _Request, answer: bytes) -> None:
+        self._spawn(self._finish_unstarted(req, answer))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -511,14 +338,11 @@ class _Connection:
         assert self._nursery is not None
         self._nursery.start_soon(run)
 
-    async def _finish_unstarted(self, req: _Request, answer: bytes, app_status: int) -> None:
+    async def _finish_unstarted(self, req: _Request, answer: bytes) -> None:
         try:
-            await self.end(req, app_status, answer, force_tail=True)
+            await self.end(req, 1, answer, force_tail=True)
         finally:
-            req.close()
-            self._retire(req)
-            if not self.requests:
-                self.became_idle()
+            self._drop(req)
 
     # -- writing ------------------------------------------------------------------
 
@@ -545,8 +369,7 @@ class _Connection:
         waited for, since waiting would keep the connection busy, which
         max_conns never evicts (enough such peers would lock everyone out).
         """
-        options = self.worker.options
-        timeout = options.read_timeout
+        timeout = self.worker.options.read_timeout
         while True:
             data = self.conn.data_to_send()
             if not data:
@@ -568,12 +391,9 @@ class _Connection:
                 self._break("it does not read the answers to what it sends", warning=True)
                 raise ClientGone(self.broken or "")
             # Never cancelled half way: a partial record would corrupt the
-            # connection for every other request on it. One wait is bounded
-            # by read_timeout, and all of a request's waits by send_timeout, so
-            # a peer that reads a little now and then cannot hold it forever.
-            budget = timeout
-            if req is not None:
-                budget = min(timeout, options.send_timeout - req.send_waited)
+            # connection for every other request on it; the wait is bounded
+            # instead (see _send_budget).
+            budget = timeout if req is None else self._send_budget(req)
             start = trio.current_time()
             with trio.CancelScope(shield=True, deadline=start + budget) as timer:
                 try:
@@ -583,28 +403,9 @@ class _Connection:
             if req is not None:
                 req.send_waited += trio.current_time() - start
             if timer.cancelled_caught:
-                if req is not None and budget < timeout:
-                    self._break(
-                        f"request {req.rid}: the web server took more than "
-                        f"{options.send_timeout:g}s in all to read the answer (send_timeout)",
-                        warning=True,
-                    )
-                else:
-                    self._break(f"the web server read nothing for {timeout:g}s")
+                self._send_timed_out(req, budget)
             if self.broken is not None:
                 raise ClientGone(self.broken)
-
-    def _break(self, reason: str, *, warning: bool = False) -> None:
-        """The connection cannot be written any more: end it, and only it."""
-        if self.broken is None:
-            level = logging.WARNING if warning else logging.INFO
-            log.log(level, "connection from %s: %s", self.peer, reason)
-            self._end(reason)
-
-    def evict(self) -> None:
-        """Close this quiet connection to make room for a new one (the caller logs it)."""
-        if self.broken is None:
-            self._end("closed to make room for a new connection (max_conns)")
 
     def _end(self, reason: str) -> None:
         self.broken = reason
@@ -641,21 +442,11 @@ class _Connection:
             await self.send_stdout(req, tail)
             tail = b""
         async with self.lock:
-            if self.broken is not None:
-                raise ClientGone(self.broken)
-            if req.ended:
-                return
-            if tail and (req.gone is None or force_tail):
-                self.conn.send_stdout(req.rid, tail)
-            # Retired before the bytes leave: the web server may reuse the id
-            # as soon as it reads END_REQUEST.
-            self._retire(req)
-            req.ended = True
-            self.conn.end_request(req.rid, app_status)
-            await self._flush_locked(req)
+            if self._queue_end(req, app_status, tail, force_tail):
+                await self._flush_locked(req)
 
 
-class TrioWorker:
+class TrioWorker(MultiplexWorker[_Connection, _Request]):
     """Serve FastCGI connections on ``listeners`` with trio until stopped.
 
     Same interface as :class:`fcgi.sync_worker.SyncWorker`. ``app`` is WSGI or
@@ -663,56 +454,14 @@ class TrioWorker:
     that will serve (after fork); :meth:`serve_forever` starts ``trio.run``.
     """
 
-    def __init__(
-        self,
-        listeners: Sequence[socket.socket],
-        app: Any,
-        options: ServerOptions | None = None,
-        hooks: WorkerHooks | None = None,
-    ) -> None:
-        self.listeners = list(listeners)
-        self.app = app
-        self.options = options or ServerOptions()
-        self.hooks: WorkerHooks = hooks or NoHooks()
-        self.interface = resolve_interface(app, self.options.interface)
-        opts = self.options
-        # Any connection may use the whole process's capacity; GET_VALUES tells.
-        self.limits = replace(
-            opts.limits,
-            max_requests=max(1, opts.max_reqs),
-            max_conns=opts.max_conns,
-            max_reqs=opts.max_reqs,
-        )
-        #: Requests accepted and not yet answered, over every connection.
-        self.active_requests = 0
-        self._stopping = False
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._connections: set[_Connection] = set()
-        self._state: dict[str, Any] | None = None
-        self._limiter: trio.CapacityLimiter | None = None
-        #: Listeners still being accepted on.
-        self._accepting = 0
+    waits = _TrioWaits()
+    #: Bounds the threads that run WSGI apps (``threads``); made inside trio.run.
+    _limiter: trio.CapacityLimiter | None = None
+    #: Listeners still being accepted on.
+    _accepting = 0
 
-    # -- control ------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """Stop accepting, finish the requests in progress, return. Signal- and thread-safe."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"!")
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
-
-    def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def now(self) -> float:
+        return trio.current_time()
 
     # -- main ---------------------------------------------------------------------
 
@@ -745,8 +494,8 @@ class TrioWorker:
     async def _run(self, system: trio.Nursery, ready: Callable[[], None] | None) -> None:
         lifespan: Lifespan | None = None
         if self.interface == "asgi":
-            lifespan = Lifespan(self.app)
-            await lifespan.startup(system)
+            lifespan = _TrioLifespan(self.app, system)
+            await lifespan.startup()
             self._state = lifespan.state if lifespan.supported else None
         for sock in self.listeners:
             # The kernel holds a TCP connection until its first bytes arrive.
@@ -761,7 +510,7 @@ class TrioWorker:
                         accepting.start_soon(self._accept_loop, listener, connections)
                     accepting.start_soon(self._wait_for_stop, accepting.cancel_scope)
                 # Stopping: idle connections close now, busy ones when done.
-                for c in list(self._connections):
+                for c in list(self.live):
                     c.wake()
         finally:
             if lifespan is not None:
@@ -824,49 +573,13 @@ class TrioWorker:
 
     def _admit(self, sock: trio.socket.SocketType, peer: object, connections: trio.Nursery) -> None:
         """Serve a new connection, unless it is not allowed or there is no room for it."""
-        options = self.options
-        self.hooks.connection_accepted()
         name = describe_peer(peer, sock)
-        if options.allowed_clients and not peer_allowed(peer, options.allowed_clients):
-            log.warning("refused connection from %s: not an allowed client", name)
+        if not self.admit(peer, name):
             sock.close()
             return
-        if len(self._connections) >= options.max_conns:
-            victim = self._quietest()
-            if victim is None:
-                log.warning(
-                    "closing connection from %s: all %d connections are busy (max_conns)",
-                    name,
-                    len(self._connections),
-                )
-                sock.close()
-                return
-            log.warning(
-                "closing the connection from %s, quiet for %.1fs, to make room for one "
-                "from %s: %d connections (max_conns)",
-                victim.peer,
-                trio.current_time() - victim.quiet_since,
-                name,
-                len(self._connections),
-            )
-            self._connections.discard(victim)
-            victim.evict()
         c = _Connection(self, sock, name)
-        self._connections.add(c)
+        self.live.add(c)
         connections.start_soon(self._serve_connection, c)
-
-    def _quietest(self) -> _Connection | None:
-        """The connection quiet for longest (no request in progress), or None if all are busy.
-
-        Idle kept connections and ones that have not sent a whole request
-        head yet cost the attacker nothing to open: when the slots run out,
-        one of them makes room instead of a new connection being refused.
-        """
-        best: _Connection | None = None
-        for c in self._connections:
-            if c.quiet and (best is None or c.quiet_since < best.quiet_since):
-                best = c
-        return best
 
     async def _serve_connection(self, c: _Connection) -> None:
         try:
@@ -877,81 +590,15 @@ class TrioWorker:
             # connection and request in it.
             log.exception("connection from %s failed", c.peer)
         finally:
-            self._connections.discard(c)
+            self.live.discard(c)
 
     # -- one request ---------------------------------------------------------------
 
-    async def _serve_request(self, c: _Connection, req: _Request) -> None:
-        hooks = self.hooks
-        status = 0
-        head: bytes | None = None
-        token = hooks.request_started(req.params)
-        # What runs this request's app, for its stack in the slowlog.
-        runner = stacks.track(token, trio.lowlevel.current_task())
-        try:
-            app_status = 0
-            tail = b""
-            with req.scope:
-                answer = hooks.intercept(req.params)
-                if answer is not None:
-                    head = tail = render_answer(answer, req.params.get("REQUEST_METHOD", "GET"))
-                    status = int(answer.status[:3])
-                elif self.interface == "asgi":
-                    status, app_status, head = await self._run_asgi(c, req)
-                else:
-                    status, app_status, head, tail = await self._run_wsgi(c, req, runner)
-            if req.gone is not None:
-                app_status = 1
-            await c.end(req, app_status, tail)
-        except ClientGone as exc:
-            # Why was logged where it happened (write failure, abort, close):
-            # one line per event, not one more per request it touched.
-            log.debug("request %d from %s: not answered: %s", req.rid, c.peer, exc)
-        finally:
-            if not req.ended:
-                # Cancelled from outside, or failed: a WSGI thread that goes on
-                # in the background must find the request gone, not write.
-                req.abort("the request did not finish")
-            c.running -= 1
-            req.close()
-            c._retire(req)
-            hooks.request_finished(token, status, head)
-            stacks.untrack(token)
-            if not c.requests:
-                c.became_idle()
-            if hooks.should_stop():
-                self._begin_stop()
-
-    async def _run_asgi(self, c: _Connection, req: _Request) -> tuple[int, int, bytes | None]:
-        params = req.params
-        scope = build_scope(params, mount=self.options.script_name, state=self._state)
-
-        async def write(data: bytes) -> None:
-            forkguard.check()  # a child the app forked must not answer a second time
-            await c.send_stdout(req, data)
-
-        async def stderr(data: bytes) -> None:
-            forkguard.check()
-            await c.send_stderr(req, data)
-
-        responder = ASGIResponder(
-            self.app,
-            scope,
-            req.body,
-            write,
-            stderr=stderr if self.options.stderr_tracebacks else None,
-            body_timeout=self.options.read_timeout,
-            where=f"{scope['method']} {params.get('REQUEST_URI') or scope['path']}",
-        )
-        req.responder = responder
-        if req.gone is not None:
-            responder.disconnect(req.gone)
-        result = await responder.run()
-        forkguard.verify()
-        return result
+    def _track(self, token: object) -> stacks.Runner:
+        return stacks.track(token, trio.lowlevel.current_task())
 
     async def _run_wsgi(
-        self, c: _Connection, req: _Request, runner: stacks.Runner | None = None
+        self, c: _Connection, req: _Request, runner: stacks.Runner | None
     ) -> tuple[int, int, bytes | None, bytes]:
         options = self.options
         params = req.params
@@ -979,7 +626,7 @@ class TrioWorker:
 
         async def read(body: SpooledBody) -> bytes:
             with trio.move_on_after(timeout):
-                return await body.receive()
+                return await _take(body)
             log.warning("request body from %s cut short: nothing arrived for %gs", c.peer, timeout)
             # Not a clean end: this read and the next raise, so a cut-off body
             # is never taken for a whole one.
@@ -1015,18 +662,15 @@ class TrioWorker:
 
         sink = stderr if options.stderr_tracebacks else None
         errors = ErrorStream(sink)
-        environ = build_environ(
+        environ = wsgi_environ(
             params,
-            InputStream(reader(req.body), content_length(params)),
+            options,
             errors,
-            mount=options.script_name,
+            reader(req.body),
+            None if req.data is None else reader(req.data),
+            role=req.role,
             multithread=True,
-            multiprocess=options.multiprocess,
         )
-        if req.data is not None:
-            data_length = int_param(params, "FCGI_DATA_LENGTH")
-            environ["fcgi.data"] = InputStream(reader(req.data), data_length)
-        environ["fcgi.role"] = Role(req.role).name
         app: WSGIApp = self.app
 
         def work() -> tuple[int, int, bytes | None]:

@@ -442,7 +442,7 @@ def test_kept_connection_closed_by_backend_is_replaced(
 
 
 def test_get_values(serve: Callable[..., tuple[Server, str]]) -> None:
-    _, path = serve(limits=Limits(max_requests=4, max_conns=8, max_reqs=32))
+    _, path = serve(limits=Limits(max_active_ids=4, max_conns=8, max_reqs=32))
     client = FastCGIClient(path)
     assert client.get_values() == {
         "FCGI_MAX_CONNS": "8",

@@ -67,7 +67,7 @@ class Backend:
     """A ServerConnection with an app behind it, fed by hand."""
 
     def __init__(self, app: App, limits: Limits | None = None, hold: bool = False) -> None:
-        self.conn = ServerConnection(limits or Limits(max_requests=8))
+        self.conn = ServerConnection(limits or Limits(max_active_ids=8))
         self.app = app
         self.seen: dict[int, Call] = {}
         self.answered: list[Call] = []
@@ -256,7 +256,7 @@ def test_padding_is_skipped_whatever_its_length_and_filler() -> None:
 
 def send_held(count: int, max_requests: int) -> tuple[Backend, ClientConnection, list[ClientEvent]]:
     """``count`` kept requests to a backend that holds its answers, and the events of its reply."""
-    backend = Backend(echo, Limits(max_requests=max_requests), hold=True)
+    backend = Backend(echo, Limits(max_active_ids=max_requests), hold=True)
     client = ClientConnection()
     for _ in range(count):
         client.send_request({}, keep_conn=True)
@@ -264,7 +264,7 @@ def send_held(count: int, max_requests: int) -> tuple[Backend, ClientConnection,
 
 
 def test_multiplexed_requests_are_kept_apart() -> None:
-    backend = Backend(echo, Limits(max_requests=4), hold=True)
+    backend = Backend(echo, Limits(max_active_ids=4), hold=True)
     client = ClientConnection()
     ids = [client.begin_request(keep_conn=True) for _ in range(3)]
     assert ids == [1, 2, 3]
@@ -355,7 +355,7 @@ def test_abort_request_reaches_the_server_and_the_id_waits_for_its_end() -> None
 
 
 def test_get_values_answers_the_names_the_server_knows() -> None:
-    server = ServerConnection(Limits(max_requests=4, max_conns=8, max_reqs=32))
+    server = ServerConnection(Limits(max_active_ids=4, max_conns=8, max_reqs=32))
     client = ClientConnection()
     client.get_values(["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "NOT_A_NAME"])
     assert server.feed(client.data_to_send()) == []

@@ -155,7 +155,7 @@ def test_appendix_b_stdout_and_stderr_interleaved() -> None:
 
 
 def test_appendix_b_two_multiplexed_requests_out_of_order() -> None:
-    conn = ServerConnection(Limits(max_requests=2))
+    conn = ServerConnection(Limits(max_active_ids=2))
     events = conn.feed(
         begin(1, keep_conn=True)
         + r.encode_params(1, {b"SERVER_PORT": b"80"})
@@ -301,7 +301,7 @@ def get_values(conn: ServerConnection, names: list[bytes]) -> list[tuple[bytes, 
 
 
 def test_get_values_answers_only_known_names() -> None:
-    conn = ServerConnection(Limits(max_requests=1, max_conns=10, max_reqs=50))
+    conn = ServerConnection(Limits(max_active_ids=1, max_conns=10, max_reqs=50))
     assert get_values(
         conn, [b"FCGI_MAX_CONNS", b"FCGI_BOGUS", b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS", b""]
     ) == [(b"FCGI_MAX_CONNS", b"10"), (b"FCGI_MAX_REQS", b"50"), (b"FCGI_MPXS_CONNS", b"0")]
@@ -317,14 +317,14 @@ def test_get_values_empty_query() -> None:
 
 @pytest.mark.parametrize(("max_requests", "mpxs"), [(1, b"0"), (2, b"1"), (100, b"1")])
 def test_get_values_mpxs_conns_matches_limits(max_requests: int, mpxs: bytes) -> None:
-    conn = ServerConnection(Limits(max_requests=max_requests))
+    conn = ServerConnection(Limits(max_active_ids=max_requests))
     assert get_values(conn, [b"FCGI_MPXS_CONNS"]) == [(b"FCGI_MPXS_CONNS", mpxs)]
 
 
 def test_get_values_mpxs_conns_is_truthful() -> None:
     # What GET_VALUES says must match what the connection does with a second id.
     for max_requests in (1, 2):
-        conn = ServerConnection(Limits(max_requests=max_requests))
+        conn = ServerConnection(Limits(max_active_ids=max_requests))
         mpxs = dict(get_values(conn, [b"FCGI_MPXS_CONNS"]))[b"FCGI_MPXS_CONNS"]
         events = conn.feed(begin(1, keep_conn=True) + begin(2, keep_conn=True))
         multiplexed = isinstance(events[1], ev.BeginRequest)
@@ -474,7 +474,7 @@ def test_data_for_a_responder_is_rejected() -> None:
 
 
 def test_second_id_gets_cant_mpx_conn_without_multiplexing() -> None:
-    conn = ServerConnection(Limits(max_requests=1))
+    conn = ServerConnection(Limits(max_active_ids=1))
     events = conn.feed(request_bytes(1, keep_conn=True) + request_bytes(2, stdin=b"x"))
     assert events[-1] == ev.RequestRefused(2, r.ProtocolStatus.CANT_MPX_CONN, r.Role.RESPONDER)
     assert [type(e) for e in events] == [
@@ -495,7 +495,7 @@ def test_second_id_gets_cant_mpx_conn_without_multiplexing() -> None:
 
 
 def test_too_many_concurrent_ids_get_overloaded() -> None:
-    conn = ServerConnection(Limits(max_requests=2))
+    conn = ServerConnection(Limits(max_active_ids=2))
     events = conn.feed(
         begin(1, keep_conn=True) + begin(2, keep_conn=True) + begin(3, keep_conn=True)
     )
@@ -683,7 +683,7 @@ def test_clean_eof_between_records() -> None:
 
 
 def test_begin_request_for_an_active_id_is_a_protocol_error() -> None:
-    conn = ServerConnection(Limits(max_requests=4))
+    conn = ServerConnection(Limits(max_active_ids=4))
     conn.feed(begin(1, keep_conn=True))
     with pytest.raises(
         ProtocolError, match="BEGIN_REQUEST for request id 1, which is still active"
@@ -864,7 +864,7 @@ def test_abort_of_a_rejected_request_still_reported() -> None:
 
 
 def test_rejection_of_one_multiplexed_request_leaves_the_other_alone() -> None:
-    conn = ServerConnection(Limits(max_requests=2))
+    conn = ServerConnection(Limits(max_active_ids=2))
     events = conn.feed(
         begin(1, keep_conn=True)
         + begin(2, keep_conn=True)

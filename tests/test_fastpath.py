@@ -78,7 +78,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 limits = st.builds(
     Limits,
-    max_requests=st.sampled_from([1, 1, 2]),
+    max_active_ids=st.sampled_from([1, 1, 2]),
     max_params=st.sampled_from([1000, 2]),
     max_params_bytes=st.sampled_from([256 * 1024, 40]),
     max_body_size=st.sampled_from([512 * 1024 * 1024, 10, 0]),

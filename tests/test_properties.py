@@ -203,7 +203,7 @@ def sessions(draw: st.DrawFn) -> Session:
 
 
 def run(data: bytes, pieces: list[int]) -> tuple[list[ev.Event], bytes]:
-    conn = ServerConnection(Limits(max_requests=8))
+    conn = ServerConnection(Limits(max_active_ids=8))
     events: list[ev.Event] = []
     prev = 0
     for cut in [*pieces, len(data)]:
@@ -272,7 +272,7 @@ def drive(conn: ServerConnection, events: list[ev.Event], end_some: bool) -> Non
 
 def assert_bounded(conn: ServerConnection, fed: int, limits: Limits) -> None:
     assert conn.buffered < MAX_BUFFERED
-    assert len(conn.active_requests) <= limits.max_requests
+    assert len(conn.active_requests) <= limits.max_active_ids
     for req in conn._requests.values():
         assert sum(map(len, req.params)) <= limits.max_params_bytes
 
@@ -355,7 +355,7 @@ def test_plausible_records_only_raise_protocol_error(
         stream_bytes = stream_bytes[:pos] + data.draw(st.binary(max_size=4)) + stream_bytes[pos:]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream_bytes)), max_size=8)))
     chunks = [stream_bytes[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream_bytes)])]
-    limits = Limits(max_requests=max_requests, max_params=3, max_params_bytes=64)
+    limits = Limits(max_active_ids=max_requests, max_params=3, max_params_bytes=64)
     feed_hostile(chunks, flags, limits)
 
 

@@ -301,9 +301,14 @@ class SlotWriter:
         method: bytes,
         uri: bytes,
     ) -> None:
-        self._write(
-            _START,
-            _START_AT,
+        # The seqlock is written out here and in request_finished rather than
+        # shared through a helper: these two run on every request, and a call
+        # with *args costs 3% of a hello request's instructions (callgrind).
+        m, off, seq = self._map, self._off, self._seq
+        _SEQ.pack_into(m, off, seq + 1)
+        _START.pack_into(
+            m,
+            off + _START_AT,
             accepted,
             state,
             active,
@@ -314,6 +319,8 @@ class SlotWriter:
             method,
             uri,
         )
+        self._seq = seq = seq + 2
+        _SEQ.pack_into(m, off, seq)
 
     def request_finished(
         self,
@@ -326,13 +333,11 @@ class SlotWriter:
         state: int,
         active: int,
     ) -> None:
-        self._write(_END, _END_AT, requests, duration, cpu, memory, status, accepted, state, active)
-
-    def _write(self, layout: struct.Struct, at: int, *values: object) -> None:
-        """Pack ``values`` at ``at`` in the slot, the counter odd meanwhile (the seqlock)."""
         m, off, seq = self._map, self._off, self._seq
         _SEQ.pack_into(m, off, seq + 1)
-        layout.pack_into(m, off + at, *values)
+        _END.pack_into(
+            m, off + _END_AT, requests, duration, cpu, memory, status, accepted, state, active
+        )
         self._seq = seq = seq + 2
         _SEQ.pack_into(m, off, seq)
 
