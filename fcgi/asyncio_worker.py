@@ -54,6 +54,7 @@ from fcgi import forkguard, stacks
 from fcgi.asgi import Lifespan, LifespanFailure, Write
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
+from fcgi.listen_queue import listen_queue
 from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
 from fcgi.sockets import defer_accept, describe_peer
 from fcgi.spool import SpooledBody
@@ -695,12 +696,6 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
 
 def _backlog(sock: socket.socket) -> int:
     """The backlog ``sock`` listens with: asyncio's server calls listen() again."""
-    # Imported here, not at the top: fcgi.pool is a layer above the drivers
-    # (tests/test_import_graph.py) and its package loads the whole master;
-    # only a worker that starts serving needs this one reader of the kernel's
-    # figures.
-    from fcgi.pool.listen_queue import listen_queue
-
     try:
         backlog = listen_queue(sock).backlog
     except OSError:

@@ -28,6 +28,7 @@ not two.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import linecache
 import os
 import signal
@@ -37,6 +38,8 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
+
+from fcgi.escape import escape_controls
 
 #: The signal the master sends when a worker did not write its stack itself:
 #: faulthandler's C-level handler answers it (all threads). SIGPWR on Linux:
@@ -194,8 +197,6 @@ def format_frames(frames: list[FrameType]) -> Iterator[str]:
     and whose. Control characters in a source line are escaped: it is written
     into a log as it is.
     """
-    from fcgi.escape import escape_controls
-
     kinds = _internal_kinds()
     folded: list[str] = []
     count = 0
@@ -235,8 +236,6 @@ def acknowledge_dump() -> None:
     any shared state (:func:`dump_acknowledged`) and it is set by one system
     call that a signal handler can make.
     """
-    import faulthandler
-
     faulthandler.unregister(FALLBACK_SIGNAL)
     signal.signal(FALLBACK_SIGNAL, signal.SIG_IGN)
 
@@ -292,8 +291,6 @@ def arm_fallback(path: str | None) -> None:
     kept open: the C handler can write but not open anything. Called again
     by :func:`reopen_fallback` after log rotation.
     """
-    import faulthandler
-
     global _fallback_path, _fallback_fd
     fd = 2
     if path is not None:

@@ -60,6 +60,7 @@ from fcgi.driver import (
 )
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.hooks import render_answer
+from fcgi.listen_queue import listen_queue
 from fcgi.records import Role
 from fcgi.sockets import defer_accept, describe_peer, peer_allowed
 from fcgi.wsgi import ClientGone, ErrorStream, error_response, respond
@@ -615,9 +616,6 @@ class SyncWorker(WorkerBase):
         budgets: dict[int, int | None] = {}
         for fd, (sock, _) in listeners.items():
             try:
-                # Imported here: only a stopping worker needs it.
-                from fcgi.pool.listen_queue import listen_queue
-
                 budgets[fd] = listen_queue(sock).queued if accept else 0
             except Exception:  # any failure of the kernel query (netlink, parsing)
                 budgets[fd] = None  # unknown: until the queue is empty

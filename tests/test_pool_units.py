@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fcgi.errors import ConfigError
+from fcgi.listen_queue import listen_queue
 from fcgi.pool import (
     add_pool_arguments,
     check_config_command,
@@ -23,7 +24,6 @@ from fcgi.pool import (
 )
 from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
-from fcgi.pool.listen_queue import listen_queue
 from fcgi.pool.scaling import Census, dynamic_decision
 from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
 from fcgi.pool.status import collect, render

@@ -11,10 +11,12 @@ Modules: ``config`` (settings and validation), ``arguments`` (flags),
 ``master`` (the loop and signals), ``running_pool`` (one pool's children),
 ``scaling`` (static/dynamic arithmetic), ``scoreboard`` (shared memory),
 ``worker_process`` (life after fork), ``worker_hooks`` (the scoreboard side of a
-worker), ``status`` / ``status_server`` (status and ping pages),
-``listen_queue`` (kernel queue figures), ``reexec`` (a master replacing
-itself), ``worker_output`` (catch_workers_output), ``access_log``, ``logs``.
-systemd's sd_notify and LISTEN_FDS live in :mod:`fcgi.systemd`.
+worker), ``status`` / ``status_server`` (status and ping pages), ``reload``
+(a graceful reload's steps, pure), ``reexec`` (a master replacing itself),
+``worker_output`` (catch_workers_output), ``access_log``, ``logs``. Listening
+sockets live in :mod:`fcgi.listeners`, the kernel's queue figures in
+:mod:`fcgi.listen_queue` (the drivers read them too), systemd's sd_notify and
+LISTEN_FDS in :mod:`fcgi.systemd`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from fcgi.listen_queue import total_listen_queue
 from fcgi.pool.config import PoolConfig
-from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.reload import Reload
 from fcgi.pool.scaling import Census
 from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState

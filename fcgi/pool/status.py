@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fcgi.escape import escape
+from fcgi.listen_queue import ListenQueue
 from fcgi.pool.config import PoolConfig
-from fcgi.pool.listen_queue import ListenQueue
 from fcgi.pool.scoreboard import STATE_NAMES, Header, Scoreboard, Slot, SlotState
 
 #: What the page calls the single-process server's "process manager": a pool

@@ -26,7 +26,7 @@ from fcgi import events as ev
 from fcgi.connection import ServerConnection
 from fcgi.errors import FastCGIError
 from fcgi.hooks import render_answer
-from fcgi.pool.listen_queue import total_listen_queue
+from fcgi.listen_queue import total_listen_queue
 from fcgi.pool.running_pool import RunningPool
 from fcgi.pool.status import PageAnswer, collect_from_board, ping_answer, render
 from fcgi.sockets import peer_allowed

@@ -28,10 +28,10 @@ from fcgi import forkguard, stacks
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines, escape
 from fcgi.hooks import Answer
+from fcgi.listen_queue import total_listen_queue
 from fcgi.pool import access_log as access_log_module
 from fcgi.pool.access_log import AccessLog, RequestRecord
 from fcgi.pool.config import PoolConfig
-from fcgi.pool.listen_queue import total_listen_queue
 from fcgi.pool.reexec import MASTER_SIGNALS
 from fcgi.pool.scoreboard import METHOD_LEN, URI_LEN, Header, Scoreboard, Slot, SlotState
 from fcgi.pool.status import SINGLE, collect_from_board, ping_answer, render
