@@ -156,7 +156,8 @@ def test_detect_interface() -> None:
     assert resolve_interface(asgi_function, "wsgi") == "wsgi"
     with pytest.raises(ConfigError):
         resolve_interface(wsgi_app, "rsgi")
-    assert choose_worker("sync", "asgi") == "trio"
+    assert choose_worker("sync", "asgi") == "asyncio"
+    assert choose_worker("trio", "asgi") == "trio"
     assert choose_worker("sync", "wsgi") == "sync"
 
 
@@ -387,7 +388,7 @@ def test_cli_exits_non_zero_when_lifespan_startup_fails(tmp_path: Path) -> None:
     assert proc.returncode == 3
     text = err.decode()
     assert "lifespan startup" in text and "cannot reach the database" in text
-    assert "using the trio worker" in text  # auto-selected for an ASGI app
+    assert "using the asyncio worker" in text  # auto-selected for an ASGI app
 
 
 # -- Starlette -----------------------------------------------------------------------------------
@@ -525,7 +526,7 @@ def test_starlette_through_nginx(start_backend: Any, start_nginx: Any, tmp_path:
     assert lifespan_log.read_text() == "startup\nshutdown\n"
 
 
-def test_sync_worker_request_for_an_asgi_app_switches_to_trio(tmp_path: Path) -> None:
+def test_sync_worker_request_for_an_asgi_app_switches_to_asyncio(tmp_path: Path) -> None:
     sock = str(tmp_path / "a.sock")
     proc = serve_command(
         tmp_path,
@@ -551,4 +552,4 @@ def test_sync_worker_request_for_an_asgi_app_switches_to_trio(tmp_path: Path) ->
         proc.terminate()
         _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
-    assert b"using the trio worker" in err
+    assert b"using the asyncio worker" in err
