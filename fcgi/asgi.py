@@ -100,7 +100,30 @@ class LifespanFailure(FastCGIError):
 
 def _text(native: str) -> str:
     """A PEP 3333 "native string" (bytes as latin-1) back to the text it encodes."""
+    if native.isascii():  # the usual path: ASCII reads the same either way
+        return native
     return native.encode("latin-1").decode("utf-8", "replace")
+
+
+#: Most distinct names the caches below keep: an app or a peer that makes up
+#: names per request just stops being cached.
+_CACHE_LIMIT = 512
+
+#: CGI variable name -> the ASGI header name it carries (``HTTP_USER_AGENT``
+#: -> ``b"user-agent"``), or None for a variable that is not a header. The
+#: same twenty-odd names come with every request, so each is worked out once.
+_HEADER_NAMES: dict[str, bytes | None] = {}
+
+
+def _header_name(variable: str) -> bytes | None:
+    """The header a CGI variable carries, or None (CONTENT_TYPE/LENGTH come separately)."""
+    if not variable.startswith("HTTP_") or variable in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        header = None
+    else:
+        header = variable[5:].lower().replace("_", "-").encode("latin-1")
+    if len(_HEADER_NAMES) < _CACHE_LIMIT:
+        _HEADER_NAMES[variable] = header
+    return header
 
 
 def _http_version(protocol: str) -> str:
@@ -151,11 +174,12 @@ def build_scope(
         raw_path = quote(path, safe="/:@!$&'()*+,;=~").encode("ascii")
 
     headers: list[tuple[bytes, bytes]] = []
+    names = _HEADER_NAMES
     for name, value in params.items():
-        if name.startswith("HTTP_"):
-            if name in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                continue  # CONTENT_TYPE / CONTENT_LENGTH below are authoritative
-            header = name[5:].lower().replace("_", "-").encode("latin-1")
+        # HTTP_CONTENT_TYPE / _LENGTH map to None: CONTENT_TYPE / CONTENT_LENGTH
+        # below are authoritative.
+        header = names[name] if name in names else _header_name(name)
+        if header is not None:
             headers.append((header, value.encode("latin-1")))
     for name, header_name in (
         ("CONTENT_TYPE", b"content-type"),
@@ -195,7 +219,6 @@ def build_scope(
 # -- one request ---------------------------------------------------------------------
 
 _TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_BAD_VALUE_RE = re.compile(rb"[\r\n\x00]")
 _ERROR_BODY = b"<h1>500 Internal Server Error</h1>\n"
 _ERROR_RESPONSE = (
     b"Status: 500 Internal Server Error\r\nContent-Type: text/html\r\n"
@@ -204,27 +227,51 @@ _ERROR_RESPONSE = (
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+#: The status line of each status code Python knows a reason phrase for.
+_STATUS_LINES = {
+    code.value: b"Status: %d %s\r\n" % (code.value, code.phrase.encode("latin-1"))
+    for code in http.HTTPStatus
+}
+
+#: Header names already found valid, each mapped to whether it is
+#: Content-Length: the regular expression runs once per distinct name.
+_GOOD_NAMES: dict[bytes, bool] = {}
+
+
+def _check_name(name: bytes | bytearray) -> bool:
+    """Validate a header name the slow way; True if it is Content-Length."""
+    if not _TOKEN_RE.match(name):
+        raise ValueError(f"invalid header name {bytes(name)!r}")
+    is_length = name.lower() == b"content-length"
+    if type(name) is bytes and len(_GOOD_NAMES) < _CACHE_LIMIT:
+        _GOOD_NAMES[name] = is_length
+    return is_length
+
+
 def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
     """The CGI response head, and whether the app gave a Content-Length."""
     if type(status) is not int or not 100 <= status <= 999:
         raise ValueError(f"invalid status {status!r} in http.response.start")
-    try:
-        reason = http.HTTPStatus(status).phrase
-    except ValueError:
-        reason = "Unknown"
-    parts = [b"Status: %d %s\r\n" % (status, reason.encode("latin-1"))]
+    line = _STATUS_LINES.get(status)
+    parts = [line if line is not None else b"Status: %d Unknown\r\n" % status]
     has_length = False
+    good = _GOOD_NAMES
     for item in headers or ():  # type: ignore[attr-defined]
         name, value = item
-        if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+        if type(name) is bytes and type(value) is bytes:
+            is_length = good.get(name)
+        elif isinstance(name, bytes | bytearray) and isinstance(value, bytes | bytearray):
+            is_length = None  # a bytearray is not hashable: checked the slow way
+        else:
             raise TypeError(f"header {item!r}: ASGI header names and values are bytes")
-        if not _TOKEN_RE.match(name):
-            raise ValueError(f"invalid header name {bytes(name)!r}")
-        if _BAD_VALUE_RE.search(value):
+        if is_length is None:
+            is_length = _check_name(name)
+        # CR and LF would split the header; NUL ends it early in some web servers.
+        if b"\r" in value or b"\n" in value or b"\0" in value:
             raise ValueError(f"invalid value for header {bytes(name)!r}: {bytes(value)!r}")
-        if name.lower() == b"content-length":
+        if is_length:
             has_length = True
-        parts += (bytes(name), b": ", bytes(value), b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), has_length
 

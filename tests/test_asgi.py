@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http
 import json
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +21,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_trio_worker import (
     WAIT,
     Reply,
@@ -32,7 +36,7 @@ from test_trio_worker import (
 )
 
 from fcgi import records as r
-from fcgi.asgi import LifespanFailure, build_scope
+from fcgi.asgi import LifespanFailure, _encode_head, build_scope
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, detect_interface, resolve_interface
 
@@ -553,3 +557,57 @@ def test_sync_worker_request_for_an_asgi_app_switches_to_asyncio(tmp_path: Path)
         _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0
     assert b"using the asyncio worker" in err
+
+
+# -- the response head, against a reference written out here ----------------------------
+
+_REF_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def reference_head(status: object, headers: list[tuple[object, object]]) -> object:
+    """What fcgi.asgi._encode_head must give, written the slow, obvious way."""
+    if type(status) is not int or not 100 <= status <= 999:
+        return "ValueError"
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    out = b"Status: %d %s\r\n" % (status, reason.encode())
+    has_length = False
+    for name, value in headers:
+        if not isinstance(name, bytes | bytearray) or not isinstance(value, bytes | bytearray):
+            return "TypeError"
+        if not _REF_TOKEN.match(name):
+            return "ValueError"
+        if re.search(rb"[\r\n\x00]", value):
+            return "ValueError"
+        has_length = has_length or bytes(name).lower() == b"content-length"
+        out += bytes(name) + b": " + bytes(value) + b"\r\n"
+    return out + b"\r\n", has_length
+
+
+head_names = st.one_of(
+    st.sampled_from([b"content-type", b"Content-Length", b"x-a", b"bad name", b"", b"a:b"]),
+    st.binary(max_size=6),
+)
+head_values = st.one_of(
+    st.sampled_from([b"text/plain", b"13", b"a\r\nb", b"\x00"]), st.binary(max_size=6)
+)
+head_items = st.tuples(
+    st.one_of(head_names, head_names.map(bytearray), st.just("str")),
+    st.one_of(head_values, head_values.map(bytearray), st.just(1)),
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.one_of(st.integers(0, 1000), st.just("200")), st.lists(head_items, max_size=4))
+def test_response_head_matches_the_reference(
+    status: object, headers: list[tuple[object, object]]
+) -> None:
+    expected = reference_head(status, headers)
+    for _ in range(2):  # the second time through the caches
+        try:
+            got: object = _encode_head(status, headers)
+        except (TypeError, ValueError) as exc:
+            got = type(exc).__name__
+        assert got == expected
