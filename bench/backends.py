@@ -94,6 +94,24 @@ SPECS: dict[str, BackendSpec] = {
         BackendSpec(
             "fcgi", "fcgi", FCGI_COMMAND, True, "this project; the command actually used is above"
         ),
+        # fcgi serving the ASGI twin: the asyncio worker, which an ASGI app gets by default,
+        # and the trio worker, for issue 12's ASGI targets against uvicorn and hypercorn.
+        BackendSpec(
+            "fcgi-asgi",
+            "fcgi asyncio (ASGI)",
+            "{python} -m fcgi serve bench.asgi_app:app --bind unix:{sock} --workers {workers}"
+            " --user {user}",
+            True,
+            "this project, ASGI app (bench/asgi_app.py) on the asyncio worker (uvloop)",
+        ),
+        BackendSpec(
+            "fcgi-trio",
+            "fcgi trio (ASGI)",
+            "{python} -m fcgi serve bench.asgi_app:app --bind unix:{sock} --workers {workers}"
+            " --user {user} --worker trio",
+            True,
+            "this project, ASGI app (bench/asgi_app.py) on the trio worker",
+        ),
         # The HTTP peers, each as its docs recommend it behind nginx (bench/nginx.py gives
         # them an upstream keepalive pool over HTTP/1.1).  Access logs are off, as for the rest.
         BackendSpec(

@@ -174,6 +174,15 @@ def issue12_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any
     if "mixed" in summ:
         p99 = _ratio(med("mixed", FCGI_KA, "p99_us"), med("mixed", FCGI, "p99_us"))
         add("mixed: fast requests' p99, keepalive vs without", p99, 1.0, False)
+    # ASGI (item 4): the asyncio worker against uvicorn, the trio worker against
+    # hypercorn on trio, each fcgi row at its better nginx configuration.
+    asgi_peers = (("fcgi-asgi", "uvicorn", 1.0), ("fcgi-trio", "hypercorn", 1.2))
+    for w in ("hello", "64k", "post16k"):
+        for key, peer, need in asgi_peers:
+            label, peer_label = _label(data, key), _label(data, peer)
+            ours = [med(w, label), med(w, f"{label} + keepalive")]
+            best = max((x for x in ours if x), default=None)
+            add(f"{w}: {label} vs {peer_label}", _ratio(best, med(w, peer_label)), need)
     return rows
 
 
