@@ -208,41 +208,74 @@ def _declared_length(params: dict[str, str]) -> int | None:
     return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else _HUGE_LENGTH
 
 
-class ServerConnection:
-    """State of one connection from the application's point of view."""
+class OutputQueue:
+    """What every sans-IO connection core holds whatever its protocol: the output queue.
 
-    __slots__ = (
-        "_out",
-        "_partial",
-        "_partial_len",
-        "_requests",
-        "closed_by_peer",
-        "limits",
-        "should_close",
-    )
+    :class:`ServerConnection` (FastCGI) and
+    :class:`fcgi.one_request.OneRequestConnection` (SCGI, uwsgi) differ in
+    how they read a request but hand their answer to a driver the same way:
+    bytes queued by the ``send_*`` methods, taken with :meth:`data_to_send`
+    or :meth:`buffers_to_send`, and two flags that say when the connection
+    is over. They share this class so that the drivers' side of the
+    interface is written once. Its members are plain ``__slots__``, read
+    through the subclass at the same cost as its own: the queue is on the
+    path of every request.
+    """
+
+    __slots__ = ("_out", "closed_by_peer", "limits", "should_close")
+
+    def __init__(self, limits: Limits | None) -> None:
+        self.limits = limits or Limits()
+        #: Buffers for the peer, in order, until a driver takes them.
+        self._out: list[bytes | memoryview] = []
+        #: True once the answer ends the connection (the subclass says when).
+        self.should_close = False
+        #: True once the peer closed its side (feed_eof).
+        self.closed_by_peer = False
+
+    @property
+    def has_output(self) -> bool:
+        """True if bytes are waiting to be sent (see :meth:`buffers_to_send`)."""
+        return bool(self._out)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, in order."""
+        out = self._out
+        if not out:
+            return b""
+        data = bytes(out[0]) if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """Like :meth:`data_to_send`, as separate buffers (for ``sendmsg``), uncopied."""
+        out = self._out
+        self._out = []
+        return out
+
+
+class ServerConnection(OutputQueue):
+    """State of one connection from the application's point of view.
+
+    ``should_close`` turns True once an END_REQUEST goes out for a request
+    without FCGI_KEEP_CONN.
+    """
+
+    __slots__ = ("_partial", "_partial_len", "_requests")
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
+        OutputQueue.__init__(self, limits)
         #: The received part of a record that is not complete yet, as the
         #: pieces it came in (see :meth:`_stash`), and its length.
         self._partial: list[bytes | bytearray | memoryview] = []
         self._partial_len = 0
-        self._out: list[bytes | memoryview] = []
         self._requests: dict[int, _Request] = {}
-        #: True once an END_REQUEST went out for a request without FCGI_KEEP_CONN.
-        self.should_close = False
-        self.closed_by_peer = False
 
     # -- input ------------------------------------------------------------
 
     @property
     def active_requests(self) -> Collection[int]:
         return self._requests.keys()
-
-    @property
-    def has_output(self) -> bool:
-        """True if records are waiting to be sent (see :meth:`buffers_to_send`)."""
-        return bool(self._out)
 
     @property
     def buffered(self) -> int:
@@ -623,18 +656,3 @@ class ServerConnection:
             out.append(encode_end_request(request_id, app_status, protocol_status))
         if not req.keep_conn:
             self.should_close = True
-
-    def data_to_send(self) -> bytes:
-        """Everything queued for the peer since the last call, in order."""
-        out = self._out
-        if not out:
-            return b""
-        data = bytes(out[0]) if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
-
-    def buffers_to_send(self) -> list[bytes | memoryview]:
-        """Like :meth:`data_to_send`, as separate buffers (for ``sendmsg``), uncopied."""
-        out = self._out
-        self._out = []
-        return out

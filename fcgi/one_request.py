@@ -4,11 +4,12 @@ SCGI (:mod:`fcgi.scgi`) and uwsgi (:mod:`fcgi.uwsgi`) carry one request per
 connection: a head of CGI variables in a layout of their own, then
 CONTENT_LENGTH bytes of body, then the answer, then the connection closes.
 Everything but the head's layout is the same for both, and lives here in
-:class:`OneRequestConnection`: the body and its limits, the output queue, the
-end of the request. It has the interface of
-:class:`fcgi.connection.ServerConnection` (feed, send_stdout, end_request and
-the rest) and yields the same :mod:`fcgi.events`, so every driver serves
-these protocols as it serves FastCGI.
+:class:`OneRequestConnection`: the body and its limits, the end of the
+request. Its output queue is :class:`fcgi.connection.OutputQueue`, the base
+it shares with :class:`fcgi.connection.ServerConnection`; it has that class's
+interface (feed, send_stdout, end_request and the rest) and yields the same
+:mod:`fcgi.events`, so every driver serves these protocols as it serves
+FastCGI.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from fcgi import events as ev
-from fcgi.connection import Limits
+from fcgi.connection import Limits, OutputQueue
 from fcgi.errors import LocalProtocolError, ProtocolError
 from fcgi.records import ProtocolStatus, Role
 
@@ -25,6 +26,8 @@ from fcgi.records import ProtocolStatus, Role
 #: reads the same.
 REQUEST_ID = 1
 _RESPONDER = int(Role.RESPONDER)
+#: The protocol status of a request the app answered itself (end_request's default).
+_COMPLETE = int(ProtocolStatus.REQUEST_COMPLETE)
 _ACTIVE: Collection[int] = (REQUEST_ID,)
 _IDLE: Collection[int] = ()
 
@@ -85,31 +88,22 @@ def wrong_protocol_hint(first: int) -> str:
     return ""
 
 
-class OneRequestConnection:
+class OneRequestConnection(OutputQueue):
     """One request per connection: head, then CONTENT_LENGTH bytes of body, then the answer.
 
     A subclass says how the head is laid out: :meth:`_measure` learns its size
     from its first ``_prefix_max`` bytes, :meth:`_parse` turns the whole head
     into params. This class does the rest the same way for every such
-    protocol: buffering the head, the limits, body events, the output queue.
+    protocol: buffering the head, the limits, body events. The output queue
+    is :class:`~fcgi.connection.OutputQueue`'s, as for FastCGI;
+    ``should_close`` turns True once the request is answered (the protocol
+    has one per connection).
     """
 
-    __slots__ = (
-        "_active",
-        "_body_left",
-        "_head",
-        "_need",
-        "_out",
-        "_prefix_max",
-        "_sent",
-        "_stage",
-        "closed_by_peer",
-        "limits",
-        "should_close",
-    )
+    __slots__ = ("_active", "_body_left", "_head", "_need", "_prefix_max", "_sent", "_stage")
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self.limits = limits or Limits()
+        OutputQueue.__init__(self, limits)
         self._stage = _HEAD
         #: The head received so far (never more than the head).
         self._head = bytearray()
@@ -122,10 +116,6 @@ class OneRequestConnection:
         self._active = False
         #: True once the app wrote response bytes.
         self._sent = False
-        self._out: list[bytes | memoryview] = []
-        #: True once the request is answered: the protocol has one per connection.
-        self.should_close = False
-        self.closed_by_peer = False
 
     # -- what a subclass defines -------------------------------------------------
 
@@ -153,11 +143,6 @@ class OneRequestConnection:
     @property
     def active_requests(self) -> Collection[int]:
         return _ACTIVE if self._active else _IDLE
-
-    @property
-    def has_output(self) -> bool:
-        """True if response bytes are waiting to be sent (see :meth:`buffers_to_send`)."""
-        return bool(self._out)
 
     @property
     def buffered(self) -> int:
@@ -337,10 +322,7 @@ class OneRequestConnection:
         self._live(request_id)
 
     def end_request(
-        self,
-        request_id: int,
-        app_status: int = 0,
-        protocol_status: int = ProtocolStatus.REQUEST_COMPLETE,
+        self, request_id: int, app_status: int = 0, protocol_status: int = _COMPLETE
     ) -> None:
         """Finish the response; the connection is then to be closed.
 
@@ -348,22 +330,10 @@ class OneRequestConnection:
         REQUEST_COMPLETE on a request that wrote nothing gets a 503 answer.
         """
         self._live(request_id)
-        if protocol_status != ProtocolStatus.REQUEST_COMPLETE and not self._sent:
+        if protocol_status != _COMPLETE and not self._sent:
             self._emit(_UNAVAILABLE)
         self._finish()
         self._active = False
         if self._stage == _BODY:
             self._stage = _DROP  # input for a request that is over is ignored
         self.should_close = True
-
-    def data_to_send(self) -> bytes:
-        """Everything queued for the peer since the last call, in order."""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
-
-    def buffers_to_send(self) -> list[bytes | memoryview]:
-        """Like :meth:`data_to_send`, as separate buffers (for ``sendmsg``), uncopied."""
-        out = self._out
-        self._out = []
-        return out

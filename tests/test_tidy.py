@@ -6,6 +6,11 @@
   its base, or the docstring, fails here.
 * The pool builds a worker's options without loading ``fcgi.server``: the
   option building lives in :mod:`fcgi.options`, below both.
+* The sans-IO connection cores (FastCGI, SCGI, uwsgi) take their output queue
+  from one base, :class:`fcgi.connection.OutputQueue`, and stay ``__slots__``
+  classes all the way down: a class in the chain without ``__slots__`` would
+  give every connection a ``__dict__``, a slot declared twice a wasted field
+  that hides the base's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from rawfcgi import ROOT
 
 import fcgi
 from fcgi import errors
+from fcgi.connection import OutputQueue, ServerConnection
+from fcgi.scgi import ScgiConnection
+from fcgi.uwsgi import UwsgiConnection
 
 #: Errors that derive from a built-in type instead, each for a reason errors.py gives.
 OUTSIDERS = {"fcgi.asgi.ClientDisconnected", "fcgi.sync_worker.SendTimeout"}
@@ -73,3 +81,14 @@ def test_a_pool_builds_worker_options_without_the_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_the_connection_cores_share_one_slotted_output_queue() -> None:
+    for cls in (ServerConnection, ScgiConnection, UwsgiConnection):
+        assert issubclass(cls, OutputQueue), cls
+        assert not hasattr(cls(), "__dict__"), f"a class above {cls.__name__} has no __slots__"
+        declared: set[str] = set()
+        for klass in cls.__mro__[:-1]:  # object has no __slots__ to declare
+            own = set(vars(klass)["__slots__"])
+            assert not own & declared, f"{klass.__name__} declares {own & declared} again"
+            declared |= own
