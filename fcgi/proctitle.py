@@ -39,6 +39,9 @@ def set_title(title: str) -> None:
         if not _available:
             return
         try:
+            # Here, not at the top: an optional dependency, looked for only
+            # when a title is first set (a process that never sets one never
+            # loads it).
             from setproctitle import setproctitle
         except ImportError:
             _available = False
