@@ -224,19 +224,24 @@ class ScoreboardHooks:
         slot.request_start_mono = start_mono
         slot.method = method = params.get("REQUEST_METHOD", "")
         slot.uri = uri = params.get("REQUEST_URI") or request_uri(params)
-        self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
-        self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
-        # The title follows the request shown, so it changes only with it.
+        # The scoreboard's bytes and the title follow the request shown, so
+        # they are made again only when its route changes (most requests of a
+        # busy site repeat one).
         if uri != self._busy_uri or method != self._busy_method:
             self._busy_method = method
             self._busy_uri = uri
+            self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
+            self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
             self._busy_title = worker_busy_title(self._busy_prefix, method, uri)
         if self._title is not self._busy_title:
             self._title = self._busy_title
             self._set_title(self._busy_title)
         length = params.get("CONTENT_LENGTH")
+        if not length:
+            slot.content_length = 0
+            return
         try:
-            slot.content_length = int(length) if length else 0
+            slot.content_length = int(length)
         except ValueError:
             slot.content_length = 0
         if not 0 <= slot.content_length < 1 << 63:
