@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ from typing import Any, cast
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import Lifespan, LifespanFailure, Write
+from fcgi.driver import CoreFactory
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
 from fcgi.listen_queue import listen_queue
@@ -233,8 +235,10 @@ class _TaskView:
 class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     """One accepted connection: the core's state, its requests, its timer."""
 
-    def __init__(self, worker: AsyncioWorker) -> None:
-        super().__init__(worker, "unix socket", -1)
+    def __init__(
+        self, worker: AsyncioWorker, core: tuple[CoreFactory, bool] | None = None
+    ) -> None:
+        super().__init__(worker, "unix socket", -1, core)
         self.worker: AsyncioWorker = worker
         self.loop = worker.loop
         self.transport: asyncio.Transport | None = None
@@ -544,7 +548,10 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
 
 
 class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
-    """Serve FastCGI connections on ``listeners`` with asyncio until stopped.
+    """Serve connections on ``listeners`` with asyncio until stopped.
+
+    Each listener's connections speak its protocol: FastCGI, uwsgi or SCGI
+    (:meth:`~fcgi.driver.WorkerBase.core_for`).
 
     Same interface as :class:`fcgi.trio_worker.TrioWorker`, for ASGI apps.
     Construct it in the process that will serve (after fork);
@@ -610,8 +617,12 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
                 # belongs to whoever made this worker (a reload reuses it).
                 dup = sock.dup()
                 dups.append(dup)
+                # One protocol factory per listener: its connections get the
+                # core it speaks, chosen here once.
                 server = await loop.create_server(
-                    self._new_connection, sock=dup, backlog=_backlog(sock)
+                    functools.partial(_Connection, self, self.core_for(sock)),
+                    sock=dup,
+                    backlog=_backlog(sock),
                 )
                 self._servers.append(server)
             if ready is not None:
@@ -626,9 +637,6 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
             for dup in dups:
                 dup.close()
             await lifespan.shutdown()
-
-    def _new_connection(self) -> _Connection:
-        return _Connection(self)
 
     def _maybe_idle(self) -> None:
         """Tell the hooks the worker waits, if it still has nothing to do a loop turn later.

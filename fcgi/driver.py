@@ -1,9 +1,11 @@
 """What every driver (sync, trio, asyncio) has in common, written once.
 
-A driver turns sockets into calls of the sans-IO core and of the app. The
-three differ in how they wait (epoll, trio, asyncio) but must agree on the
-rest: which accept() errors are the connection's and which the process's,
-how a param is read as a number, what the process that runs them (the
+A driver turns sockets into calls of the sans-IO core and of the app (the
+core the listener's protocol asks for, :meth:`WorkerBase.core_for`: FastCGI,
+uwsgi or SCGI, one interface and one set of events). The three drivers
+differ in how they wait (epoll, trio, asyncio) but must agree on the rest:
+which accept() errors are the connection's and which the process's, how a
+param is read as a number, what the process that runs them (the
 single-process server, a pool worker) may ask of them and how it stops them
 (:class:`WorkerBase`), how refusals are logged, and the WSGI environ of a
 request (:func:`wsgi_environ`). What only the two that serve many requests
@@ -20,9 +22,13 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from fcgi.connection import Limits, ServerConnection
 from fcgi.hooks import NoHooks, WorkerHooks
 from fcgi.options import ServerOptions
 from fcgi.records import Role
+from fcgi.scgi import ScgiConnection
+from fcgi.sockets import FASTCGI, SCGI, UWSGI
+from fcgi.uwsgi import UwsgiConnection
 from fcgi.wsgi import ErrorStream, InputStream, build_environ, content_length
 
 #: accept() errors that concern only the connection being taken (it was reset
@@ -51,6 +57,19 @@ ACCEPT_RETRY = frozenset(
 ACCEPT_STARVED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 #: Seconds a driver waits before trying accept() again after one of those.
 ACCEPT_PAUSE = 0.1
+
+
+#: The sans-IO core of a connection, whichever protocol its listener speaks:
+#: the three have one interface and yield the same events.
+CoreConnection = ServerConnection | UwsgiConnection | ScgiConnection
+#: What makes a new connection's core from the driver's limits.
+CoreFactory = Callable[[Limits], CoreConnection]
+#: The core for each protocol a bind spec can name (fcgi.sockets.PROTOCOLS).
+CORES: dict[str, CoreFactory] = {
+    FASTCGI: ServerConnection,
+    UWSGI: UwsgiConnection,
+    SCGI: ScgiConnection,
+}
 
 
 def int_param(params: Mapping[str, str], name: str) -> int | None:
@@ -116,6 +135,19 @@ class WorkerBase:
         self.hooks: WorkerHooks = hooks or NoHooks()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def core_for(self, listener: socket.socket) -> tuple[CoreFactory, bool]:
+        """(the core for connections accepted on ``listener``, send tracebacks to the peer).
+
+        Asked once per listener, when the driver starts to accept on it: the
+        answer goes with the listener, so no connection pays for the choice.
+        Tracebacks go to the web server only over FastCGI (FCGI_STDERR, which
+        nginx logs) and only with ``stderr_tracebacks``: uwsgi and SCGI have
+        no channel for them (the log has them either way).
+        """
+        protocol = self.options.protocols.get(listener.fileno(), FASTCGI)
+        tracebacks = self.options.stderr_tracebacks and protocol == FASTCGI
+        return CORES[protocol], tracebacks
 
     def stop(self) -> None:
         """Stop accepting, finish the requests in progress, return. Signal- and thread-safe."""

@@ -21,6 +21,12 @@ adopted and cleaned up the same way whichever runs:
   a re-executed image inherits the owned paths with the sockets, so the last
   image removes them.
 
+Each socket also has the wire protocol its spec named (``uwsgi:``, ``scgi:``,
+FastCGI by default): :attr:`Listeners.protocols`, by descriptor, which the
+server puts into :attr:`fcgi.options.ServerOptions.protocols` for the drivers.
+An inherited socket takes the protocol of the spec that claims it; one that no
+spec names (systemd's or fd 0 for the single process) speaks FastCGI.
+
 Drivers never import this module: they get sockets already listening, and
 what they need of addresses (peers, allowed clients) is in :mod:`fcgi.sockets`.
 """
@@ -42,7 +48,14 @@ from collections.abc import Iterable, Mapping
 from fcgi import systemd
 from fcgi.errors import ConfigError
 from fcgi.records import LISTENSOCK_FILENO
-from fcgi.sockets import BindSpec, format_address, parse_bind, socket_path
+from fcgi.sockets import (
+    FASTCGI,
+    BindSpec,
+    format_address,
+    parse_bind,
+    socket_path,
+    split_protocol,
+)
 
 #: The lines about stale and held socket files keep the logger they were
 #: always written under (fcgi.sockets), for whoever filters on it.
@@ -75,6 +88,9 @@ class Listeners:
         #: Inherited sockets no spec has claimed yet, by the address they
         #: listen on (written as :func:`str` of a parsed spec writes it).
         self.unclaimed: dict[str, socket.socket] = {}
+        #: Descriptor -> wire protocol of each socket that does not speak
+        #: FastCGI ("uwsgi", "scgi"): what the drivers serve it with.
+        self.protocols: dict[int, str] = {}
 
     @classmethod
     def inherit(
@@ -93,11 +109,44 @@ class Listeners:
             listeners.unclaimed[str(parse_bind(spec))] = sock
         return listeners
 
+    @classmethod
+    def handed_over(
+        cls, named: Mapping[str, socket.socket], owned_paths: Iterable[str]
+    ) -> Listeners:
+        """A re-executed single process's sockets, each under the name :meth:`names` gave it."""
+        listeners = cls(owned_paths=owned_paths)
+        for name, sock in named.items():
+            listeners._add(sock, split_protocol(name)[0])
+        return listeners
+
+    def names(self) -> dict[str, socket.socket]:
+        """Each socket under a name of its own that keeps its protocol (see :meth:`handed_over`)."""
+        named = {}
+        for i, sock in enumerate(self.sockets):
+            protocol = self.protocols.get(sock.fileno(), FASTCGI)
+            prefix = "" if protocol == FASTCGI else f"{protocol}:"
+            named[f"{prefix}{address_of(sock)}#{i}"] = sock
+        return named
+
+    def _add(self, sock: socket.socket, protocol: str) -> None:
+        self.sockets.append(sock)
+        if protocol != FASTCGI:
+            self.protocols[sock.fileno()] = protocol
+
+    def protocols_of(self, sockets: Iterable[socket.socket]) -> dict[int, str]:
+        """The entries of :attr:`protocols` for ``sockets`` (one pool's)."""
+        fds = {sock.fileno() for sock in sockets}
+        return {fd: name for fd, name in self.protocols.items() if fd in fds}
+
     def claim(self, spec: str) -> socket.socket | None:
-        """The inherited socket listening where ``spec`` says, if there is one."""
-        sock = self.unclaimed.pop(str(parse_bind(spec)), None)
+        """The inherited socket listening where ``spec`` says, if there is one.
+
+        It speaks the protocol ``spec`` names, whatever it was inherited for.
+        """
+        parsed = parse_bind(spec)
+        sock = self.unclaimed.pop(str(parsed), None)
         if sock is not None:
-            self.sockets.append(sock)
+            self._add(sock, parsed.protocol)
             self.by_spec[spec] = sock
         return sock
 
@@ -111,10 +160,11 @@ class Listeners:
         group: str | None = None,
     ) -> socket.socket:
         """Open a socket for ``spec``; a unix socket's file is then ours to remove."""
-        sock = open_listener(spec, mode=mode, backlog=backlog, owner=owner, group=group)
-        self.sockets.append(sock)
+        parsed = parse_bind(spec)
+        sock = open_listener(parsed, mode=mode, backlog=backlog, owner=owner, group=group)
+        self._add(sock, parsed.protocol)
         self.by_spec[spec] = sock
-        if parse_bind(spec).kind == "unix":
+        if parsed.kind == "unix":
             path = socket_path(sock)
             if path:
                 self.owned_paths.append(path)
@@ -154,7 +204,8 @@ def open_single(bind: Iterable[str], *, mode: int = 0o660, backlog: int = 511) -
 
     Without an address: systemd's sockets if it passed any, else the
     listening socket on fd 0, else none at all (the caller then answers one
-    request as CGI, or refuses).
+    request as CGI, or refuses). Those speak FastCGI: nothing names another
+    protocol for them (mod_fcgid's fd 0 is FastCGI by definition).
     """
     specs = list(bind)
     if not specs:

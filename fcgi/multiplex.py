@@ -1,7 +1,8 @@
 """What the two drivers that serve many requests at once (trio, asyncio) share.
 
-Both feed one :class:`~fcgi.connection.ServerConnection` per connection, keep
-every request id on it in progress together, and run each app in a task of
+Both feed one sans-IO core per connection (:class:`~fcgi.connection.ServerConnection`,
+or the uwsgi or SCGI one its listener speaks: :meth:`fcgi.driver.WorkerBase.core_for`),
+keep every request id on it in progress together, and run each app in a task of
 its own; they differ only in how they wait (trio: a task per connection and
 cancel scopes; asyncio: protocol callbacks, timers and futures). So that the
 rules cannot drift apart, they are written once here:
@@ -32,7 +33,7 @@ from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIResponder, Waits, Write, build_scope
 from fcgi.connection import ServerConnection
-from fcgi.driver import WorkerBase, log_refusal
+from fcgi.driver import CoreFactory, WorkerBase, log_refusal
 from fcgi.errors import ProtocolError, RequestBodyTooLarge
 from fcgi.hooks import render_answer
 from fcgi.interface import resolve_interface
@@ -127,11 +128,22 @@ class MultiplexConnection(Generic[R]):
     and :meth:`became_idle`.
     """
 
-    def __init__(self, worker: MultiplexWorker[Any, R], peer: str, fd: int) -> None:
+    def __init__(
+        self,
+        worker: MultiplexWorker[Any, R],
+        peer: str,
+        fd: int,
+        core: tuple[CoreFactory, bool] | None = None,
+    ) -> None:
+        """``core``: what the listener speaks, as :meth:`~fcgi.driver.WorkerBase.core_for`
+        says (None: FastCGI)."""
         self.worker = worker
         self.peer = peer
         self.fd = fd
-        self.conn = ServerConnection(worker.limits)
+        factory, tracebacks = core or (ServerConnection, worker.options.stderr_tracebacks)
+        self.conn = factory(worker.limits)
+        #: App tracebacks go to the web server too (FastCGI's FCGI_STDERR).
+        self.tracebacks = tracebacks
         self.requests: dict[int, R] = {}
         #: Requests whose app is running (the others still wait for PARAMS).
         self.running = 0
@@ -627,7 +639,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
             write,
             waits=self.waits,
             write_last=self._last_writer(c, req),
-            stderr=stderr if self.options.stderr_tracebacks else None,
+            stderr=stderr if c.tracebacks else None,
             body_timeout=self.options.read_timeout,
             where=f"{scope['method']} {params.get('REQUEST_URI') or scope['path']}",
         )

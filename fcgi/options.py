@@ -70,6 +70,12 @@ class ServerOptions:
     #: Trio worker: most requests in progress at once over all connections; one
     #: more gets END_REQUEST OVERLOADED. Reported as FCGI_MAX_REQS.
     max_reqs: int = default("max_reqs")
+    #: Listening socket descriptor -> the wire protocol its connections speak,
+    #: for the listeners that do not speak FastCGI ("uwsgi", "scgi": a bind
+    #: spec's prefix, see fcgi.sockets). By descriptor because a worker gets
+    #: its listeners across fork() under the numbers the server opened them
+    #: with, and a driver looks each one up once, when it starts to accept.
+    protocols: dict[int, str] = field(default_factory=dict)
 
 
 def make_options(

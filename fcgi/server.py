@@ -56,7 +56,7 @@ def open_listeners(
     """
     handover = reexec.take_handover()
     if handover.sockets:
-        return Listeners(handover.sockets.values(), handover.owned_paths)
+        return Listeners.handed_over(handover.sockets, handover.owned_paths)
     return open_single([bind] if isinstance(bind, str) else bind or [], mode=mode, backlog=backlog)
 
 
@@ -128,15 +128,16 @@ def serve(
     max_conns: int | None = None,
     max_reqs: int | None = None,
 ) -> int:
-    """Serve ``app`` over FastCGI until SIGTERM (graceful) or SIGINT.
+    """Serve ``app`` (over FastCGI, or uwsgi or SCGI) until SIGTERM (graceful) or SIGINT.
 
     ``app_spec`` (``module:app``, as the command line names it) lets a reload
     of the single-process server check that the new code imports before it
     re-executes; without it the reload re-executes unchecked.
 
     ``bind`` (the ``listen`` setting) is one address or several (see
-    :mod:`fcgi.sockets`); None means the socket a web server left on fd 0, or
-    plain CGI when there is none. ``socket_mode``, ``backlog`` and
+    :mod:`fcgi.sockets`), each speaking FastCGI unless prefixed ``uwsgi:`` or
+    ``scgi:``; None means the socket a web server left on fd 0, or plain CGI
+    when there is none. ``socket_mode``, ``backlog`` and
     ``allowed_clients`` are ``listen_mode``, ``listen_backlog`` and
     ``listen_allowed_clients``. ``worker`` is "sync" (one request at a time)
     or "trio" (concurrent; the only one for ASGI apps, chosen automatically
@@ -291,7 +292,9 @@ def run_single(
         signal.SIGUSR1: reopen,
     }
     sockets = listeners.sockets
-    names = ", ".join(address_of(sock) for sock in sockets)
+    # What each listener speaks, for the drivers (the CLI's options have none).
+    options.protocols = {**options.protocols, **listeners.protocols}
+    names = ", ".join(_named(sock, options.protocols) for sock in sockets)
 
     def ready() -> None:
         log.info("serving on %s (pid %d, single process, %s worker)", names, os.getpid(), worker)
@@ -337,7 +340,7 @@ def run_single(
             log.info("reloading: re-executing with the same sockets")
             try:
                 reexec.exec_master(
-                    reexec.Handover(dict(_by_name(sockets)), list(listeners.owned_paths))
+                    reexec.Handover(listeners.names(), list(listeners.owned_paths))
                 )
             except OSError as exc:
                 log.error(
@@ -377,6 +380,12 @@ def _stop_observing(hooks: SingleProcessHooks | None, watcher: SlowRequestWatche
         hooks.close()
 
 
+def _named(sock: socket.socket, protocols: Mapping[int, str]) -> str:
+    """A listener's address for the "serving on" line, with its protocol if not FastCGI."""
+    protocol = protocols.get(sock.fileno())
+    return f"{protocol}:{address_of(sock)}" if protocol else address_of(sock)
+
+
 def _make_worker(
     app: WSGIApp,
     listeners: Sequence[socket.socket],
@@ -385,8 +394,3 @@ def _make_worker(
     hooks: WorkerHooks | None = None,
 ) -> Driver:
     return driver_factory(worker)(listeners, app, options, hooks)
-
-
-def _by_name(listeners: Sequence[socket.socket]) -> list[tuple[str, socket.socket]]:
-    """Each listener under a name of its own (the handover's keys)."""
-    return [(f"{address_of(sock)}#{i}", sock) for i, sock in enumerate(listeners)]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fcgi.errors import ConfigError
+from fcgi.sockets import FASTCGI, parse_bind
 
 Kind = Literal["int", "seconds", "size", "bool", "str", "choice", "list", "table", "mode"]
 Scope = Literal["global", "pool"]
@@ -98,6 +99,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
         if 1 <= v <= MAX_WORKERS
         else f"must lie between 1 and {MAX_WORKERS}, got {_show(v)}"
     ),
+    "bind specs": lambda v: "; ".join(filter(None, map(_bind_problem, v))) or None,
+    "fastcgi address": lambda v: _bind_problem(v, fastcgi_only=True),
 }
 #: listen(2) takes a C int (the kernel then caps it at net.core.somaxconn).
 _C_INT_MAX = 2**31 - 1
@@ -167,8 +170,10 @@ _TABLE: tuple[Setting, ...] = (
     # -- pool: what runs and where it listens --------------------------------------------
     _pool("app", "str", "", "the app: MODULE, MODULE:APP or MODULE:factory()",
           gunicorn="wsgi_app", unset_means="the MODULE:APP argument", metavar="MODULE:APP"),
-    _pool("listen", "list", (), "address to listen on: unix:/path, HOST:PORT, [V6]:PORT, PORT "
-          "or fd://N (repeatable)", php="listen", gunicorn="bind", aliases=("--bind", "-b"),
+    _pool("listen", "list", (), "address to listen on (repeatable): unix:/path, HOST:PORT, "
+          "[V6]:PORT, PORT or fd://N for FastCGI; prefixed uwsgi: or scgi: "
+          "(uwsgi:unix:/run/app.sock) for those protocols", check="bind specs", php="listen",
+          gunicorn="bind", aliases=("--bind", "-b"),
           unset_means="the socket on fd 0 (single process)", metavar="ADDR"),
     _pool("listen_backlog", "int", 511, "listen queue length", check="backlog",
           php="listen.backlog", gunicorn="backlog", aliases=("--backlog",)),
@@ -251,7 +256,8 @@ _TABLE: tuple[Setting, ...] = (
     _pool("ping_response", "str", "pong", "body of the ping answer",
           php="ping.response", metavar="TEXT"),
     _pool("status_listen", "str", None, "extra address answered by the master with the status "
-          "page", master=True, php="pm.status_listen", metavar="ADDR"),
+          "page (over FastCGI)", check="fastcgi address", master=True, php="pm.status_listen",
+          metavar="ADDR"),
     _pool("status_full_query", "bool", False,
           "show query strings in the status page's ?full list"),
     # -- pool: each worker's limits (ServerOptions) ---------------------------------------
@@ -265,9 +271,11 @@ _TABLE: tuple[Setting, ...] = (
     _pool("script_name", "str", None, "mount point of the app (SCRIPT_NAME)",
           check="mount point", unset_means="derived from the web server's params",
           metavar="PATH"),
-    _pool("max_params", "int", 1000, "most FastCGI params per request", check="at least 1",
-          gunicorn="limit_request_fields"),
-    _pool("max_params_bytes", "size", 256 * 1024, "largest PARAMS stream per request",
+    _pool("max_params", "int", 1000,
+          "most request variables per request (FastCGI params, uwsgi vars, SCGI headers)",
+          check="at least 1", gunicorn="limit_request_fields"),
+    _pool("max_params_bytes", "size", 256 * 1024,
+          "largest request head (FastCGI PARAMS stream, uwsgi vars block, SCGI header block)",
           check="at least 1"),
     _pool("max_body_size", "size", 512 * 1024 * 1024,
           "largest request body; larger ones get 413 (0: no limit)", check="not negative"),
@@ -456,6 +464,22 @@ def resolve(values: Mapping[str, object], origin: Callable[[str], str]) -> dict[
 
 
 # -- showing values ----------------------------------------------------------------------
+
+
+def _bind_problem(spec: str, fastcgi_only: bool = False) -> str | None:
+    """Why ``spec`` is no bind spec (an unknown protocol prefix, a bad port...), if it is not.
+
+    Checked with the rest of the configuration, so ``fcgi check-config``
+    refuses it, not the start. ``fastcgi_only``: the master answers that
+    address itself, over FastCGI (status_listen).
+    """
+    try:
+        protocol = parse_bind(spec).protocol
+    except ConfigError as exc:
+        return str(exc)
+    if fastcgi_only and protocol != FASTCGI:
+        return f"the master answers it over FastCGI only, got {spec!r}"
+    return None
 
 
 def _show(value: object) -> str:

@@ -5,6 +5,13 @@ Address forms: ``unix:/path`` (or any path starting with ``/`` or ``.``),
 authentication, so listening on every interface must be asked for with
 ``0.0.0.0:PORT``), and ``fd://N`` for a socket handed over by a parent.
 
+Any of them may start with the wire protocol the listener speaks:
+``uwsgi:unix:/run/app.sock``, ``scgi:127.0.0.1:4000``, ``fastcgi:...`` (the
+default, so the prefix is only ever needed for the other two). The protocol
+is a property of the listener, not of the address: two specs for one address
+are the same socket (a systemd socket or a re-executed master's is matched by
+address alone), and :attr:`BindSpec.protocol` says what its connections speak.
+
 What drivers need of a socket they were given lives here (naming and
 admitting peers, TCP_DEFER_ACCEPT); opening, inheriting and removing
 listening sockets is :mod:`fcgi.listeners`, which only the servers use.
@@ -15,12 +22,24 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
+import re
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fcgi.errors import ConfigError
+
+#: The wire protocols a listener can speak, as a bind spec's prefix names them.
+#: FastCGI is the default: a spec without a prefix speaks it.
+FASTCGI = "fastcgi"
+UWSGI = "uwsgi"
+SCGI = "scgi"
+PROTOCOLS = (FASTCGI, UWSGI, SCGI)
+
+#: A word followed by ':' at the start of a spec: a protocol prefix if the
+#: rest is an address of its own (see :func:`split_protocol`).
+_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +49,15 @@ class BindSpec:
     host: str = ""
     port: int = 0
     fd: int = -1
+    #: What the listener's connections speak: one of :data:`PROTOCOLS`.
+    protocol: str = FASTCGI
 
     def __str__(self) -> str:
+        """The address alone, as :func:`fcgi.listeners.address_of` writes a socket's.
+
+        Without the protocol: it is how an inherited socket is matched to a
+        spec, and a socket does not know what protocol it was meant for.
+        """
         if self.kind == "unix":
             return f"unix:{self.path}"
         if self.kind == "fd":
@@ -39,9 +65,42 @@ class BindSpec:
         return format_address(self.host, self.port)
 
 
-def parse_bind(spec: str) -> BindSpec:
-    """Parse an address, raising ConfigError with the offending text."""
+def split_protocol(spec: str) -> tuple[str, str]:
+    """(protocol, address) of a bind spec; FastCGI when it names none.
+
+    ``uwsgi:unix:/x`` is uwsgi at ``unix:/x``. A word other than a protocol
+    before the first ':' is one only when an address of its own follows it
+    (another ':', or a path): ``http://host:80`` or ``tcp:1.2.3.4:9000`` are
+    unknown protocols, refused by name, while ``localhost:9000`` and
+    ``unix:/x`` stay addresses. Raises ConfigError for an unknown protocol.
+    """
     text = spec.strip()
+    match = _PREFIX.fullmatch(text)
+    if match is None:
+        return FASTCGI, text
+    word, rest = match.groups()
+    name = word.lower()
+    if name in PROTOCOLS:
+        return name, rest.strip()
+    if name in ("unix", "fd") or not (":" in rest or rest.startswith(("/", "."))):
+        return FASTCGI, text
+    raise ConfigError(
+        f"bind address {spec!r}: unknown protocol {word!r} "
+        f"(expected an address, or one prefixed with {', '.join(p + ':' for p in PROTOCOLS)})"
+    )
+
+
+def parse_bind(spec: str) -> BindSpec:
+    """Parse a bind spec (an address, perhaps with its protocol), raising ConfigError."""
+    protocol, text = split_protocol(spec)
+    if not text:
+        raise ConfigError(f"bind address {spec!r}: no address after the protocol")
+    parsed = _parse_address(spec, text)
+    return parsed if protocol == FASTCGI else replace(parsed, protocol=protocol)
+
+
+def _parse_address(spec: str, text: str) -> BindSpec:
+    """``text`` (``spec`` without its protocol) as an address; errors quote ``spec``."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path:

@@ -49,11 +49,12 @@ from typing import Any
 
 from fcgi import events as ev
 from fcgi import forkguard
-from fcgi.connection import Limits, ServerConnection
+from fcgi.connection import Limits
 from fcgi.driver import (
     ACCEPT_PAUSE,
     ACCEPT_RETRY,
     ACCEPT_STARVED,
+    CoreFactory,
     WorkerBase,
     log_refusal,
     wsgi_environ,
@@ -254,6 +255,7 @@ class _Connection(SendBudget):
         "served",
         "sock",
         "timeout",
+        "tracebacks",
     )
 
     def __init__(
@@ -263,6 +265,7 @@ class _Connection(SendBudget):
         limits: Limits,
         timeout: float,
         buffer: memoryview,
+        core: tuple[CoreFactory, bool],
     ) -> None:
         self.sock = sock
         #: The socket's descriptor, the key of the parked dicts (no fileno() call).
@@ -270,9 +273,12 @@ class _Connection(SendBudget):
         self.address = address
         self.timeout = timeout
         #: The worker's read buffer, shared by its connections: what a read
-        #: puts there is taken in by ServerConnection.feed before the next.
+        #: puts there is taken in by the core's feed before the next.
         self.buffer = buffer
-        self.conn = ServerConnection(limits)
+        #: The core of the protocol its listener speaks, and whether app
+        #: tracebacks go to the web server too (see WorkerBase.core_for).
+        factory, self.tracebacks = core
+        self.conn = factory(limits)
         self.pending: deque[ev.Event] = deque()
         self.served = 0
         #: Requests refused on this connection (see fcgi.driver.log_refusal).
@@ -480,8 +486,16 @@ class _Exchange:
         self._dispatch()
 
 
+#: A listener as the worker accepts on it: the socket, (family, type, proto)
+#: as plain ints for accept(), and the core its connections speak.
+_Listening = tuple[socket.socket, tuple[int, int, int], tuple[CoreFactory, bool]]
+
+
 class SyncWorker(WorkerBase):
-    """Serve FastCGI connections on ``listeners`` until stopped.
+    """Serve connections on ``listeners`` until stopped.
+
+    Each listener's connections speak its protocol: FastCGI, uwsgi or SCGI
+    (:meth:`~fcgi.driver.WorkerBase.core_for`, asked once per listener).
 
     Connections are parked in the same epoll set as the listeners whenever
     they have no whole request head to serve: new ones until their head has
@@ -534,14 +548,16 @@ class SyncWorker(WorkerBase):
         """
         forkguard.arm()
         poller = self._poller = select.epoll()
-        #: fd -> (listener, (family, type, proto)) as plain ints for accept().
-        listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]] = {}
+        #: fd -> (listener, (family, type, proto) as plain ints for accept(),
+        #: the core its connections speak).
+        listeners: dict[int, _Listening] = {}
         exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
         for sock in self.listeners:
             sock.setblocking(False)
             # The kernel holds a TCP connection until its first bytes arrive.
             defer_accept(sock, self.options.request_header_timeout)
-            listeners[sock.fileno()] = (sock, (int(sock.family), int(sock.type), sock.proto))
+            kind = (int(sock.family), int(sock.type), sock.proto)
+            listeners[sock.fileno()] = (sock, kind, self.core_for(sock))
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
         try:
@@ -557,7 +573,7 @@ class SyncWorker(WorkerBase):
             poller.close()
             self._poller = None
 
-    def _serve(self, listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]]) -> None:
+    def _serve(self, listeners: dict[int, _Listening]) -> None:
         poller = self._poller
         assert poller is not None
         idle = self._idle
@@ -593,9 +609,7 @@ class SyncWorker(WorkerBase):
             if idle or deadlines:
                 self._expire()
 
-    def _drain(
-        self, listeners: dict[int, tuple[socket.socket, tuple[int, int, int]]], accept: bool
-    ) -> None:
+    def _drain(self, listeners: dict[int, _Listening], accept: bool) -> None:
         """Graceful stop: serve the connections already queued, then return.
 
         Closing a listening socket resets every connection still in its
@@ -614,7 +628,7 @@ class SyncWorker(WorkerBase):
         poller = self._poller
         assert poller is not None
         budgets: dict[int, int | None] = {}
-        for fd, (sock, _) in listeners.items():
+        for fd, (sock, _, _) in listeners.items():
             try:
                 budgets[fd] = listen_queue(sock).queued if accept else 0
             except Exception:  # any failure of the kernel query (netlink, parsing)
@@ -626,11 +640,11 @@ class SyncWorker(WorkerBase):
         self._wake_ready(0.0)
         while True:
             accepted = False
-            for fd, (sock, kind) in listeners.items():
+            for fd, (sock, kind, core) in listeners.items():
                 budget = budgets[fd]
                 if budget is not None and budget <= 0:
                     continue
-                if self._accept(sock, kind):
+                if self._accept(sock, kind, core):
                     accepted = True
                     if budget is not None:
                         budgets[fd] = budget - 1
@@ -669,7 +683,9 @@ class SyncWorker(WorkerBase):
             parked.clear()
         self._deadlines.clear()
 
-    def _accept(self, listener: socket.socket, kind: tuple[int, int, int]) -> bool:
+    def _accept(
+        self, listener: socket.socket, kind: tuple[int, int, int], core: tuple[CoreFactory, bool]
+    ) -> bool:
         """Take one connection from ``listener``; False if none was waiting."""
         try:
             # socket.accept() without its wrapper's per-call enum conversions.
@@ -702,7 +718,7 @@ class SyncWorker(WorkerBase):
             log.warning("refused connection from %s: not an allowed client", peer)
             sock.close()
             return True
-        c = _Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer)
+        c = _Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer, core)
         c.head_deadline = time.monotonic() + self.options.request_header_timeout
         self._wake(c, new=True)
         return True
@@ -899,6 +915,11 @@ class SyncWorker(WorkerBase):
                     self._reject(c, event)  # type: ignore[arg-type]
                     c.served += 1
                     completed = True
+                    # Its body may still be coming (uwsgi and SCGI reject a
+                    # request from its head, before the body): a connection
+                    # closed now is drained first, so the web server reads
+                    # the answer rather than a reset.
+                    unread_body = True
                 elif kind is ev.AbortRequest:
                     # Aborted before its PARAMS ended: the app never ran, but
                     # the web server still waits for END_REQUEST (section 5.4).
@@ -982,7 +1003,7 @@ class SyncWorker(WorkerBase):
         try:
             answer = hooks.intercept(params)
             if answer is None:
-                stderr = exchange.stderr if options.stderr_tracebacks else None
+                stderr = exchange.stderr if c.tracebacks else None
                 errors = ErrorStream(stderr)
                 environ = wsgi_environ(
                     params,

@@ -60,7 +60,7 @@ import trio
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import Lifespan, LifespanFailure, Message
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, wsgi_environ
+from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, CoreFactory, wsgi_environ
 from fcgi.errors import RequestBodyIncomplete
 from fcgi.escape import Lines
 from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
@@ -196,8 +196,14 @@ class _Request(Request):
 class _Connection(MultiplexConnection[_Request]):
     """One accepted connection: its reader, its requests, its fair write lock."""
 
-    def __init__(self, worker: TrioWorker, sock: trio.socket.SocketType, peer: str) -> None:
-        super().__init__(worker, peer, sock.fileno())
+    def __init__(
+        self,
+        worker: TrioWorker,
+        sock: trio.socket.SocketType,
+        peer: str,
+        core: tuple[CoreFactory, bool] | None = None,
+    ) -> None:
+        super().__init__(worker, peer, sock.fileno(), core)
         self.stream = trio.SocketStream(sock)
         self.lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -447,7 +453,10 @@ class _Connection(MultiplexConnection[_Request]):
 
 
 class TrioWorker(MultiplexWorker[_Connection, _Request]):
-    """Serve FastCGI connections on ``listeners`` with trio until stopped.
+    """Serve connections on ``listeners`` with trio until stopped.
+
+    Each listener's connections speak its protocol: FastCGI, uwsgi or SCGI
+    (:meth:`~fcgi.driver.WorkerBase.core_for`).
 
     Same interface as :class:`fcgi.sync_worker.SyncWorker`. ``app`` is WSGI or
     ASGI (``options.interface``, "auto" detects it). Construct it in the process
@@ -501,13 +510,16 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
             # The kernel holds a TCP connection until its first bytes arrive.
             defer_accept(sock, self.options.request_header_timeout)
         try:
-            listeners = [trio.socket.from_stdlib_socket(sock) for sock in self.listeners]
+            listeners = [
+                (trio.socket.from_stdlib_socket(sock), self.core_for(sock))
+                for sock in self.listeners
+            ]
             if ready is not None:
                 ready()
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, connections)
+                    for listener, core in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections, core)
                     accepting.start_soon(self._wait_for_stop, accepting.cancel_scope)
                 # Stopping: idle connections close now, busy ones when done.
                 for c in list(self.live):
@@ -529,8 +541,12 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
             self.stop()
 
     async def _accept_loop(
-        self, listener: trio.socket.SocketType, connections: trio.Nursery
+        self,
+        listener: trio.socket.SocketType,
+        connections: trio.Nursery,
+        core: tuple[CoreFactory, bool],
     ) -> None:
+        """Accept on ``listener`` until stopped; its connections speak what ``core`` makes."""
         self._accepting += 1
         #: True from an accept() that failed for lack of resources until one
         #: works: one log line per episode, not one per retry (ten a second).
@@ -561,7 +577,7 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
                     starved = False
                     log.warning("accepting connections again")
                 try:
-                    self._admit(sock, peer, connections)
+                    self._admit(sock, peer, connections, core)
                 except Exception:
                     # Whatever went wrong concerns this one connection.
                     log.exception("could not take a new connection")
@@ -571,13 +587,19 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
             if not self._accepting:
                 self._begin_stop()  # nothing left to accept on: finish and exit
 
-    def _admit(self, sock: trio.socket.SocketType, peer: object, connections: trio.Nursery) -> None:
+    def _admit(
+        self,
+        sock: trio.socket.SocketType,
+        peer: object,
+        connections: trio.Nursery,
+        core: tuple[CoreFactory, bool] | None = None,
+    ) -> None:
         """Serve a new connection, unless it is not allowed or there is no room for it."""
         name = describe_peer(peer, sock)
         if not self.admit(peer, name):
             sock.close()
             return
-        c = _Connection(self, sock, name)
+        c = _Connection(self, sock, name, core)
         self.live.add(c)
         connections.start_soon(self._serve_connection, c)
 
@@ -660,7 +682,7 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
             with contextlib.suppress(ClientGone):
                 to_trio(c.send_stderr, req, data)
 
-        sink = stderr if options.stderr_tracebacks else None
+        sink = stderr if c.tracebacks else None
         errors = ErrorStream(sink)
         environ = wsgi_environ(
             params,

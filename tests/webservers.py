@@ -462,9 +462,10 @@ class Nginx:
         self.prefix.mkdir(parents=True, exist_ok=True)
         for sub in ("client_body", "fastcgi", "proxy", "scgi", "uwsgi"):
             (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-        # The site says `include fastcgi_params;`, which nginx resolves next to
+        # The site says `include fastcgi_params;` (or uwsgi_params, scgi_params),
+        # which nginx resolves next to
         # the main config file: use the distribution's own copy, unchanged.
-        for name in ("fastcgi_params", "mime.types"):
+        for name in ("fastcgi_params", "uwsgi_params", "scgi_params", "mime.types"):
             source = nginx_conf_dir(self.binary) / name
             if source.exists():
                 shutil.copyfile(source, self.prefix / name)

@@ -49,7 +49,7 @@ from fcgi.settings import (
     parse_value,
     toml_value,
 )
-from fcgi.sockets import parse_allowed_clients
+from fcgi.sockets import parse_allowed_clients, parse_bind
 
 __all__ = [
     "DEFAULT_ACCESS_FORMAT",
@@ -528,14 +528,24 @@ def validate_master(
     for pool in config.pools:
         validate_pool(config, pool, out, single=single)
         for spec in pool.listen:
-            if spec in seen:
+            # By address: "uwsgi:unix:/x" and "unix:/x" are one socket.
+            address = _address(spec)
+            if address in seen:
                 out.append(
                     f"{where(config, pool, 'listen')}: {spec!r} is already used by "
-                    f"pool {seen[spec]!r}"
+                    f"pool {seen[address]!r}"
                 )
-            seen[spec] = pool.name
+            seen[address] = pool.name
     if problems is None and out:
         raise ConfigErrors(out)
+
+
+def _address(spec: str) -> str:
+    """Where ``spec`` listens, without its protocol (itself if it does not parse)."""
+    try:
+        return str(parse_bind(spec))
+    except ConfigError:
+        return spec  # the listen check words the problem
 
 
 # -- writing it back ---------------------------------------------------------------------

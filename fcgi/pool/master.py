@@ -362,6 +362,7 @@ class Master:
             index=index,
             generation=gen,
             listeners=pool.listeners,
+            protocols=self.listeners.protocols_of(pool.listeners),
             app=pool.app,
             close_fds=self._master_only_fds(pool),
             stdout_fd=pipes[0].write_fd if pipes else None,

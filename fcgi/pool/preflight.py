@@ -31,6 +31,7 @@ from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_USAGE
 from fcgi.logsetup import read_log_config
 from fcgi.pool.config import MasterConfig, PoolConfig
 from fcgi.pool.worker_process import BootError, drop_privileges, prepare_environment
+from fcgi.sockets import parse_bind
 
 #: Seconds the app gets to import in the throw-away child.
 IMPORT_TIMEOUT = 120.0
@@ -91,8 +92,12 @@ def _pool_problems(source: str, pool: PoolConfig, import_apps: bool) -> list[Pro
     if pool.chdir and not os.path.isdir(pool.chdir):
         found.append(Problem(f"{where} chdir: {pool.chdir!r} is not a directory"))
     for spec in pool.listen:
-        if spec.startswith("unix:") and not spec.startswith("unix:@"):
-            directory = os.path.dirname(os.path.abspath(spec[5:]))
+        try:
+            address = parse_bind(spec)
+        except ConfigError:
+            continue  # the configuration's own check said why
+        if address.kind == "unix" and not address.path.startswith("@"):
+            directory = os.path.dirname(os.path.abspath(address.path))
             if not os.path.isdir(directory):
                 found.append(
                     Problem(f"{where} listen: {spec!r}: directory {directory!r} does not exist")

@@ -90,6 +90,9 @@ class WorkerSpec:
     index: int
     generation: int
     listeners: list[socket.socket]
+    #: Listener descriptor -> its wire protocol, for those not speaking
+    #: FastCGI (:attr:`fcgi.options.ServerOptions.protocols`).
+    protocols: dict[int, str] = field(default_factory=dict)
     #: The app, when the master preloaded it.
     app: Any = None
     #: Master-only descriptors the child must close (signal pipe, other pools...).
@@ -350,6 +353,7 @@ def _serve(spec: WorkerSpec) -> int:
     # Built before clear_env trims the environment: FCGI_WEB_SERVER_ADDRS is
     # a setting of the server, not part of the app's environment.
     options = config.server_options()
+    options.protocols = spec.protocols
     drop_privileges(config.user, config.group)
     # After the privilege drop: changing credentials clears the death signal.
     _follow_master(spec.master_pid, hooks)
