@@ -561,13 +561,18 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
 
     waits = _AsyncioWaits()
 
-    def __init__(self, *args: Any, loop_factory: LoopFactory | None = None, **kwargs: Any) -> None:
-        """Takes :class:`~fcgi.driver.WorkerBase`'s arguments, and ``loop_factory``."""
+    def __init__(
+        self, *args: Any, loop_factory: LoopFactory | None = None, **kwargs: Any
+    ) -> None:
+        """:class:`~fcgi.driver.WorkerBase`'s arguments, and ``loop_factory``."""
+        self.loop_factory = loop_factory or default_loop_factory()
         super().__init__(*args, **kwargs)
+
+    def _setup(self) -> None:
+        super()._setup()
         if self.interface != "asgi":
             self.close()
             raise ConfigError(WSGI_REFUSED.format(app=self.app))
-        self.loop_factory = loop_factory or default_loop_factory()
         #: Every connection not yet lost, closing ones too: a stop waits for them.
         self.everyone: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()

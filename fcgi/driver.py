@@ -135,6 +135,15 @@ class WorkerBase:
         self.hooks: WorkerHooks = hooks or NoHooks()
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a driver adds to this state; called last by ``__init__``.
+
+        A hook rather than an ``__init__`` of each driver's own, so that the
+        constructor's signature is written once, here, and type-checked at
+        every call.
+        """
 
     def core_for(self, listener: socket.socket) -> tuple[CoreFactory, bool]:
         """(the core for connections accepted on ``listener``, send tracebacks to the peer).

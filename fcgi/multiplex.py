@@ -496,9 +496,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
     #: How ASGIResponder waits on this driver's loop.
     waits: Waits
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Takes :class:`~fcgi.driver.WorkerBase`'s arguments."""
-        super().__init__(*args, **kwargs)
+    def _setup(self) -> None:
         self.interface = resolve_interface(self.app, self.options.interface)
         opts = self.options
         # Any connection may use the whole process's capacity; GET_VALUES tells.

@@ -55,7 +55,6 @@ class ServerOptions:
     allowed_clients: tuple[str, ...] = default("listen_allowed_clients")
     #: What the environ claims (PEP 3333): a pool worker is multiprocess.
     multiprocess: bool = False
-    multithread: bool = False
     #: Send app tracebacks to the web server as FCGI_STDERR too (nginx logs them).
     stderr_tracebacks: bool = True
     #: Which interface the app speaks: "auto" (detect), "wsgi" or "asgi".

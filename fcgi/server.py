@@ -189,7 +189,6 @@ def serve(
         # PHP-FPM's "notice" has no logging level of its own: it logs as info.
         logging.getLogger("fcgi").setLevel(getattr(logging, config.log_level.upper(), "INFO"))
     options = pool.server_options(multiprocess=False)
-    options.multithread = False
     interface_used = resolve_interface(app, options.interface)
     options.interface = interface_used
     worker_used = choose_worker(pool.worker, interface_used)

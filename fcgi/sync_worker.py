@@ -45,7 +45,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from fcgi import events as ev
 from fcgi import forkguard
@@ -504,9 +503,7 @@ class SyncWorker(WorkerBase):
     silent one, and a peer that trickles its head holds no worker.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Takes :class:`~fcgi.driver.WorkerBase`'s arguments (``app`` is a WSGI app)."""
-        super().__init__(*args, **kwargs)
+    def _setup(self) -> None:
         # One request at a time: say so to the web server and refuse extra ids.
         self.limits = replace(
             self.options.limits, max_active_ids=1, max_reqs=1, max_conns=_MAX_PARKED + 1
@@ -1012,7 +1009,7 @@ class SyncWorker(WorkerBase):
                     exchange.read_stdin,
                     exchange.read_data if role == _FILTER else None,
                     role=role,
-                    multithread=options.multithread,
+                    multithread=False,  # one request at a time, in the main thread
                 )
                 http_status, app_status, sent = respond(self.app, environ, exchange.send, stderr)
                 forkguard.verify()  # where a child the app forked comes back

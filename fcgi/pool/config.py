@@ -151,7 +151,7 @@ class PoolConfig:
 
     def server_options(self, *, multiprocess: bool = True) -> ServerOptions:
         """The per-worker settings this pool maps onto."""
-        options = make_options(
+        return make_options(
             read_timeout=self.read_timeout,
             script_name=self.script_name,
             max_params=self.max_params,
@@ -166,8 +166,6 @@ class PoolConfig:
             request_header_timeout=self.request_header_timeout,
             send_timeout=self.send_timeout,
         )
-        options.multithread = self.worker == "trio"
-        return options
 
 
 @dataclass(slots=True)

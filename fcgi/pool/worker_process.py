@@ -364,7 +364,6 @@ def _serve(spec: WorkerSpec) -> int:
         kind = choose_worker(config.worker, options.interface)
     except ConfigError as exc:
         raise AppLoadError(str(exc)) from None
-    options.multithread = kind in ("trio", "asyncio")
     driver = driver_factory(kind)(spec.listeners, app, options, hooks)
     if hooks.stop_requested:
         return EXIT_OK
