@@ -32,6 +32,7 @@ behind one request of its worker.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import heapq
@@ -104,7 +105,7 @@ _IOV_MAX = 1024
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
-def wait_ready(sock: socket.socket, events: int, timeout: float) -> bool:
+def wait_ready(sock: _socket.socket, events: int, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for ``sock`` to be ready; False if it never was.
 
     Sockets stay blocking and every read and write is first tried with
@@ -141,7 +142,7 @@ class SendTimeout(TimeoutError):
 
 
 def send_buffers(
-    sock: socket.socket,
+    sock: _socket.socket,
     buffers: list[bytes | memoryview],
     timeout: float,
     budget: SendBudget | None = None,
@@ -166,7 +167,7 @@ def send_buffers(
         _send_vectored(sock, [memoryview(data)[sent:]], timeout, budget)
 
 
-def _wait_writable(sock: socket.socket, timeout: float, budget: SendBudget | None) -> None:
+def _wait_writable(sock: _socket.socket, timeout: float, budget: SendBudget | None) -> None:
     """Wait until ``sock`` takes more output, charging the wait to ``budget``."""
     if budget is None:
         if not wait_ready(sock, select.POLLOUT, timeout):
@@ -182,7 +183,7 @@ def _wait_writable(sock: socket.socket, timeout: float, budget: SendBudget | Non
 
 
 def _send_vectored(
-    sock: socket.socket,
+    sock: _socket.socket,
     buffers: list[bytes | memoryview],
     timeout: float,
     budget: SendBudget | None,
@@ -222,7 +223,7 @@ class _Peer:
 
     __slots__ = ("address", "sock")
 
-    def __init__(self, address: object, sock: socket.socket) -> None:
+    def __init__(self, address: object, sock: _socket.socket) -> None:
         self.address = address
         self.sock = sock
 
@@ -259,7 +260,7 @@ class _Connection(SendBudget):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         address: object,
         limits: Limits,
         timeout: float,
@@ -706,7 +707,9 @@ class SyncWorker(WorkerBase):
             if exc.errno in ACCEPT_RETRY:
                 return True  # that connection is gone; others may be queued
             raise
-        sock = socket.socket(*kind, fd)
+        # The C socket type itself: socket.socket's Python-level __init__ and
+        # close() add nothing a connection served here uses, once per connection.
+        sock = _socket.socket(*kind, fd)
         if self._starved:
             self._starved = False
             log.warning("accepting connections again")
