@@ -3,7 +3,9 @@
 Every backend serves ``bench.app:app`` (or the same routes in C, or their ASGI twin
 ``bench.asgi_app:app``) on its own unix socket with ``workers`` processes.  The FastCGI
 backends speak FastCGI to nginx; the HTTP peers (uvicorn, granian, gunicorn, hypercorn) are
-what a team picks instead of FastCGI, and speak HTTP/1.1 to nginx's ``proxy_pass``.
+what a team picks instead of FastCGI, and speak HTTP/1.1 to nginx's ``proxy_pass``.  uWSGI
+on its own protocol (``uwsgi_pass``), and fcgi on that protocol and on SCGI
+(``scgi_pass``), are issue 14's rows: a uWSGI site moved to fcgi without touching nginx.
 
 Command lines are templates; the placeholders are ``{python}``,
 ``{sock}``, ``{workers}``, ``{build}`` (compiled C programs), ``{root}`` (repo root) and
@@ -35,6 +37,17 @@ FCGI_COMMAND = (
 )
 
 
+def _fcgi_on(protocol: str) -> str:
+    """fcgi's command with its listener on ``protocol`` (``uwsgi:unix:...``, ``scgi:...``).
+
+    Derived from :data:`FCGI_COMMAND` so that the rows differ in the protocol alone.
+    """
+    bind = "--bind unix:"
+    if bind not in FCGI_COMMAND:
+        raise ValueError(f"FCGI_COMMAND has no {bind!r} to put a protocol prefix on")
+    return FCGI_COMMAND.replace(bind, f"--bind {protocol}:unix:")
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """A backend as the harness knows it."""
@@ -44,11 +57,18 @@ class BackendSpec:
     command: str
     keep_conn: bool  # honours FCGI_KEEP_CONN, so it also gets an nginx keepalive row
     note: str = ""
-    protocol: str = "fastcgi"  # or "http": behind proxy_pass, checked and timed over HTTP
+    # "fastcgi"; "http": behind proxy_pass, checked and timed over HTTP; "uwsgi" or "scgi":
+    # behind uwsgi_pass or scgi_pass with the stock params, one request per connection
+    protocol: str = "fastcgi"
 
     @property
     def http(self) -> bool:
         return self.protocol == "http"
+
+    @property
+    def fastcgi(self) -> bool:
+        """Reachable by the FastCGI tools too (fcgiload: the direct rows, the cost curve)."""
+        return self.protocol == "fastcgi"
 
 
 SPECS: dict[str, BackendSpec] = {
@@ -111,6 +131,35 @@ SPECS: dict[str, BackendSpec] = {
             " --user {user} --worker trio",
             True,
             "this project, ASGI app (bench/asgi_app.py) on the trio worker",
+        ),
+        # Issue 14: uWSGI on its own protocol, as most uWSGI sites run it, and fcgi pools
+        # listening on that protocol and on SCGI.  Neither protocol keeps a connection, so
+        # each has one nginx row and no direct row (fcgiload speaks FastCGI only).
+        BackendSpec(
+            "uwsgi-native",
+            "uWSGI (uwsgi_pass)",
+            "{uwsgi} --socket {sock} --processes {workers} --master --disable-logging"
+            " --die-on-term --need-app --chmod-socket=666 --pythonpath {root}"
+            " --module bench.app:app",
+            False,
+            "uWSGI's own protocol (--socket), nginx include uwsgi_params + uwsgi_pass",
+            "uwsgi",
+        ),
+        BackendSpec(
+            "fcgi-uwsgi",
+            "fcgi (uwsgi_pass)",
+            _fcgi_on("uwsgi"),
+            False,
+            "this project on a uwsgi: listener, nginx include uwsgi_params + uwsgi_pass",
+            "uwsgi",
+        ),
+        BackendSpec(
+            "fcgi-scgi",
+            "fcgi (scgi_pass)",
+            _fcgi_on("scgi"),
+            False,
+            "this project on an scgi: listener, nginx include scgi_params + scgi_pass",
+            "scgi",
         ),
         # The HTTP peers, each as its docs recommend it behind nginx (bench/nginx.py gives
         # them an upstream keepalive pool over HTTP/1.1).  Access logs are off, as for the rest.

@@ -160,13 +160,21 @@ def _raise_interrupt(signum: int, _frame: types.FrameType | None) -> None:
 # ------------------------------------------------------------------------------ checks
 
 
-def check_direct(sock: str, w: Workload, keep: bool = False, http: bool = False) -> str | None:
-    """One request straight to the backend (FastCGI, or HTTP for an HTTP peer); error or None."""
+def check_direct(
+    sock: str, w: Workload, keep: bool = False, protocol: str = "fastcgi"
+) -> str | None:
+    """One request straight to the backend, in its protocol (``BackendSpec.protocol``).
+
+    Returns an error text or None.  FastCGI (``keep``: on a kept connection), HTTP for an
+    HTTP peer, or uwsgi / SCGI with the variables nginx's stock params files send.
+    """
     body = b"b" * w.body
     resp: fcgiclient.Response | httpunix.Response
     try:
-        if http:
+        if protocol == "http":
             resp = httpunix.request(sock, w.path, w.method, body, w.headers)
+        elif protocol != "fastcgi":
+            resp = fcgiclient.request_over(protocol, sock, w.path, w.method, body, w.headers)
         elif keep:
             import socket
 
@@ -208,7 +216,7 @@ def check_http(port: int, w: Workload) -> str | None:
     return None
 
 
-def full_check(sock: str, keep_conn: bool, http: bool = False) -> str | None:
+def full_check(sock: str, keep_conn: bool, protocol: str = "fastcgi") -> str | None:
     """Every route, plus a 404, plus (if the backend keeps connections) a kept connection."""
     extra = [
         Workload("size", "", "direct", "/size/1000", expect=b"x" * 1000),
@@ -217,17 +225,21 @@ def full_check(sock: str, keep_conn: bool, http: bool = False) -> str | None:
     for w in WORKLOADS + extra:
         if w.key == "direct-keep":
             continue
-        err = check_direct(sock, w, http=http)
+        err = check_direct(sock, w, protocol=protocol)
         if err:
             return err
     try:
-        get = httpunix.request if http else fcgiclient.request
-        status = get(sock, "/nope").status
+        if protocol == "http":
+            status = httpunix.request(sock, "/nope").status
+        elif protocol == "fastcgi":
+            status = fcgiclient.request(sock, "/nope").status
+        else:
+            status = fcgiclient.request_over(protocol, sock, "/nope").status
         if status != 404:
             return f"/nope answered {status}, not 404"
     except Exception as exc:
         return f"/nope: {exc}"
-    if keep_conn and not http:
+    if keep_conn and protocol == "fastcgi":
         return check_direct(sock, WORKLOADS[0], keep=True)
     return None
 
@@ -381,7 +393,7 @@ class Run:
                 log(f"{key}: did not start: {self.unavailable[key]}")
                 be.stop()
                 continue
-            err = full_check(sock, spec.keep_conn, spec.http)
+            err = full_check(sock, spec.keep_conn, spec.protocol)
             if err:
                 self.unavailable[key] = f"wrong answer: {err}"
                 log(f"{key}: FAILED the correctness check: {err}")
@@ -407,14 +419,14 @@ class Run:
                 continue
             port = free_port()
             self.targets.append(Target(SPECS[key].label, key, "nginx", port))
-            fronts.append(Front(key, port, be.sock, False))
+            fronts.append(Front(key, port, be.sock, False, SPECS[key].protocol))
             if SPECS[key].keep_conn:
                 port = free_port()
                 name = f"{SPECS[key].label} + keepalive"
                 self.targets.append(Target(name, key, "nginx-ka", port))
                 fronts.append(Front(f"{key}-ka", port, be.sock, True))
         for key in self.backends:
-            if not SPECS[key].http:
+            if SPECS[key].fastcgi:  # fcgiload speaks FastCGI only
                 self.targets.append(Target(SPECS[key].label, key, "direct"))
         nginx = Nginx(self.tmp / "nginx", fronts)
         self.cleanup.push("nginx", nginx.stop)

@@ -9,11 +9,18 @@ hypercorn's docs put nginx in front: ``proxy_pass`` to an ``upstream { keepalive
 HTTP/1.1 with the ``Connection`` header cleared (without both, nginx opens a new connection
 per request), passing the client's Host, address and scheme as the FastCGI rows pass them in
 their params.
+
+A uwsgi or SCGI target (``protocol="uwsgi"`` / ``"scgi"``, issue 14) gets what a uWSGI site
+has: ``include uwsgi_params; uwsgi_pass unix:...;`` (or ``scgi_params`` / ``scgi_pass``),
+with the stock params files that sit beside nginx's compiled-in nginx.conf copied into the
+prefix, where a relative ``include`` looks.  Both protocols carry one request per connection,
+so there is no keepalive form of them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -46,6 +53,9 @@ _PARAMS = """
 """
 
 
+#: The stock params files a uwsgi or SCGI target includes, by protocol.
+STOCK_PARAMS = {"uwsgi": "uwsgi_params", "scgi": "scgi_params"}
+
 _PROXY = """
         proxy_http_version 1.1;
         proxy_set_header Connection "";
@@ -63,7 +73,9 @@ class Front:
     port: int
     sock: str
     keepalive: bool
-    protocol: str = "fastcgi"  # or "http": proxy_pass (always through a keepalive upstream)
+    # or "http": proxy_pass (always through a keepalive upstream); "uwsgi", "scgi": the
+    # stock params and uwsgi_pass / scgi_pass (never kept: one request per connection)
+    protocol: str = "fastcgi"
 
 
 def free_port() -> int:
@@ -78,12 +90,17 @@ def render(prefix: Path, fronts: list[Front]) -> str:
     for i, front in enumerate(fronts):
         http = front.protocol == "http"
         upstream = f"up{i}"
-        if front.keepalive or http:
+        if (front.keepalive or http) and front.protocol not in STOCK_PARAMS:
             blocks.append(
                 f"    upstream {upstream} {{\n        server unix:{front.sock};\n"
                 "        keepalive 16;\n    }\n"
             )
-        if http:
+        if front.protocol in STOCK_PARAMS:
+            passing = (
+                f"include {STOCK_PARAMS[front.protocol]};\n"
+                f"        {front.protocol}_pass unix:{front.sock};\n"
+            )
+        elif http:
             passing = f"proxy_pass http://{upstream};\n{_PROXY}"
         elif front.keepalive:
             passing = f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;\n{_PARAMS}"
@@ -110,12 +127,39 @@ def render(prefix: Path, fronts: list[Front]) -> str:
         "    fastcgi_buffers 16 16k;\n"  # a 64 KiB answer fits in memory
         "    proxy_buffer_size 16k;\n"  # the same for the HTTP peers
         "    proxy_buffers 16 16k;\n"
+        "    uwsgi_buffer_size 16k;\n"  # and for the uwsgi and SCGI rows
+        "    uwsgi_buffers 16 16k;\n"
+        "    scgi_buffer_size 16k;\n"
+        "    scgi_buffers 16 16k;\n"
         f"    client_body_temp_path {prefix}/client_body;\n"
         f"    fastcgi_temp_path {prefix}/fastcgi;\n"
         f"    proxy_temp_path {prefix}/proxy;\n"
         f"    uwsgi_temp_path {prefix}/uwsgi;\n"
         f"    scgi_temp_path {prefix}/scgi;\n" + "".join(blocks) + "}\n"
     )
+
+
+def conf_dir(nginx: str) -> Path:
+    """The directory of nginx's compiled-in nginx.conf: where its stock params files are."""
+    try:
+        out = subprocess.run([nginx, "-V"], capture_output=True, text=True)
+    except OSError:
+        return Path("/etc/nginx")
+    match = re.search(r"--conf-path=(\S+)", out.stdout + out.stderr)
+    return Path(match.group(1)).parent if match else Path("/etc/nginx")
+
+
+def copy_stock_params(nginx: str, prefix: Path) -> None:
+    """Put the stock uwsgi_params and scgi_params beside our nginx.conf.
+
+    A relative ``include`` is looked up in the directory of the file given with ``-c``,
+    so the server blocks read ``include uwsgi_params;`` exactly as a uWSGI site's do.  A
+    file this nginx lacks is left out, and ``nginx -t`` then names it.
+    """
+    source = conf_dir(nginx)
+    for name in STOCK_PARAMS.values():
+        if (source / name).exists():
+            shutil.copyfile(source / name, prefix / name)
 
 
 class Nginx:
@@ -131,6 +175,7 @@ class Nginx:
         conf = self.prefix / "nginx.conf"
         conf.write_text(render(self.prefix, self.fronts))
         exe = shutil.which(NGINX) or "/usr/sbin/nginx"
+        copy_stock_params(exe, self.prefix)
         base = [exe, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]
         check = subprocess.run([*base, "-t"], capture_output=True, text=True)
         if check.returncode != 0:

@@ -17,6 +17,10 @@ from bench.backends import BEST_HTTP
 REFS = {"flup": "flup prefork", "uwsgi": "uWSGI", "c": "C responder (raw protocol)"}
 FCGI, FCGI_KA = "fcgi", "fcgi + keepalive"
 NGINX_WORKLOADS = ["hello", "64k", "post16k", "upload1m", "headers40"]
+#: Issue 14's rows (backend keys): uWSGI and fcgi behind uwsgi_pass, fcgi behind scgi_pass.
+ISSUE14 = ("uwsgi-native", "fcgi-uwsgi", "fcgi-scgi")
+#: The workloads issue 14's target is checked in: those it names, the upload if it ran.
+ISSUE14_WORKLOADS = ("hello", "64k", "post16k", "upload1m")
 
 
 def _med(xs: list[float]) -> float | None:
@@ -181,8 +185,44 @@ def issue12_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any
         for key, peer, need in asgi_peers:
             label, peer_label = _label(data, key), _label(data, peer)
             ours = [med(w, label), med(w, f"{label} + keepalive")]
-            best = max((x for x in ours if x), default=None)
-            add(f"{w}: {label} vs {peer_label}", _ratio(best, med(w, peer_label)), need)
+            fastest = max((x for x in ours if x), default=None)
+            add(f"{w}: {label} vs {peer_label}", _ratio(fastest, med(w, peer_label)), need)
+    return rows
+
+
+def issue14_checks(data: dict[str, Any], summ: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Issue 14's target (fcgi over uwsgi_pass against uWSGI over it), and what it costs.
+
+    The target row per workload is required; the others are informative, with no target:
+    fcgi on uwsgi and on SCGI against fcgi on FastCGI (the same pool, the same nginx, only
+    the protocol differs), and uWSGI on its protocol against uWSGI on FastCGI (the issue's
+    measure of what the uwsgi protocol itself is worth).
+    """
+    rows: list[str] = []
+    native, fcgi_uwsgi, fcgi_scgi = (_label(data, k) for k in ISSUE14)
+    fcgi, uwsgi_fcgi = _label(data, "fcgi"), _label(data, "uwsgi")
+
+    def med(w: str, name: str) -> float | None:
+        v = summ.get(w, {}).get(name, {}).get("median")
+        return float(v) if v else None
+
+    def ratio(w: str, num: str, den: str) -> float | None:
+        return _ratio(med(w, num), med(w, den))
+
+    for w in ISSUE14_WORKLOADS:
+        if w not in summ:
+            continue
+        r = ratio(w, fcgi_uwsgi, native)
+        what = f"{w}: {fcgi_uwsgi} vs {native}"
+        if r is None:
+            rows.append(f"| {what} | - | ≥ 1.2x | not measured |")
+        else:
+            gap = "" if r >= 1.2 else f"NO (gap {abs(r / 1.2 - 1) * 100:.0f}%)"
+            rows.append(f"| {what} | {r:.2f}x | ≥ 1.2x | {gap or 'yes'} |")
+        for num, den in ((fcgi_uwsgi, fcgi), (fcgi_scgi, fcgi), (native, uwsgi_fcgi)):
+            shown = _fmt_ratio(ratio(w, num, den))
+            den_name = f"{den} (fastcgi_pass)"
+            rows.append(f"| {w}: {num} vs {den_name} | {shown} | - | informative |")
     return rows
 
 
@@ -262,7 +302,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         "utime+stime per 1,000 requests (from /proc). Ratios are median req/s against the same "
         "workload's flup, uWSGI and C-responder rows, and against the best HTTP peer: the "
         "faster of uvicorn and granian in that workload. The HTTP peers are always reached "
-        "through nginx's keepalive upstream (proxy_pass, HTTP/1.1).",
+        "through nginx's keepalive upstream (proxy_pass, HTTP/1.1). The `(uwsgi_pass)` and "
+        "`(scgi_pass)` rows go through `include uwsgi_params` / `include scgi_params` and a new "
+        "connection per request (neither protocol keeps one); the rest are FastCGI.",
         "",
         "| workload | backend | req/s | min-max | p50 ms | p99 ms | CPU s/1k req | x flup "
         "| x uWSGI | x C | x best HTTP | errors |",
@@ -354,6 +396,21 @@ def render_markdown(data: dict[str, Any]) -> str:
             "| target | measured | required | met |",
             "|---|---:|---:|---|",
             *issue12_checks(data, summ),
+            "",
+        ]
+
+    if any(k in data["memory"] for k in ISSUE14):
+        lines += [
+            "## fcgi against the targets of issue 14",
+            "",
+            "fcgi and uWSGI on the uwsgi protocol (`include uwsgi_params; uwsgi_pass`), fcgi on "
+            "SCGI (`include scgi_params; scgi_pass`), through the same nginx as the FastCGI "
+            "rows, each with a new backend connection per request. Informative rows set a "
+            "protocol against FastCGI on the same server (fcgi, or uWSGI's `--fastcgi-socket`).",
+            "",
+            "| target | measured | required | met |",
+            "|---|---:|---:|---|",
+            *issue14_checks(data, summ),
             "",
         ]
 
@@ -459,7 +516,8 @@ def render_png(data: dict[str, Any], path: Path) -> None:
     ax.axhline(1.0, color="black", linewidth=0.6)
     ax.set_ylabel("req/s relative to the C responder (median, min-max)")
     ax.set_title(
-        f"FastCGI backends and HTTP peers behind one nginx, {data['settings']['workers']} "
+        f"FastCGI, uwsgi and SCGI backends and HTTP peers behind one nginx, "
+        f"{data['settings']['workers']} "
         f"processes each ({data['machine']['date']})"
     )
     ax.legend(fontsize=7, ncol=4)

@@ -4,7 +4,10 @@ Compiles the C responder and fcgiload, serves the bench routes from the C respon
 checks that fcgiload's responses all validate (zero errors) in both connection modes.  The
 ASGI twin of the bench app (bench/asgi_app.py) must answer every route with the WSGI app's
 bytes, under asyncio and trio; httpload (the mixed-latency load generator) runs against a
-real HTTP/1.1 server and must file fast and slow requests apart.
+real HTTP/1.1 server and must file fast and slow requests apart.  The uwsgi and SCGI rows of
+issue 14 (uWSGI on its own protocol, fcgi on uwsgi and on SCGI) are started as the harness
+starts them and checked route by route directly, then through a real nginx's ``uwsgi_pass`` /
+``scgi_pass`` with the stock params files; their target rows are rendered from set figures.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any
 import pytest
 
 from bench import fcgiclient
-from bench.backends import SPECS, make_backend
+from bench.backends import SPECS, make_backend, uwsgi_path
 from bench.deps import compile_c
-from bench.harness import parse_wrk
-from bench.nginx import Front, render
+from bench.harness import WORKLOADS, check_http, full_check, parse_wrk
+from bench.nginx import Front, Nginx, free_port, render
+from bench.report import issue14_checks
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +276,66 @@ def test_nginx_config_for_http_peers(tmp_path: Path) -> None:
     assert "server unix:/u.sock;" in conf and "keepalive 16;" in conf
     assert "proxy_pass http://up0;" in conf and "proxy_http_version 1.1;" in conf
     assert 'proxy_set_header Connection "";' in conf and "fastcgi_param" not in conf
+
+
+# ------------------------------------------------------------------ issue 14: uwsgi and SCGI rows
+
+
+def test_nginx_config_for_uwsgi_and_scgi_rows(tmp_path: Path) -> None:
+    conf = render(
+        tmp_path,
+        [Front("n", 8004, "/n.sock", False, "uwsgi"), Front("s", 8005, "/s.sock", False, "scgi")],
+    )
+    assert "include uwsgi_params;" in conf and "uwsgi_pass unix:/n.sock;" in conf
+    assert "include scgi_params;" in conf and "scgi_pass unix:/s.sock;" in conf
+    # one request per connection, and the stock params only
+    assert "upstream" not in conf and "fastcgi_param" not in conf
+
+
+@pytest.mark.parametrize("key", ["uwsgi-native", "fcgi-uwsgi", "fcgi-scgi"])
+def test_uwsgi_and_scgi_backends_answer_directly_and_through_nginx(
+    key: str, tmp_path: Path
+) -> None:
+    spec = SPECS[key]
+    if key == "uwsgi-native" and not Path(uwsgi_path()).exists():
+        pytest.skip("uwsgi is not installed (pip install uwsgi)")
+    sock = str(tmp_path / f"{key}.sock")
+    be = make_backend(spec, sock, 1, tmp_path / f"{key}.log")
+    be.start()
+    nginx = Nginx(tmp_path / "nginx", [Front(key, free_port(), sock, False, spec.protocol)])
+    try:
+        # every route, /slow, a 1 MiB upload, 40 headers and a 404, in the backend's protocol
+        assert full_check(sock, spec.keep_conn, spec.protocol) is None
+        nginx.start()
+        port = nginx.fronts[0].port
+        for w in WORKLOADS:
+            if w.key in ("hello", "64k", "post16k", "upload1m", "headers40"):
+                assert check_http(port, w) is None, w.key
+    finally:
+        nginx.stop()
+        be.stop()
+    assert not Path(sock).exists()
+
+
+def test_issue14_rows_in_the_report() -> None:
+    names = {
+        "uwsgi": "uWSGI",
+        "fcgi": "fcgi",
+        "uwsgi-native": "uWSGI (uwsgi_pass)",
+        "fcgi-uwsgi": "fcgi (uwsgi_pass)",
+        "fcgi-scgi": "fcgi (scgi_pass)",
+    }
+    data: dict[str, Any] = {"backends": {k: {"label": v} for k, v in names.items()}}
+    rps = {"uwsgi": 1000, "fcgi": 1100, "uwsgi-native": 1100, "fcgi-uwsgi": 1430, "fcgi-scgi": 1210}
+    summ = {
+        "hello": {names[k]: {"median": v} for k, v in rps.items()},
+        "post16k": {names[k]: {"median": v} for k, v in rps.items() if k != "fcgi-uwsgi"},
+    }
+    rows = issue14_checks(data, summ)
+    assert "| hello: fcgi (uwsgi_pass) vs uWSGI (uwsgi_pass) | 1.30x | ≥ 1.2x | yes |" in rows
+    assert "| hello: fcgi (uwsgi_pass) vs fcgi (fastcgi_pass) | 1.30x | - | informative |" in rows
+    assert "| hello: fcgi (scgi_pass) vs fcgi (fastcgi_pass) | 1.10x | - | informative |" in rows
+    assert "| hello: uWSGI (uwsgi_pass) vs uWSGI (fastcgi_pass) | 1.10x | - | informative |" in rows
+    missing = "| post16k: fcgi (uwsgi_pass) vs uWSGI (uwsgi_pass) | - | ≥ 1.2x | not measured |"
+    assert missing in rows
+    assert not any(row.startswith("| 64k") for row in rows)
