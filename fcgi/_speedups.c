@@ -1,6 +1,7 @@
 /*
  * fcgi._speedups: optional C versions of hot pure functions of fcgi.records,
- * fcgi.connection (the request head) and fcgi.wsgi (the response head).
+ * fcgi.connection (the request head), fcgi.wsgi (the response head) and
+ * fcgi.uwsgi (the vars block).
  *
  * The pure-Python code stays the reference and the fallback: each function
  * here names its Python twin (or, for scan_head, the record loop that checks
@@ -473,10 +474,98 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(NO)", head, has_length ? Py_True : Py_False);
 }
 
+/* -- the uwsgi vars block (fcgi.uwsgi.UwsgiConnection._parse) ---------------- */
+
+PyDoc_STRVAR(decode_uwsgi_vars_doc,
+"decode_uwsgi_vars(head, start, /)\n"
+"--\n"
+"\n"
+"Decode the uwsgi vars block head[start:]: pairs of a 2-byte little-endian\n"
+"key length, the key, a 2-byte little-endian value length, the value.\n"
+"Returns (params, pairs): latin-1 str, last duplicate wins, and how many\n"
+"pairs there were; or None if the block is malformed (the Python code says\n"
+"how).");
+
+static PyObject *
+decode_uwsgi_vars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decode_uwsgi_vars() takes exactly 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    speedups_state *state = PyModule_GetState(module);
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    const size_t end = (size_t)view.len;
+    PyObject *params = NULL, *result = NULL;
+    if (start < 0 || (size_t)start > end) {
+        goto malformed;
+    }
+    params = PyDict_New();
+    if (params == NULL) {
+        goto done;
+    }
+    size_t pos = (size_t)start, pairs = 0;
+    while (pos < end) {
+        /* Every length is checked against what is left before it is used:
+           pos <= end holds at the top of the loop, so end - pos cannot wrap. */
+        if (end - pos < 2) {
+            goto malformed;
+        }
+        size_t key_len = (size_t)buf[pos] | ((size_t)buf[pos + 1] << 8);
+        pos += 2;
+        if (end - pos < key_len + 2) {
+            goto malformed;
+        }
+        const unsigned char *key_start = buf + pos;
+        pos += key_len;
+        size_t value_len = (size_t)buf[pos] | ((size_t)buf[pos + 1] << 8);
+        pos += 2;
+        if (end - pos < value_len) {
+            goto malformed;
+        }
+        PyObject *key = cached_latin1(state->names, CACHE_NAME_MAX, key_start, key_len);
+        if (key == NULL) {
+            goto done;
+        }
+        PyObject *value = cached_latin1(state->values, CACHE_VALUE_MAX, buf + pos, value_len);
+        if (value == NULL) {
+            Py_DECREF(key);
+            goto done;
+        }
+        int failed = PyDict_SetItem(params, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (failed) {
+            goto done;
+        }
+        pos += value_len;
+        pairs++;
+    }
+    result = Py_BuildValue("(On)", params, (Py_ssize_t)pairs);
+    goto done;
+
+malformed:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(params);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode_params", decode_params, METH_O, decode_params_doc},
     {"scan_head", scan_head, METH_O, scan_head_doc},
     {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL, encode_head_doc},
+    {"decode_uwsgi_vars", (PyCFunction)(void (*)(void))decode_uwsgi_vars, METH_FASTCALL,
+     decode_uwsgi_vars_doc},
     {NULL, NULL, 0, NULL},
 };
 

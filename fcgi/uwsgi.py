@@ -44,11 +44,13 @@ framed: the driver answers, and the connection closes after that as always).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 
 from fcgi.connection import Limits
 from fcgi.errors import LocalProtocolError, ProtocolError
 from fcgi.one_request import OneRequestConnection, decimal_length, wrong_protocol_hint
+from fcgi.records import SPEEDUPS
 
 #: The size of the packet header: modifier1, datasize (2 bytes), modifier2.
 HEADER_LEN = 4
@@ -140,6 +142,49 @@ def _vars_error(head: bytes) -> str:
     return "uwsgi vars block ends inside a key length"
 
 
+def _decode_vars_py(head: bytes) -> tuple[dict[str, str], int]:
+    """The vars block after the 4-byte header: (latin-1 params, how many pairs).
+
+    Raises ProtocolError, saying what is wrong, for a block that is not one.
+    """
+    # latin-1 maps bytes to code points one to one: PEP 3333's native
+    # strings, sliced at the byte offsets after a single decode. The loop
+    # does no bounds checks: a length that runs past the end makes an
+    # index fail or leaves pos past the end, and _vars_error says how.
+    text = head.decode("latin-1")
+    end = len(head)
+    pos = HEADER_LEN
+    params: dict[str, str] = {}
+    pairs = 0
+    try:
+        while pos < end:
+            key = pos + 2
+            key_end = key + head[pos] + (head[pos + 1] << 8)
+            value = key_end + 2
+            pos = value + head[key_end] + (head[key_end + 1] << 8)
+            params[text[key:key_end]] = text[value:pos]
+            pairs += 1
+    except IndexError:
+        pos = end + 1
+    if pos != end:
+        raise ProtocolError(_vars_error(head))
+    return params, pairs
+
+
+def _decode_vars_fast(head: bytes) -> tuple[dict[str, str], int]:
+    """:func:`_decode_vars_py` in C (``fcgi._speedups``); a bad block goes to the reference."""
+    decoded = _decode_vars_c(head, HEADER_LEN)  # type: ignore[misc]  # bound only if not None
+    return decoded if decoded is not None else _decode_vars_py(head)
+
+
+_decode_vars_c: Callable[[bytes, int], tuple[dict[str, str], int] | None] | None = None
+if SPEEDUPS:
+    from fcgi._speedups import decode_uwsgi_vars as _decode_vars_c
+
+#: Chosen once, as fcgi.records chooses decode_params.
+decode_vars = _decode_vars_fast if _decode_vars_c is not None else _decode_vars_py
+
+
 class UwsgiConnection(OneRequestConnection):
     """State of one uwsgi connection from the application's point of view."""
 
@@ -164,27 +209,7 @@ class UwsgiConnection(OneRequestConnection):
         return HEADER_LEN + size, size
 
     def _parse(self, head: bytes) -> tuple[dict[str, str], int, int]:
-        # latin-1 maps bytes to code points one to one: PEP 3333's native
-        # strings, sliced at the byte offsets after a single decode. The loop
-        # does no bounds checks: a length that runs past the end makes an
-        # index fail or leaves pos past the end, and _vars_error says how.
-        text = head.decode("latin-1")
-        end = len(head)
-        pos = HEADER_LEN
-        params: dict[str, str] = {}
-        pairs = 0
-        try:
-            while pos < end:
-                key = pos + 2
-                key_end = key + head[pos] + (head[pos + 1] << 8)
-                value = key_end + 2
-                pos = value + head[key_end] + (head[key_end + 1] << 8)
-                params[text[key:key_end]] = text[value:pos]
-                pairs += 1
-        except IndexError:
-            pos = end + 1
-        if pos != end:
-            raise ProtocolError(_vars_error(head))
+        params, pairs = decode_vars(head)
         declared = params.get("CONTENT_LENGTH")
         return params, pairs, decimal_length(declared) if declared else 0
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fcgi import records as r
-from fcgi import wsgi
+from fcgi import uwsgi, wsgi
 from fcgi.errors import ProtocolError
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -386,3 +386,38 @@ def test_string_cache_never_changes_what_is_decoded(
         blocks.append(r.encode_pairs(pairs))
     for block in blocks + blocks[::-1]:
         assert c_decode(block) == r._decode_params_py(block)
+
+
+# -- the uwsgi vars block (fcgi.uwsgi.decode_vars) ------------------------------------
+
+
+def uwsgi_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    body = b"".join(
+        len(k).to_bytes(2, "little") + k + len(v).to_bytes(2, "little") + v for k, v in pairs
+    )
+    return b"\0" + len(body).to_bytes(2, "little") + b"\0" + body
+
+
+def vars_outcome(decode: Callable[[bytes], object], head: bytes) -> object:
+    try:
+        return decode(head)
+    except ProtocolError as exc:
+        return ("ProtocolError", str(exc))
+
+
+@pytest.mark.skipif(uwsgi._decode_vars_c is None, reason="the C extension is not in use")
+@SETTINGS
+@given(
+    st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=40)), max_size=8),
+    st.integers(0, 3),
+    st.binary(max_size=8),
+)
+def test_uwsgi_vars_c_matches_the_reference(
+    pairs: list[tuple[bytes, bytes]], cut: int, junk: bytes
+) -> None:
+    head = uwsgi_block(pairs)
+    for candidate in (head, head[: len(head) - cut], head + junk, head[:4] + junk):
+        expected = vars_outcome(uwsgi._decode_vars_py, candidate)
+        assert vars_outcome(uwsgi._decode_vars_fast, candidate) == expected
+        raw = uwsgi._decode_vars_c(candidate, 4)  # type: ignore[misc]
+        assert (raw is None) == (type(expected) is tuple and expected[0] == "ProtocolError")
