@@ -1,7 +1,10 @@
-"""Events produced by :class:`fcgi.connection.ServerConnection`.
+"""Events produced by the application-side cores, for the drivers.
 
-Every event names the request it belongs to; management records never surface
-here because the connection answers them itself.
+:class:`fcgi.connection.ServerConnection` (FastCGI) and the uwsgi and SCGI
+cores (:mod:`fcgi.uwsgi`, :mod:`fcgi.scgi`) all speak these, so a driver
+serves every protocol the same way. Every event names the request it belongs
+to; FastCGI's management records never surface here because the connection
+answers them itself.
 """
 
 from __future__ import annotations
