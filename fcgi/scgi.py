@@ -67,9 +67,12 @@ class ScgiConnection(OneRequestConnection):
         colon = prefix.find(b":")
         digits = prefix if colon < 0 else prefix[:colon]
         if digits and not digits.isdigit():
+            # A head that starts with a digit is a broken SCGI request, not
+            # another protocol's: no hint then (it would name SCGI itself).
+            hint = "" if digits[:1].isdigit() else wrong_protocol_hint(prefix[0])
             raise ProtocolError(
                 f"SCGI request does not start with a netstring length: "
-                f"{prefix[:HEAD_QUOTE]!r}{wrong_protocol_hint(prefix[0])}"
+                f"{prefix[:HEAD_QUOTE]!r}{hint}"
             )
         if len(digits) > self._max_digits:
             raise ProtocolError(

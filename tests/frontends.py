@@ -27,6 +27,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -401,6 +402,41 @@ class Apache:
         )
 
 
+#: The modules each deploy/apache site needs beyond those apache-test.conf
+#: loads: (module name, shared object), as ``a2enmod`` would load them.
+SITE_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "proxy_uwsgi.conf": (("proxy_uwsgi_module", "mod_proxy_uwsgi.so"),),
+    "proxy_scgi.conf": (("proxy_scgi_module", "mod_proxy_scgi.so"),),
+}
+
+
+@dataclasses.dataclass
+class ModulesApache(Apache):
+    """:class:`Apache`, loading first the modules its sites need (:data:`SITE_MODULES`).
+
+    The site files stay as shipped (a deployment loads modules with
+    ``a2enmod``); the lines go at the top of the test's rendered site.conf,
+    each guarded by ``<IfModule !...>`` so that a module apache-test.conf
+    loads one day is not loaded twice.
+    """
+
+    def _render(self) -> None:
+        super()._render()
+        modules = apache_modules_dir()
+        lines: list[str] = []
+        for site, _ in self.sites:
+            for name, shared_object in SITE_MODULES.get(site, ()):
+                path = modules / shared_object
+                if not path.exists():
+                    raise ServerError(
+                        f"{shared_object} is not installed in {modules} "
+                        "(Debian's apache2-bin has it)"
+                    )
+                lines += [f"<IfModule !{name}>", f'    LoadModule {name} "{path}"', "</IfModule>"]
+        if lines:
+            self.site_path.write_text("\n".join(lines) + "\n" + self.site_path.read_text())
+
+
 def chgrp_socket(path: Path, user: str = APACHE_USER) -> None:
     """Give ``user``'s group access to a 0660 socket owned by the test's user,
     as a deployment would by running fcgi with that group."""
@@ -451,6 +487,76 @@ class FrontEnd:
             parts.append(response.summary())
         parts.append(self.describe())
         return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- uwsgi and SCGI sites
+
+#: An endless answer's pieces, and where it stops if nobody hangs up (a bound,
+#: not a size any test reads: 256 MiB).
+ENDLESS_PIECE = 64 * 1024
+ENDLESS_PIECES = 4096
+#: What :func:`hang_up_mid_response` reads of an answer before it hangs up.
+HANG_UP_AFTER = 256 * 1024
+
+#: ``siteapp:app``, behind the uwsgi and SCGI sites: frontend_app's routes, plus
+#: ``endless`` (an answer that does not end, for clients that hang up) and
+#: ``created`` (a status of its own and repeated headers).
+SITE_APP_SOURCE = f"""
+import time
+
+import frontend_app
+
+
+def endless(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def pieces():
+        for _ in range({ENDLESS_PIECES}):
+            yield b"x" * {ENDLESS_PIECE}
+            # The client hangs up long before the end, whatever the web server buffers.
+            time.sleep(0.001)
+
+    return pieces()
+
+
+def created(environ, start_response):
+    body = b"created\\n"
+    start_response("201 Created", [
+        ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+        ("X-One", "1"), ("X-Many", "a"), ("X-Many", "b"),
+    ])
+    return [body]
+
+
+def app(environ, start_response):
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    route = path.rstrip("/").rsplit("/", 1)[-1]
+    if route == "endless":
+        return endless(environ, start_response)
+    if route == "created":
+        return created(environ, start_response)
+    return frontend_app.app(environ, start_response)
+"""
+
+
+def write_site_app(workdir: Path) -> str:
+    """Write ``siteapp.py`` (:data:`SITE_APP_SOURCE`) into ``workdir``; return its app spec.
+
+    ``workdir`` goes on the backend's PYTHONPATH (``backend_env([workdir])``).
+    """
+    (workdir / "siteapp.py").write_text(SITE_APP_SOURCE)
+    return "siteapp:app"
+
+
+def hang_up_mid_response(fe: FrontEnd, target: str) -> None:
+    """GET ``target``, read :data:`HANG_UP_AFTER` bytes of the answer, hang up."""
+    with socket.create_connection(("127.0.0.1", fe.port), timeout=HTTP_TIMEOUT) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        received = 0
+        while received < HANG_UP_AFTER:
+            chunk = sock.recv(65536)
+            assert chunk, f"the answer ended after {received} bytes\n{fe.explain()}"
+            received += len(chunk)
 
 
 def stop_all(servers: Iterable[Apache | Lighttpd | Backend | object]) -> None:

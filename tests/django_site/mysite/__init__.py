@@ -1,0 +1,1 @@
+"""The project package of the test's Django site (settings, URLs, views, WSGI entry)."""
