@@ -77,12 +77,20 @@ PyDoc_STRVAR(decode_params_doc,
    at this size and cost only a fresh decode. */
 #define CACHE_SLOTS 512
 /* Longer strings are decoded anew each time: rarely repeated, costly to
-   compare.  Values are held to a shorter length than names: the common
-   repeated ones ("GET", "HTTP/1.1", "CGI/1.1", an address, a port) are
-   short, while cookies and tokens, which are the peer's secrets and never
-   repeat across clients, are longer and so never kept. */
+   compare.  Values are held to a shorter length than names, and only the
+   web server's own variables' values are kept ("GET", "HTTP/1.1",
+   "CGI/1.1", its address, a port): never an HTTP_* header's, which is where
+   a client's cookies, tokens and keys arrive, so that no secret of one
+   request stays in the worker after it (see value_max). */
 #define CACHE_NAME_MAX 32
 #define CACHE_VALUE_MAX 16
+
+/* How long a value of the variable named name[0:n] may be to be kept. */
+static inline size_t
+value_max(const unsigned char *name, size_t n)
+{
+    return n >= 5 && memcmp(name, "HTTP_", 5) == 0 ? 0 : CACHE_VALUE_MAX;
+}
 
 typedef struct {
     PyObject *names[CACHE_SLOTS];
@@ -159,7 +167,8 @@ decode_block(speedups_state *state, const unsigned char *buf, size_t end)
         if (name == NULL) {
             goto error;
         }
-        PyObject *value = cached_latin1(state->values, CACHE_VALUE_MAX, name_start + name_len, value_len);
+        PyObject *value = cached_latin1(
+            state->values, value_max(name_start, name_len), name_start + name_len, value_len);
         if (value == NULL) {
             Py_DECREF(name);
             goto error;
@@ -535,7 +544,8 @@ decode_uwsgi_vars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (key == NULL) {
             goto done;
         }
-        PyObject *value = cached_latin1(state->values, CACHE_VALUE_MAX, buf + pos, value_len);
+        PyObject *value = cached_latin1(
+            state->values, value_max(key_start, key_len), buf + pos, value_len);
         if (value == NULL) {
             Py_DECREF(key);
             goto done;

@@ -421,3 +421,22 @@ def test_uwsgi_vars_c_matches_the_reference(
         assert vars_outcome(uwsgi._decode_vars_fast, candidate) == expected
         raw = uwsgi._decode_vars_c(candidate, 4)  # type: ignore[misc]
         assert (raw is None) == (type(expected) is tuple and expected[0] == "ProtocolError")
+
+
+def test_no_header_value_outlives_its_request(c_decode: Callable[[bytes], dict[str, str]]) -> None:
+    """The cache keeps the web server's own short values, never a header's.
+
+    A client's cookies, tokens and keys arrive as HTTP_* variables: the string
+    decoded for one request must not be the object handed to the next.
+    """
+    block = r.encode_pairs([(b"REQUEST_METHOD", b"PATCH"), (b"HTTP_X_API_KEY", b"k-3141592")])
+    first, second = c_decode(block), c_decode(block)
+    assert first == second == r._decode_params_py(block)
+    assert first["REQUEST_METHOD"] is second["REQUEST_METHOD"]  # the server's own: kept
+    assert first["HTTP_X_API_KEY"] is not second["HTTP_X_API_KEY"]  # a header's: never
+    head = uwsgi_block([(b"REQUEST_METHOD", b"PATCH"), (b"HTTP_COOKIE", b"sid=271828")])
+    if uwsgi._decode_vars_c is not None:
+        one, two = uwsgi._decode_vars_c(head, 4), uwsgi._decode_vars_c(head, 4)
+        assert one is not None and two is not None
+        assert one[0]["HTTP_COOKIE"] is not two[0]["HTTP_COOKIE"]
+        assert one[0]["REQUEST_METHOD"] is two[0]["REQUEST_METHOD"]
