@@ -139,12 +139,13 @@ def serve(
     ``scgi:``; None means the socket a web server left on fd 0, or plain CGI
     when there is none. ``socket_mode``, ``backlog`` and
     ``allowed_clients`` are ``listen_mode``, ``listen_backlog`` and
-    ``listen_allowed_clients``. ``worker`` is "sync" (one request at a time)
-    or "trio" (concurrent; the only one for ASGI apps, chosen automatically
-    for them). ``workers=N`` (a static pool of N) or any setting that needs
-    several processes (``pm``, ``max_children``, ``user``... see the
-    settings table) runs the pool's master with ``app`` in every worker;
-    otherwise this process serves alone. Every mistake is raised at once as
+    ``listen_allowed_clients``. ``worker`` is "sync" (one request at a time,
+    WSGI apps), "asyncio" (concurrent, ASGI apps only; chosen automatically
+    for an ASGI app) or "trio" (concurrent, WSGI and ASGI). ``workers=N`` (a
+    static pool of N) or any setting that needs several processes (``pm``,
+    ``max_children``, ``user``... see the settings table) runs the pool's
+    master with ``app`` in every worker; otherwise this process serves alone.
+    Every mistake is raised at once as
     :class:`~fcgi.settings.ConfigErrors`. Returns the exit code.
     """
     given: dict[str, Any] = {

@@ -188,8 +188,8 @@ _TABLE: tuple[Setting, ...] = (
           php="listen.allowed_clients", aliases=("--allowed-clients",), commas=True,
           unset_means="any", metavar="ADDRS"),
     _pool("worker", "choice", "sync",
-          "sync: one request at a time per process; trio: many at once (ASGI apps get it); "
-          "asyncio: many at once, ASGI apps only, on uvloop if installed",
+          "sync: one request at a time per process (WSGI); asyncio: many at once, ASGI "
+          "apps only, on uvloop if installed (ASGI apps get it); trio: many at once",
           choices=("sync", "trio", "asyncio"), gunicorn="worker_class"),
     _pool("interface", "choice", "auto", "the app's interface (auto: detect)",
           choices=("auto", "wsgi", "asgi")),
