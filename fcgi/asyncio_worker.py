@@ -53,7 +53,7 @@ from typing import Any, cast
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import Lifespan, LifespanFailure, Write
-from fcgi.driver import CoreFactory
+from fcgi.driver import DRAIN_SECONDS, MAX_DRAIN, CoreFactory
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
 from fcgi.listen_queue import listen_queue
@@ -71,10 +71,6 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 #: beyond its high-water mark. Also the most a request writes before it lets
 #: the other tasks run: the grain of turn-taking between ids.
 _SLICE = 256 * 1024
-#: Most bytes read and thrown away while closing a connection whose request
-#: body was not read to the end (so the web server sees our answer, not a reset).
-_MAX_DRAIN = 64 * 1024 * 1024
-_DRAIN_SECONDS = 2.0
 #: The listen backlog used if the kernel cannot tell a listener's own:
 #: asyncio's servers call listen() again, and this is fcgi's default.
 _FALLBACK_BACKLOG = 511
@@ -94,10 +90,6 @@ def default_loop_factory() -> LoopFactory:
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
-
-
-def loop_name(factory: LoopFactory) -> str:
-    return "uvloop" if getattr(factory, "__module__", "").startswith("uvloop") else "asyncio"
 
 
 class _Parking:
@@ -362,7 +354,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.
             transport.write_eof()
-            self.loop.call_later(_DRAIN_SECONDS, transport.abort)
+            self.loop.call_later(DRAIN_SECONDS, transport.abort)
             return
         transport.close()
 
@@ -409,7 +401,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         if self.closing:
             # Draining before the close (or closed already): thrown away.
             self._drained += len(data)
-            if self._drained > _MAX_DRAIN and self.transport is not None:
+            if self._drained > MAX_DRAIN and self.transport is not None:
                 self.transport.abort()
             return
         self.read_since = self.loop.time()

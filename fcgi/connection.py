@@ -196,16 +196,24 @@ _MAX_LENGTH_DIGITS = 19
 _HUGE_LENGTH = 10**_MAX_LENGTH_DIGITS
 
 
+def decimal_length(value: str) -> int:
+    """A CONTENT_LENGTH of ASCII digits as a number; -1 if it is anything else.
+
+    Shared by every protocol's core (the uwsgi and SCGI ones too).
+    """
+    if not (value.isdigit() and value.isascii()):
+        return -1
+    digits = value.lstrip("0")
+    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else _HUGE_LENGTH
+
+
 def _declared_length(params: dict[str, str]) -> int | None:
     """CONTENT_LENGTH as a number, or None if absent or not a plain decimal."""
     value = params.get("CONTENT_LENGTH")
     if not value:
         return None
-    value = value.strip()
-    if not (value.isdigit() and value.isascii()):
-        return None
-    digits = value.lstrip("0")
-    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else _HUGE_LENGTH
+    length = decimal_length(value.strip())
+    return length if length >= 0 else None
 
 
 class OutputQueue:

@@ -58,6 +58,14 @@ ACCEPT_STARVED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENO
 #: Seconds a driver waits before trying accept() again after one of those.
 ACCEPT_PAUSE = 0.1
 
+#: Most bytes read and thrown away while closing a connection whose request
+#: body was not read to the end (so the web server sees our answer, not a reset).
+MAX_DRAIN = 64 * 1024 * 1024
+#: Longest that drain may take, in seconds: a peer trickling the rest of a
+#: body must not hold the worker (a sync worker's reads still wait up to
+#: read_timeout each).
+DRAIN_SECONDS = 2.0
+
 
 #: The sans-IO core of a connection, whichever protocol its listener speaks:
 #: the three have one interface and yield the same events.

@@ -88,6 +88,9 @@ class Listeners:
         #: Inherited sockets no spec has claimed yet, by the address they
         #: listen on (written as :func:`str` of a parsed spec writes it).
         self.unclaimed: dict[str, socket.socket] = {}
+        #: The protocol each socket a previous image handed over spoke there,
+        #: by address: a reload that changes it is not graceful (see claim).
+        self.spoke: dict[str, str] = {}
         #: Descriptor -> wire protocol of each socket that does not speak
         #: FastCGI ("uwsgi", "scgi"): what the drivers serve it with.
         self.protocols: dict[int, str] = {}
@@ -106,7 +109,9 @@ class Listeners:
         for sock in systemd.listen_fds():
             listeners.unclaimed[address_of(sock)] = sock
         for spec, sock in handed_over.items():
-            listeners.unclaimed[str(parse_bind(spec))] = sock
+            parsed = parse_bind(spec)
+            listeners.unclaimed[str(parsed)] = sock
+            listeners.spoke[str(parsed)] = parsed.protocol
         return listeners
 
     @classmethod
@@ -146,6 +151,17 @@ class Listeners:
         parsed = parse_bind(spec)
         sock = self.unclaimed.pop(str(parsed), None)
         if sock is not None:
+            before = self.spoke.get(str(parsed), parsed.protocol)
+            if before != parsed.protocol:
+                log.warning(
+                    "%s speaks %s now and spoke %s before this reload: until they are "
+                    "replaced, the old workers answer its connections in %s (restart, "
+                    "not reload, to change a listener's protocol)",
+                    parsed,
+                    parsed.protocol,
+                    before,
+                    before,
+                )
             self._add(sock, parsed.protocol)
             self.by_spec[spec] = sock
         return sock

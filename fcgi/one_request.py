@@ -41,12 +41,6 @@ _DONE = 2
 #: Rejected, or answered before its body was read: input is taken and dropped.
 _DROP = 3
 
-#: More significant digits than any body can have: such a CONTENT_LENGTH is
-#: taken as this many bytes (larger than any limit) rather than given to int(),
-#: which refuses strings of more than 4300 digits (a ValueError out of feed()).
-_MAX_LENGTH_DIGITS = 19
-_HUGE_LENGTH = 10**_MAX_LENGTH_DIGITS
-
 #: What the app would have said had it run: sent for a request ended with a
 #: FastCGI protocol status (a driver over its max_reqs ends the request with
 #: OVERLOADED). These protocols have no such status, and an empty answer reads
@@ -60,14 +54,6 @@ _UNAVAILABLE = (
 #: How much of a bad request head goes into an error message (as a bytes
 #: repr, so control characters cannot forge log lines).
 HEAD_QUOTE = 16
-
-
-def decimal_length(value: str) -> int:
-    """A CONTENT_LENGTH of ASCII digits as a number; -1 if it is anything else."""
-    if not (value.isdigit() and value.isascii()):
-        return -1
-    digits = value.lstrip("0")
-    return int(digits or "0") if len(digits) <= _MAX_LENGTH_DIGITS else _HUGE_LENGTH
 
 
 def wrong_protocol_hint(first: int) -> str:

@@ -46,9 +46,9 @@ its length is read; the rest of the input is dropped), more pairs than
 
 from __future__ import annotations
 
-from fcgi.connection import Limits
+from fcgi.connection import Limits, decimal_length
 from fcgi.errors import ProtocolError
-from fcgi.one_request import HEAD_QUOTE, OneRequestConnection, decimal_length, wrong_protocol_hint
+from fcgi.one_request import HEAD_QUOTE, OneRequestConnection, wrong_protocol_hint
 
 
 class ScgiConnection(OneRequestConnection):

@@ -54,6 +54,8 @@ from fcgi.driver import (
     ACCEPT_PAUSE,
     ACCEPT_RETRY,
     ACCEPT_STARVED,
+    DRAIN_SECONDS,
+    MAX_DRAIN,
     CoreFactory,
     WorkerBase,
     log_refusal,
@@ -71,12 +73,6 @@ log = logging.getLogger("fcgi.worker")
 #: One buffer of this size per worker takes every read (recv_into): a large
 #: request body arrives in few reads, and no read allocates.
 _RECV_SIZE = 256 * 1024
-#: Most bytes read and thrown away while closing a connection whose request
-#: body the app did not read (so the web server sees our answer, not a reset).
-_MAX_DRAIN = 64 * 1024 * 1024
-#: Longest that drain may take, in seconds: a peer trickling the rest of a
-#: body must not hold the worker (each read still waits up to read_timeout).
-_DRAIN_SECONDS = 2.0
 #: Connections one worker holds parked (waiting for a request head, or kept
 #: alive between requests). Past this the oldest idle kept connection is
 #: closed (the web server opens a new one when it needs it), else the oldest
@@ -1051,8 +1047,8 @@ class SyncWorker(WorkerBase):
             with contextlib.suppress(OSError, _Timeout):
                 sock.shutdown(socket.SHUT_WR)
                 drained = 0
-                give_up = time.monotonic() + _DRAIN_SECONDS
-                while drained < _MAX_DRAIN and time.monotonic() < give_up:
+                give_up = time.monotonic() + DRAIN_SECONDS
+                while drained < MAX_DRAIN and time.monotonic() < give_up:
                     # No read waits past give_up either (the connection is closing).
                     c.timeout = give_up - time.monotonic()
                     chunk = c.recv()

@@ -60,7 +60,15 @@ import trio
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import Lifespan, LifespanFailure, Message
-from fcgi.driver import ACCEPT_PAUSE, ACCEPT_RETRY, ACCEPT_STARVED, CoreFactory, wsgi_environ
+from fcgi.driver import (
+    ACCEPT_PAUSE,
+    ACCEPT_RETRY,
+    ACCEPT_STARVED,
+    DRAIN_SECONDS,
+    MAX_DRAIN,
+    CoreFactory,
+    wsgi_environ,
+)
 from fcgi.errors import RequestBodyIncomplete
 from fcgi.escape import Lines
 from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
@@ -77,10 +85,6 @@ _RECV_SIZE = 256 * 1024
 #: Most STDOUT bytes one request writes per turn of the connection's write lock
 #: (two aligned records): the grain of fair interleaving between ids.
 _SLICE = 2 * 0xFFF8
-#: Most bytes read and thrown away while closing a connection whose request
-#: body was not read to the end (so the web server sees our answer, not a reset).
-_MAX_DRAIN = 64 * 1024 * 1024
-_DRAIN_SECONDS = 2.0
 #: accept() failures that mean the listening socket itself is unusable.
 _LISTENER_GONE = frozenset((errno.EBADF, errno.EINVAL, errno.ENOTSOCK))
 #: Pause after an accept() failure of an unknown kind, so it cannot spin.
@@ -253,10 +257,10 @@ class _Connection(MultiplexConnection[_Request]):
             if self.unread_input and self.broken is None:
                 # Closing with unread input makes the kernel send a reset, which
                 # can destroy the answer in flight. Half-close, then drain.
-                with contextlib.suppress(OSError), trio.move_on_after(_DRAIN_SECONDS):
+                with contextlib.suppress(OSError), trio.move_on_after(DRAIN_SECONDS):
                     sock.shutdown(socket.SHUT_WR)
                     drained = 0
-                    while drained < _MAX_DRAIN:
+                    while drained < MAX_DRAIN:
                         chunk = await sock.recv(_RECV_SIZE)
                         if not chunk:
                             break

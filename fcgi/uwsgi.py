@@ -47,9 +47,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from http import HTTPStatus
 
-from fcgi.connection import Limits
+from fcgi.connection import Limits, decimal_length
 from fcgi.errors import LocalProtocolError, ProtocolError
-from fcgi.one_request import OneRequestConnection, decimal_length, wrong_protocol_hint
+from fcgi.one_request import OneRequestConnection, wrong_protocol_hint
 from fcgi.records import SPEEDUPS
 
 #: The size of the packet header: modifier1, datasize (2 bytes), modifier2.

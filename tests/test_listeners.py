@@ -111,3 +111,26 @@ def test_without_an_address_nor_inherited_sockets_there_is_nothing(
         os.dup2(saved, 0)
         for fd in (saved, read, write):
             os.close(fd)
+
+
+def test_a_reload_that_changes_a_listeners_protocol_says_it_is_not_graceful(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old workers go on answering the socket in the old protocol until replaced."""
+    path = tmp_path / "x.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen()
+    same = socket.socket(socket.AF_UNIX)
+    same.bind(str(tmp_path / "y.sock"))
+    same.listen()
+    listeners = Listeners.inherit({f"unix:{path}": sock, f"uwsgi:unix:{tmp_path}/y.sock": same}, [])
+    with caplog.at_level("WARNING", logger="fcgi.sockets"):
+        assert listeners.claim(f"uwsgi:unix:{path}") is sock
+        assert listeners.claim(f"uwsgi:unix:{tmp_path}/y.sock") is same
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "speaks uwsgi now and spoke fastcgi before this reload" in warnings[0]
+    assert listeners.protocols[sock.fileno()] == "uwsgi"
+    sock.close()
+    same.close()
