@@ -228,7 +228,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     """One accepted connection: the core's state, its requests, its timer."""
 
     def __init__(
-        self, worker: AsyncioWorker, core: tuple[CoreFactory, bool] | None = None
+        self, worker: AsyncioWorker, core: tuple[CoreFactory, bool]
     ) -> None:
         super().__init__(worker, "unix socket", -1, core)
         self.worker: AsyncioWorker = worker

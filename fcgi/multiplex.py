@@ -32,7 +32,6 @@ from typing import Any, Generic, TypeVar
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIResponder, Waits, Write, build_scope
-from fcgi.connection import ServerConnection
 from fcgi.driver import CoreFactory, WorkerBase, log_refusal
 from fcgi.errors import ProtocolError, RequestBodyTooLarge
 from fcgi.hooks import render_answer
@@ -133,14 +132,13 @@ class MultiplexConnection(Generic[R]):
         worker: MultiplexWorker[Any, R],
         peer: str,
         fd: int,
-        core: tuple[CoreFactory, bool] | None = None,
+        core: tuple[CoreFactory, bool],
     ) -> None:
-        """``core``: what the listener speaks, as :meth:`~fcgi.driver.WorkerBase.core_for`
-        says (None: FastCGI)."""
+        """``core``: what the listener speaks, as :meth:`~fcgi.driver.WorkerBase.core_for` says."""
         self.worker = worker
         self.peer = peer
         self.fd = fd
-        factory, tracebacks = core or (ServerConnection, worker.options.stderr_tracebacks)
+        factory, tracebacks = core
         self.conn = factory(worker.limits)
         #: App tracebacks go to the web server too (FastCGI's FCGI_STDERR).
         self.tracebacks = tracebacks

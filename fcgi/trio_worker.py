@@ -205,7 +205,7 @@ class _Connection(MultiplexConnection[_Request]):
         worker: TrioWorker,
         sock: trio.socket.SocketType,
         peer: str,
-        core: tuple[CoreFactory, bool] | None = None,
+        core: tuple[CoreFactory, bool],
     ) -> None:
         super().__init__(worker, peer, sock.fileno(), core)
         self.stream = trio.SocketStream(sock)
@@ -596,7 +596,7 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
         sock: trio.socket.SocketType,
         peer: object,
         connections: trio.Nursery,
-        core: tuple[CoreFactory, bool] | None = None,
+        core: tuple[CoreFactory, bool],
     ) -> None:
         """Serve a new connection, unless it is not allowed or there is no room for it."""
         name = describe_peer(peer, sock)
