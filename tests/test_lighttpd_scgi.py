@@ -17,17 +17,18 @@ that hangs up in the middle of an endless answer.
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Generator
 
+import pool_site_checks as checks
 import pytest
 from frontend_cases import CASE_IDS, CASES, Case, ok_json, run_case
-from frontends import FrontEnd, Lighttpd, find_lighttpd, hang_up_mid_response, write_site_app
+from frontends import FrontEnd, Lighttpd, find_lighttpd, write_site_app
 from webservers import Backend, ServerError, backend_env, fcgi_serve_command
 
 #: The pool refuses request bodies over this: above the matrix's 10 MiB upload.
 MAX_BODY = 12 * 1024 * 1024
+#: Where the site mounts the app.
+PREFIX = ""
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,6 @@ def site(
         backend.stop()
 
 
-def backend_of(fe: FrontEnd) -> Backend:
-    assert isinstance(fe.server, Backend)
-    return fe.server
-
-
-def worker_pid(fe: FrontEnd) -> int:
-    pid: int = ok_json(fe, fe.request("GET", "/pid/echo"))["pid"]
-    return pid
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -109,54 +102,20 @@ def test_scgi_variables_reach_the_app(site: FrontEnd) -> None:
 
 
 def test_one_mebibyte_upload(site: FrontEnd) -> None:
-    body = random.Random(1).randbytes(1024 * 1024)
-    response = site.request(
-        "POST", "/upload", body=body, headers={"Content-Type": "application/octet-stream"}
-    )
-    data = ok_json(site, response)
-    assert data["length"] == len(body), site.explain(response)
-    assert data["sha256"] == hashlib.sha256(body).hexdigest(), site.explain(response)
-    assert data["content_length"] == str(len(body)), site.explain(response)
+    checks.one_mebibyte_upload(site, PREFIX)
 
 
 def test_status_reason_and_repeated_headers_pass_through(site: FrontEnd) -> None:
-    response = site.request("GET", "/created")
-    why = site.explain(response)
-    assert (response.status, response.reason) == (201, "Created"), why
-    assert response.body == b"created\n", why
-    assert response.header("Content-Type") == "text/plain", why
-    assert response.header("X-One") == "1", why
-    # lighttpd may fold a repeated header into one line; the values and their order stay.
-    many = ", ".join(response.header_all("X-Many"))
-    assert many == "a, b", why
+    checks.status_reason_and_repeated_headers(site, PREFIX)
 
 
 def test_not_found_is_the_app_s_own(site: FrontEnd) -> None:
-    response = site.request("GET", "/no/such/route")
-    why = site.explain(response)
-    assert response.status == 404, why
-    assert response.body == b"no route for '/no/such/route'\n", why
+    checks.not_found_is_the_app_s_own(site, PREFIX)
 
 
 def test_a_body_over_max_body_size_is_a_413_from_the_pool(site: FrontEnd) -> None:
-    backend = backend_of(site)
-    refused = backend.stderr_text().count("larger than max_body_size")
-    response = site.request("POST", "/upload", body=b"z" * (MAX_BODY + 1))
-    assert response.status == 413, site.explain(response)
-    assert backend.stderr_text().count("larger than max_body_size") == refused + 1, site.explain()
-    assert ok_json(site, site.request("GET", "/after/echo"))["body_length"] == 0
+    checks.body_over_max_body_size_is_a_413(site, PREFIX, MAX_BODY)
 
 
 def test_a_client_that_hangs_up_mid_response_leaves_the_worker_serving(site: FrontEnd) -> None:
-    backend = backend_of(site)
-    before = worker_pid(site)
-    log = backend.stderr_text()
-    gone = log.count("went away while we answered")
-    tracebacks = log.count("Traceback")
-    hang_up_mid_response(site, "/endless")
-    # lighttpd closes its connection to the pool once the client is gone: the
-    # worker logs that once and serves the next request itself.
-    assert worker_pid(site) == before, site.explain()
-    log = backend.stderr_text()
-    assert log.count("went away while we answered") == gone + 1, site.explain()
-    assert log.count("Traceback") == tracebacks, site.explain()
+    checks.hang_up_leaves_the_worker_serving(site, PREFIX)
