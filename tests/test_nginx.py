@@ -9,14 +9,14 @@ the same servers, which must still succeed.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import apps
+import nginx_checks as checks
 import pytest
+from nginx_checks import assert_next_request_ok, ok_json
 from webservers import Backend, HTTPResponse, Nginx
 
 BACKEND_KINDS = ["unix", "tcp"]
@@ -41,21 +41,6 @@ def keepalive_site(
     """nginx with deploy/nginx/fcgi-keepalive.conf (upstream keepalive, keep_conn on)."""
     backend = start_backend(request.param, "apps:app")
     return start_nginx("fcgi-keepalive.conf", backend)
-
-
-def ok_json(nginx: Nginx, response: HTTPResponse) -> dict[str, Any]:
-    assert response.status == 200, nginx.explain(response)
-    assert response.header("Content-Type") == "application/json", nginx.explain(response)
-    data: dict[str, Any] = json.loads(response.body)
-    return data
-
-
-def assert_next_request_ok(nginx: Nginx) -> None:
-    """The servers are still healthy: a plain GET gets the right answer."""
-    response = nginx.request("GET", "/after/echo?next=1")
-    data = ok_json(nginx, response)
-    assert data["QUERY_STRING"] == "next=1", nginx.explain(response)
-    assert data["REQUEST_METHOD"] == "GET", nginx.explain(response)
 
 
 def test_get_with_query_string(site: Nginx) -> None:
@@ -86,38 +71,15 @@ def test_head_request(site: Nginx) -> None:
 
 
 def test_post_one_mebibyte(site: Nginx) -> None:
-    body = random.Random(1).randbytes(1024 * 1024)
-    digest = hashlib.sha256(body).hexdigest()
-    response = site.request(
-        "POST",
-        "/upload",
-        body=body,
-        headers={"Content-Type": "application/octet-stream", "X-Expect-SHA256": digest},
-    )
-    data = ok_json(site, response)
-    assert data["length"] == len(body), site.explain(response)
-    assert data["sha256"] == digest, site.explain(response)
-    assert_next_request_ok(site)
+    checks.post_one_mebibyte(site)
 
 
 def test_streamed_response(site: Nginx) -> None:
-    response = site.request("GET", "/stream")
-    assert response.status == 200, site.explain(response)
-    assert response.body == b"".join(apps.STREAM_CHUNKS), site.explain(response)
-    # No Content-Length from the app: nginx must frame the body itself.
-    assert response.header("Content-Length") is None, site.explain(response)
-    assert response.header("Transfer-Encoding") == "chunked", site.explain(response)
-    assert_next_request_ok(site)
+    checks.streamed_response(site)
 
 
 def test_five_mebibyte_response(site: Nginx) -> None:
-    expected = hashlib.sha256(apps.big_body()).hexdigest()
-    response = site.request("GET", "/big")
-    assert response.status == 200, site.explain()
-    assert len(response.body) == apps.BIG_SIZE, site.explain()
-    assert response.header("X-Body-SHA256") == expected, site.explain()
-    assert hashlib.sha256(response.body).hexdigest() == expected, site.explain()
-    assert_next_request_ok(site)
+    checks.five_mebibyte_response(site)
 
 
 def test_app_exception_gives_500_without_traceback(site: Nginx) -> None:
@@ -136,9 +98,7 @@ def test_app_exception_gives_500_without_traceback(site: Nginx) -> None:
 
 
 def test_not_found_from_app(site: Nginx) -> None:
-    response = site.request("GET", "/no/such/route")
-    assert response.status == 404, site.explain(response)
-    assert_next_request_ok(site)
+    checks.not_found_from_app(site)
 
 
 def test_many_requests_on_one_client_connection(site: Nginx) -> None:

@@ -18,14 +18,14 @@ import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import apps
+import nginx_checks as checks
 import pytest
+from nginx_checks import assert_next_request_ok, ok_json
 from webservers import (
     HTTP_TIMEOUT,
     Backend,
-    HTTPResponse,
     Nginx,
     backend_env,
     fcgi_serve_command,
@@ -40,7 +40,7 @@ MAX_BODY = 2 * 1024 * 1024
 ABORT_AFTER = 256 * 1024
 
 #: The app the pools serve: tests/apps.py's routes, and what they lack.
-APP_SOURCE = '''
+APP_SOURCE = """
 import hashlib
 import json
 import time
@@ -129,7 +129,7 @@ async def asgi(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": out})
-'''
+"""
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -160,9 +160,7 @@ def start_pool(workdir: Path, listen: list[str], extra: list[str]) -> Backend:
 def start_site(binary: str, site: str, target: str, prefix: Path, backend: Backend) -> Nginx:
     """nginx with deploy/nginx/SITE passing to ``target`` (``{{uwsgi_pass}}``/``{{scgi_pass}}``)."""
     key = "uwsgi_pass" if site == "uwsgi.conf" else "scgi_pass"
-    nginx = Nginx(
-        binary=binary, site=site, values={key: target}, prefix=prefix, related=[backend]
-    )
+    nginx = Nginx(binary=binary, site=site, values={key: target}, prefix=prefix, related=[backend])
     return nginx.start()
 
 
@@ -204,20 +202,6 @@ def site(request: pytest.FixtureRequest, servers: dict[str, Nginx]) -> Nginx:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def ok_json(nginx: Nginx, response: HTTPResponse) -> dict[str, Any]:
-    assert response.status == 200, nginx.explain(response)
-    assert response.header("Content-Type") == "application/json", nginx.explain(response)
-    data: dict[str, Any] = json.loads(response.body)
-    return data
-
-
-def assert_next_request_ok(nginx: Nginx) -> None:
-    """The servers are still healthy: a plain GET gets the right answer."""
-    response = nginx.request("GET", "/after/echo?next=1")
-    data = ok_json(nginx, response)
-    assert data["QUERY_STRING"] == "next=1", nginx.explain(response)
 
 
 def worker_pids(nginx: Nginx) -> list[int]:
@@ -277,28 +261,11 @@ def test_non_ascii_path(site: Nginx) -> None:
 
 
 def test_post_one_mebibyte(site: Nginx) -> None:
-    body = random.Random(1).randbytes(1024 * 1024)
-    digest = hashlib.sha256(body).hexdigest()
-    response = site.request(
-        "POST",
-        "/upload",
-        body=body,
-        headers={"Content-Type": "application/octet-stream", "X-Expect-SHA256": digest},
-    )
-    data = ok_json(site, response)
-    assert data["length"] == len(body), site.explain(response)
-    assert data["sha256"] == digest, site.explain(response)
-    assert_next_request_ok(site)
+    checks.post_one_mebibyte(site)
 
 
 def test_streamed_response(site: Nginx) -> None:
-    response = site.request("GET", "/stream")
-    assert response.status == 200, site.explain(response)
-    assert response.body == b"".join(apps.STREAM_CHUNKS), site.explain(response)
-    # No Content-Length from the app: nginx frames the body itself.
-    assert response.header("Content-Length") is None, site.explain(response)
-    assert response.header("Transfer-Encoding") == "chunked", site.explain(response)
-    assert_next_request_ok(site)
+    checks.streamed_response(site)
 
 
 def test_status_and_headers_pass_through(site: Nginx) -> None:
@@ -313,19 +280,11 @@ def test_status_and_headers_pass_through(site: Nginx) -> None:
 
 
 def test_five_mebibyte_response(site: Nginx) -> None:
-    expected = hashlib.sha256(apps.big_body()).hexdigest()
-    response = site.request("GET", "/big")
-    assert response.status == 200, site.explain()
-    assert response.header("X-Body-SHA256") == expected, site.explain()
-    assert hashlib.sha256(response.body).hexdigest() == expected, site.explain()
-    assert_next_request_ok(site)
+    checks.five_mebibyte_response(site)
 
 
 def test_not_found_from_app(site: Nginx) -> None:
-    response = site.request("GET", "/no/such/route")
-    assert response.status == 404, site.explain(response)
-    assert response.body == b"no route for '/no/such/route'\n", site.explain(response)
-    assert_next_request_ok(site)
+    checks.not_found_from_app(site)
 
 
 def test_app_exception_gives_500_and_the_traceback_stays_in_the_log(site: Nginx) -> None:
