@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -23,12 +24,13 @@ import socket
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_asgi import read_body, respond
 from test_pool_support import PoolMaster
 from test_trio_worker import (
     WAIT,
@@ -42,6 +44,7 @@ from test_trio_worker import (
     serve_command,
     wait_for,
 )
+from test_trio_worker import running_worker as trio_running_worker
 
 from fcgi import records as r
 from fcgi.asgi import LifespanFailure
@@ -67,59 +70,12 @@ def loop(request: pytest.FixtureRequest) -> LoopFactory:
     return LOOPS[request.param]
 
 
-@contextlib.contextmanager
 def running_worker(
     app: Any, tmp_path: Path, loop: LoopFactory, hooks: Any = None, **settings: Any
-) -> Iterator[Running]:
-    """An AsyncioWorker serving ``app`` on a unix socket in a background thread."""
-    path = str(tmp_path / "w.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(256)
-    limits = settings.pop("limits", Limits())
-    worker = AsyncioWorker(
-        [listener], app, ServerOptions(limits=limits, **settings), hooks, loop_factory=loop
-    )
-    running = Running(path, worker, threading.Thread(target=lambda: None))  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            worker.serve_forever()
-        except BaseException as exc:
-            running.errors.append(exc)
-
-    running.thread = threading.Thread(target=run, name="asyncio-worker", daemon=True)
-    running.thread.start()
-    try:
-        yield running
-    finally:
-        worker.stop()
-        try:
-            running.join()
-        finally:
-            worker.close()
-            listener.close()
-
-
-async def read_body(receive: Receive) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        assert message["type"] == "http.request"
-        body += message["body"]
-        if not message["more_body"]:
-            return body
-
-
-async def respond(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"text/plain")],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+) -> contextlib.AbstractContextManager[Running]:
+    """An AsyncioWorker on ``loop`` serving ``app`` on a unix socket in a background thread."""
+    make = functools.partial(AsyncioWorker, loop_factory=loop)
+    return trio_running_worker(app, tmp_path, hooks, make=make, **settings)
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:

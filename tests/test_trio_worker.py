@@ -232,15 +232,19 @@ class Running:
 
 @contextlib.contextmanager
 def running_worker(
-    app: Any, tmp_path: Path, hooks: Any = None, **settings: Any
+    app: Any, tmp_path: Path, hooks: Any = None, make: Any = TrioWorker, **settings: Any
 ) -> Iterator[Running]:
-    """A TrioWorker serving ``app`` on a unix socket in a background thread."""
+    """A worker serving ``app`` on a unix socket in a background thread.
+
+    ``make`` builds it from (listeners, app, options, hooks): TrioWorker by
+    default; the asyncio worker's tests pass theirs.
+    """
     path = str(tmp_path / "w.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(256)
     limits = settings.pop("limits", Limits())
-    worker = TrioWorker([listener], app, ServerOptions(limits=limits, **settings), hooks)
+    worker = make([listener], app, ServerOptions(limits=limits, **settings), hooks)
     running = Running(path, worker, threading.Thread(target=lambda: None))
 
     def run() -> None:
@@ -249,7 +253,7 @@ def running_worker(
         except BaseException as exc:
             running.errors.append(exc)
 
-    running.thread = threading.Thread(target=run, name="trio-worker", daemon=True)
+    running.thread = threading.Thread(target=run, name="worker", daemon=True)
     running.thread.start()
     try:
         yield running
