@@ -164,7 +164,7 @@ def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
     board = Scoreboard(2)
     board.write_slot(1, Slot(state=SlotState.IDLE, pid=42, generation=3, started=5.0))
     writer = board.writer(1)
-    writer.request_started(7, SlotState.BUSY, 1, 9, 10.0, 11.0, 12, b"POST", b"/up?x=1")
+    writer.request_started(7, SlotState.BUSY, 1, 9, 10.0, 11.0, 12, (b"POST", b"/up?x=1"))
     slot = board.read_slot(1)
     assert (slot.pid, slot.generation, slot.started) == (42, 3, 5.0)
     assert (slot.accepted, slot.state, slot.active, slot.request_seq) == (7, SlotState.BUSY, 1, 9)
@@ -178,9 +178,13 @@ def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
     # shows the last request's method and URI, as PHP-FPM does.
     assert (slot.method, slot.uri, slot.request_seq, slot.pid) == ("POST", "/up?x=1", 9, 42)
     assert board.free_index() == 0
+    # A start without a route (the one shown already) keeps the route's bytes.
+    writer.request_started(9, SlotState.BUSY, 1, 10, 20.0, 21.0, 0, None)
+    slot = board.read_slot(1)
+    assert (slot.method, slot.uri, slot.request_seq, slot.accepted) == ("POST", "/up?x=1", 10, 9)
     # The sequence counter is even (no write in progress) after each write.
     writer.sync()
-    assert board.read_slot(1).state == SlotState.IDLE
+    assert board.read_slot(1).state == SlotState.BUSY
 
 
 def _count_cpu_readings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -220,6 +224,42 @@ def test_cpu_is_read_at_most_once_a_millisecond_without_an_access_log(
     slot = board.read_slot(0)
     assert slot.requests == 202 and slot.uri == "/slow"
     assert slot.last_cpu > 0 and slot.last_memory > 0
+
+
+def test_the_slot_shows_the_route_of_the_oldest_request_running() -> None:
+    # The route's bytes are packed only when the route shown changes: each
+    # change (a new route, a route again after another, the oldest of two
+    # finishing first) must still reach the slot, titles included.
+    board = Scoreboard(1)
+    hooks = worker_hooks.ScoreboardHooks(PoolConfig(app="x:app"), board, 0, 1, [])
+    titles: list[str] = []
+    hooks._set_title = titles.append  # type: ignore[method-assign]
+
+    def shown() -> tuple[str, str, int]:
+        slot = board.read_slot(0)
+        return slot.method, slot.uri, slot.content_length
+
+    a = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/a"}
+    b = {"REQUEST_METHOD": "POST", "REQUEST_URI": "/b", "CONTENT_LENGTH": "5"}
+    hooks.request_finished(hooks.request_started(a), 200)
+    assert shown() == ("GET", "/a", 0)
+    hooks.request_finished(hooks.request_started(b), 200)
+    assert shown() == ("POST", "/b", 5)
+    token_a = hooks.request_started(a)
+    assert shown() == ("GET", "/a", 0)
+    token_b = hooks.request_started(b)
+    assert shown() == ("GET", "/a", 0)  # the oldest running stays shown
+    hooks.request_finished(token_a, 200)
+    assert shown() == ("POST", "/b", 5)  # now the other one is the oldest
+    hooks.request_finished(token_b, 200)
+    token = hooks.request_started({"REQUEST_METHOD": "GET", "REQUEST_URI": "/b"})
+    assert shown() == ("GET", "/b", 0)  # same URI, another method: a route of its own
+    hooks.request_finished(token, 200)
+    assert shown() == ("GET", "/b", 0)  # an idle worker shows its last request
+    assert [t.split()[-1] for t in titles if "idle" not in t] == ["/a", "/b", "/a", "/b", "/b"]
+    bogus = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/b", "CONTENT_LENGTH": "-" + "9" * 20}
+    hooks.request_finished(hooks.request_started(bogus), 200)
+    assert shown() == ("GET", "/b", 0)
 
 
 def test_cpu_is_read_for_every_request_with_an_access_log(

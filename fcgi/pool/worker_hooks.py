@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from time import monotonic as _monotonic
+from time import time as _wall_clock
 from types import FrameType
 from typing import TypeVar
 
@@ -63,6 +65,17 @@ def current_rss() -> int:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _content_length(text: str) -> int:
+    """CONTENT_LENGTH as the scoreboard shows it: 0 unless a plain non-negative 64-bit number."""
+    try:
+        length = int(text)
+    except ValueError:
+        return 0
+    # The scoreboard field is a signed 64-bit integer: a peer's
+    # -99999999999999999999 must not crash the worker in pack_into.
+    return length if 0 <= length < 1 << 63 else 0
 
 
 def request_path(params: Mapping[str, str]) -> str:
@@ -137,9 +150,6 @@ class ScoreboardHooks:
         self._cpu_mark = _cpu_seconds()
         self._cpu_mark_at = time.monotonic()
         self._busy_since_mark = 0.0
-        #: The shown request's method and URI as they go into the slot.
-        self._method = b""
-        self._uri = b""
         self._writer = board.writer(index)
         self._write_whole()
         #: Made once: an idle worker's title never changes, nor a busy one's start.
@@ -194,16 +204,15 @@ class ScoreboardHooks:
 
     def request_started(self, params: Mapping[str, str]) -> object:
         self._next_token = token = self._next_token + 1
-        start = time.time()
-        start_mono = time.monotonic()
+        start = _wall_clock()
+        start_mono = _monotonic()
         requests = self._running
         requests[token] = (params, start, start_mono)
         slot = self._slot
         slot.request_seq = request_seq = slot.request_seq + 1
         slot.state = _BUSY
         slot.active = active = len(requests)
-        if active == 1:
-            self._show(params, start, start_mono)
+        route = self._show(params, start, start_mono) if active == 1 else None
         self._writer.request_started(
             slot.accepted,
             _BUSY,
@@ -212,42 +221,45 @@ class ScoreboardHooks:
             slot.request_start,
             slot.request_start_mono,
             slot.content_length,
-            self._method,
-            self._uri,
+            route,
         )
         return token
 
-    def _show(self, params: Mapping[str, str], start: float, start_mono: float) -> None:
-        """Make this request "the" one the slot shows (the oldest one running)."""
+    def _show(
+        self, params: Mapping[str, str], start: float, start_mono: float
+    ) -> tuple[bytes, bytes] | None:
+        """Make this request "the" one the slot shows (the oldest one running).
+
+        Returns the slot's new method and URI bytes, or None when the route
+        is the one shown already.
+        """
         slot = self._slot
         slot.request_start = start
         slot.request_start_mono = start_mono
-        slot.method = method = params.get("REQUEST_METHOD", "")
-        slot.uri = uri = params.get("REQUEST_URI") or request_uri(params)
+        length = params.get("CONTENT_LENGTH")
+        if length:
+            slot.content_length = _content_length(length)
+        else:
+            slot.content_length = 0
+        method = params.get("REQUEST_METHOD", "")
+        uri = params.get("REQUEST_URI") or request_uri(params)
         # The scoreboard's bytes and the title follow the request shown, so
         # they are made again only when its route changes (most requests of a
         # busy site repeat one).
-        if uri != self._busy_uri or method != self._busy_method:
-            self._busy_method = method
-            self._busy_uri = uri
-            self._method = method.encode("latin-1", "replace")[:METHOD_LEN]
-            self._uri = uri.encode("latin-1", "replace")[:URI_LEN]
-            self._busy_title = worker_busy_title(self._busy_prefix, method, uri)
-        if self._title is not self._busy_title:
-            self._title = self._busy_title
-            self._set_title(self._busy_title)
-        length = params.get("CONTENT_LENGTH")
-        if not length:
-            slot.content_length = 0
-            return
-        try:
-            slot.content_length = int(length)
-        except ValueError:
-            slot.content_length = 0
-        if not 0 <= slot.content_length < 1 << 63:
-            # The scoreboard field is a signed 64-bit integer: a peer's
-            # -99999999999999999999 must not crash the worker in pack_into.
-            slot.content_length = 0
+        if uri == self._busy_uri and method == self._busy_method:
+            if self._title is not self._busy_title:
+                self._title = self._busy_title
+                self._set_title(self._busy_title)
+            return None
+        slot.method = self._busy_method = method
+        slot.uri = self._busy_uri = uri
+        self._busy_title = worker_busy_title(self._busy_prefix, method, uri)
+        self._title = self._busy_title
+        self._set_title(self._busy_title)
+        return (
+            method.encode("latin-1", "replace")[:METHOD_LEN],
+            uri.encode("latin-1", "replace")[:URI_LEN],
+        )
 
     def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
         forkguard.check()
@@ -277,7 +289,7 @@ class ScoreboardHooks:
         slot.active = active = len(self._running)
         if active:
             oldest = next(iter(self._running.values()))
-            self._show(oldest[0], oldest[1], oldest[2])
+            route = self._show(oldest[0], oldest[1], oldest[2])
             slot.state = _BUSY
         else:
             slot.state = _IDLE
@@ -305,8 +317,7 @@ class ScoreboardHooks:
                 slot.request_start,
                 slot.request_start_mono,
                 slot.content_length,
-                self._method,
-                self._uri,
+                route,
             )
         if self.access_log is not None:
             self.access_log.write(
