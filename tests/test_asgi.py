@@ -1,5 +1,11 @@
-"""ASGI on the trio worker: the scope, streaming both ways, disconnects, lifespan,
-a Starlette app in-process and through a real nginx.
+"""ASGI: the scope, every behaviour the trio and asyncio workers share, lifespan, and a
+Starlette app in-process and through a real nginx.
+
+The shared behaviours (concurrency and limits, abort and disconnect, app
+errors, bodies, backpressure, timeouts, lifespan, stopping and hooks) are
+written once and run under each worker kind (the ``kind`` fixture: trio,
+asyncio, and uvloop when installed; see asgi_cases.py). What only one worker
+does stays in test_trio_worker.py or test_asyncio_worker.py.
 
 The worker runs in a thread of the test process (see ``running_worker`` in
 test_trio_worker.py); apps record what they saw in plain lists and events.
@@ -10,21 +16,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import http
+import itertools
 import json
+import logging
 import os
 import re
+import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
+from asgi_cases import KINDS, Receive, Scope, Send, WorkerKind, hello, read_body, respond
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_trio_worker import (
     WAIT,
+    RecordingHooks,
     Reply,
     connect_when_ready,
     interleave,
@@ -37,36 +48,9 @@ from test_trio_worker import (
 
 from fcgi import records as r
 from fcgi.asgi import LifespanFailure, _encode_head, build_scope
+from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, detect_interface, resolve_interface
-
-Scope = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[dict[str, Any]], Any]
-
-
-async def read_body(receive: Receive) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        assert message["type"] == "http.request"
-        body += message["body"]
-        if not message["more_body"]:
-            return body
-
-
-async def respond(
-    send: Send, status: int, body: bytes, content_type: bytes = b"text/plain"
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type)],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
 
 # -- scope and detection --------------------------------------------------------------------------
 
@@ -165,29 +149,33 @@ def test_detect_interface() -> None:
     assert choose_worker("sync", "wsgi") == "sync"
 
 
-# -- requests -----------------------------------------------------------------------------------
+# -- both workers: concurrency and limits -------------------------------------------------------
 
 
-def test_hundred_interleaved_asgi_requests_on_one_connection_run_at_once(tmp_path: Path) -> None:
+@pytest.fixture(params=sorted(KINDS))
+def kind(request: pytest.FixtureRequest) -> WorkerKind:
+    """The worker (and loop) a shared ASGI test runs under: trio, asyncio, uvloop."""
+    return KINDS[request.param]
+
+
+def test_hundred_interleaved_requests_on_one_connection_run_at_once(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
     seen = {"in_flight": 0, "peak": 0}
-    all_in: list[trio.Event] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if not all_in:
-            all_in.append(trio.Event())
         seen["in_flight"] += 1
         seen["peak"] = max(seen["peak"], seen["in_flight"])
-        if seen["in_flight"] == 100:
-            all_in[0].set()
-        with trio.move_on_after(WAIT):
-            await all_in[0].wait()  # nobody answers before all 100 are in the app
-        await trio.sleep(0.1)
+        deadline = time.monotonic() + WAIT
+        while seen["peak"] < 100 and time.monotonic() < deadline:
+            await kind.sleep(0.01)  # nobody answers before all 100 are in the app
+        await kind.sleep(0.05)
         seen["in_flight"] -= 1
         await respond(send, 200, b"id=" + scope["query_string"])
 
-    with running_worker(app, tmp_path, max_reqs=100) as w:
+    with kind.running(app, tmp_path, max_reqs=100) as w:
         client = w.client()
         client.send(
             interleave(
@@ -199,9 +187,207 @@ def test_hundred_interleaved_asgi_requests_on_one_connection_run_at_once(tmp_pat
     for rid, reply in replies.items():
         assert (reply.status, reply.body) == (200, f"id={rid}".encode())
         assert reply.header("Content-Length") == str(len(reply.body))
+        assert reply.protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
 
 
-def test_request_and_response_both_stream(tmp_path: Path) -> None:
+def test_get_values_reports_multiplexing_and_the_limits(tmp_path: Path, kind: WorkerKind) -> None:
+    with kind.running(hello, tmp_path, max_conns=7, max_reqs=9) as w:
+        client = w.client()
+        values = client.get_values([b"FCGI_MPXS_CONNS", b"FCGI_MAX_CONNS", b"FCGI_MAX_REQS"])
+        assert values == {b"FCGI_MPXS_CONNS": b"1", b"FCGI_MAX_CONNS": b"7", b"FCGI_MAX_REQS": b"9"}
+        assert client.request(1, params_for("/", query="x")).body == b"hello x"
+
+
+def test_requests_past_max_reqs_get_overloaded_on_any_connection(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        entered.release()
+        while not release.is_set():
+            await kind.sleep(0.01)
+        await respond(send, 200, b"done")
+
+    with kind.running(app, tmp_path, max_reqs=2) as w:
+        a = w.client()
+        a.send(interleave(request_records(rid, params_for("/")) for rid in (1, 2)))
+        assert entered.acquire(timeout=WAIT) and entered.acquire(timeout=WAIT)
+        a.send(b"".join(request_records(3, params_for("/"))))
+        refused = a.reply(3)
+        assert (refused.protocol_status, refused.stdout) == (r.ProtocolStatus.OVERLOADED, b"")
+        b = w.client()
+        assert b.request(1, params_for("/")).protocol_status == r.ProtocolStatus.OVERLOADED
+        release.set()
+        for rid in (1, 2):
+            assert a.reply(rid).body == b"done"
+        reply = b.request(2, params_for("/"))  # capacity is back
+        assert (reply.protocol_status, reply.body) == (r.ProtocolStatus.REQUEST_COMPLETE, b"done")
+
+
+def test_past_max_conns_a_busy_worker_refuses_and_a_quiet_connection_makes_room(
+    tmp_path: Path, kind: WorkerKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/wait":
+            entered.set()
+            while not release.is_set():
+                await kind.sleep(0.01)
+        await respond(send, 200, scope["path"].encode())
+
+    with kind.running(app, tmp_path, max_conns=1) as w:
+        first = w.client()
+        assert first.get_values([b"FCGI_MAX_CONNS"]) == {b"FCGI_MAX_CONNS": b"1"}  # accepted
+        first.send(b"".join(request_records(1, params_for("/wait"))))
+        assert entered.wait(WAIT)
+        second = w.client()
+        assert second.closed_by_server()  # every connection is busy
+        release.set()
+        assert first.reply(1).body == b"/wait"
+        third = w.client()  # the first is quiet now: it makes room
+        assert third.request(1, params_for("/new")).body == b"/new"
+        assert first.closed_by_server()
+    assert "all 1 connections are busy (max_conns)" in caplog.text
+    assert "to make room" in caplog.text
+
+
+# -- both workers: abort and disconnect ---------------------------------------------------------
+
+
+def test_abort_request_gives_the_app_http_disconnect_and_ends_the_request(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    messages: list[str] = []
+    waiting = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/poll":
+            await read_body(receive)
+            waiting.set()
+            messages.append((await receive())["type"])  # long poll: only a disconnect ends it
+            return
+        await respond(send, 200, b"fine")
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/poll"))))
+        assert waiting.wait(WAIT)
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        aborted = client.reply(1)
+        assert aborted.protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
+        assert aborted.app_status == 1 and aborted.stdout == b""
+        assert messages == ["http.disconnect"]
+        assert client.request(1, params_for("/")).body == b"fine"  # the id is free again
+        assert w.worker.active_requests == 0
+
+
+def test_abort_request_cancels_a_sleeping_app(tmp_path: Path, kind: WorkerKind) -> None:
+    log: list[str] = []
+    sleeping = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            sleeping.set()
+            await kind.sleep(3600)
+        except kind.cancelled:
+            log.append("cancelled")
+            raise
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/"))))
+        assert sleeping.wait(WAIT)
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        assert client.reply(1).protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
+        assert log == ["cancelled"]
+
+
+def test_abort_before_params_ends_the_request_without_running_the_app(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    with kind.running(hello, tmp_path) as w:
+        client = w.client()
+        client.send(r.encode_begin_request(1, r.Role.RESPONDER, True))
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        reply = client.reply(1)
+        assert (reply.app_status, bytes(reply.stdout)) == (1, b"")
+        assert client.request(2, params_for("/", query="after")).body == b"hello after"
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_web_server_that_goes_away_is_a_disconnect_and_ends_only_its_connection(
+    tmp_path: Path, kind: WorkerKind, how: str
+) -> None:
+    messages: list[str] = []
+    waiting = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/hang":
+            await read_body(receive)
+            waiting.set()
+            messages.append((await receive())["type"])
+            return
+        await respond(send, 200, b"other")
+
+    with kind.running(app, tmp_path) as w:
+        other = w.client()
+        doomed = w.client()
+        doomed.send(b"".join(request_records(1, params_for("/hang"))))
+        assert waiting.wait(WAIT)
+        if how == "reset":  # SO_LINGER with a zero timeout: close() sends RST, not FIN
+            doomed.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        doomed.close()
+        wait_for(lambda: messages == ["http.disconnect"], "http.disconnect")
+        wait_for(lambda: w.worker.active_requests == 0, "the request to be dropped")
+        assert other.request(1, params_for("/")).body == b"other"
+
+
+def test_app_errors_become_500s_with_the_traceback_on_stderr(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/raise":
+            raise ValueError("secret-detail")
+        if scope["path"] == "/nothing":
+            return
+        if scope["path"] == "/late":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+            raise ValueError("after the headers")
+        await respond(send, 204, b"")
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        reply = client.request(1, params_for("/raise"))
+        assert (reply.status, reply.app_status) == (500, 1)
+        assert b"secret-detail" not in reply.stdout and b"secret-detail" in reply.stderr
+        assert client.request(2, params_for("/nothing")).status == 500
+        late = client.request(3, params_for("/late"))
+        assert (late.status, late.body, late.app_status) == (200, b"partial", 1)
+        ok = client.request(4, params_for("/"))
+        assert (ok.status, ok.header("Content-Length")) == (204, None)
+
+
+# -- both workers: bodies, streaming, caps, spooling ------------------------------------------
+
+
+def test_request_and_response_both_stream(tmp_path: Path, kind: WorkerKind) -> None:
     async def echo(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -217,7 +403,7 @@ def test_request_and_response_both_stream(tmp_path: Path) -> None:
 
     pieces = [b"alpha;", b"beta;", b"gamma;"]
     total = sum(map(len, pieces))
-    with running_worker(echo, tmp_path) as w:
+    with kind.running(echo, tmp_path) as w:
         client = w.client()
         records = request_records(
             1, params_for("/", method="POST", body=b"x" * total), end_stdin=False
@@ -235,105 +421,183 @@ def test_request_and_response_both_stream(tmp_path: Path) -> None:
     assert reply.header("Content-Length") is None
 
 
-def test_abort_request_gives_the_app_http_disconnect(tmp_path: Path) -> None:
-    messages: list[str] = []
-    waiting = threading.Event()
+def test_body_caps_from_the_core_give_413(tmp_path: Path, kind: WorkerKind) -> None:
+    ran: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] == "/poll":
-            await read_body(receive)
-            waiting.set()
-            message = await receive()  # long poll: only a disconnect ends it
-            messages.append(message["type"])
-            return
-        await respond(send, 200, b"fine")
+        ran.append(scope["path"])
+        body = await read_body(receive)
+        await respond(send, 200, b"read %d" % len(body))
 
-    with running_worker(app, tmp_path) as w:
+    limits = Limits(max_body_size=1000)
+    with kind.running(app, tmp_path, limits=limits) as w:
         client = w.client()
-        client.send(b"".join(request_records(1, params_for("/poll"))))
-        assert waiting.wait(WAIT)
-        client.send(r.encode_record(r.ABORT_REQUEST, 1))
-        aborted = client.reply(1)
-        assert aborted.protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
-        assert aborted.stdout == b""
-        assert messages == ["http.disconnect"]
-        assert client.request(1, params_for("/")).body == b"fine"
+        # Declared too large: refused before the app runs.
+        big = b"x" * 2000
+        reply = client.request(1, params_for("/declared", method="POST", body=big), big)
+        assert (reply.status, reply.app_status) == (413, 1)
+        # No CONTENT_LENGTH, a body that crosses the cap: the app's read fails.
+        params = params_for("/undeclared", method="POST")
+        del params["CONTENT_LENGTH"]
+        client2 = w.client()
+        reply = client2.request(2, params, big)
+        assert reply.status == 413
+        # Within the cap: served.
+        small = b"y" * 999
+        reply = w.client().request(3, params_for("/ok", method="POST", body=small), small)
+        assert reply.body == b"read 999"
+    assert ran == ["/undeclared", "/ok"]
 
 
-def test_abort_request_cancels_a_sleeping_app(tmp_path: Path) -> None:
-    log: list[str] = []
-    sleeping = threading.Event()
+def test_a_large_body_is_spooled_and_arrives_whole(tmp_path: Path, kind: WorkerKind) -> None:
+    go = threading.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        while not go.is_set():
+            await kind.sleep(0.01)
+        body = await read_body(receive)
+        await respond(send, 200, hashlib.sha256(body).hexdigest().encode())
+
+    body = os.urandom(1 << 20) * 3
+    with kind.running(app, tmp_path, spool_threshold=16 * 1024) as w:
+        client = w.client()
+        # sendall returns once the worker took every byte, while the app waits.
+        client.send(b"".join(request_records(1, params_for("/", method="POST", body=body), body)))
+        assert client.get_values([b"FCGI_MPXS_CONNS"]) == {b"FCGI_MPXS_CONNS": b"1"}
+        go.set()
+        assert client.reply(1).body == hashlib.sha256(body).hexdigest().encode()
+
+
+# -- both workers: output fairness and backpressure ------------------------------------------
+
+
+def test_two_large_responses_on_one_connection_take_turns(tmp_path: Path, kind: WorkerKind) -> None:
+    piece = b"x" * 65536
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(64):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        client.send(interleave(request_records(rid, params_for("/big")) for rid in (1, 2)))
+        replies = {rid: client.reply(rid) for rid in (1, 2)}
+    for reply in replies.values():
+        assert len(reply.body) == 64 * 65536
+    order = [rid for rtype, rid, content in client.log if rtype == r.STDOUT and content]
+    last = {rid: max(i for i, x in enumerate(order) if x == rid) for rid in (1, 2)}
+    first = {rid: order.index(rid) for rid in (1, 2)}
+    assert first[2] < last[1] and first[1] < last[2], order
+    assert sum(1 for a, b in itertools.pairwise(order) if a != b) >= 8, order
+
+
+def test_a_slow_reader_holds_the_app_back_instead_of_filling_memory(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    produced = [0]
+    total_pieces = 1024  # 64 MiB
+    piece = bytes(65536)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(total_pieces):
+            produced[0] += 1
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        client.send(b"".join(request_records(1, params_for("/huge"))))
+        last, still = -1, 0
+        deadline = time.monotonic() + WAIT
+        while still < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            still = still + 1 if produced[0] == last else 0
+            last = produced[0]
+        assert still == 5, "the app never stopped producing for a reader that does not read"
+        assert produced[0] < total_pieces // 4, f"{produced[0]} pieces buffered for a non-reader"
+        reply = client.reply(1)
+    assert len(reply.body) == total_pieces * len(piece)
+
+
+def test_send_timeout_ends_a_connection_whose_reader_stalls(
+    tmp_path: Path, kind: WorkerKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    outcome: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
-            sleeping.set()
-            await trio.sleep(3600)
-        except trio.Cancelled:
-            log.append("cancelled")
-            raise
+            while True:
+                await send({"type": "http.response.body", "body": bytes(65536), "more_body": True})
+        except OSError:
+            outcome.append("send raised")
 
-    with running_worker(app, tmp_path) as w:
+    with kind.running(app, tmp_path, send_timeout=0.5, read_timeout=WAIT) as w:
         client = w.client()
-        client.send(b"".join(request_records(1, params_for("/"))))
-        assert sleeping.wait(WAIT)
-        client.send(r.encode_record(r.ABORT_REQUEST, 1))
-        assert client.reply(1).protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
-        assert log == ["cancelled"]
+        client.send(b"".join(request_records(1, params_for("/"))))  # and never read
+        wait_for(lambda: outcome == ["send raised"], "the app's send() to fail")
+        wait_for(lambda: w.worker.active_requests == 0, "the request to end")
+    assert "send_timeout" in caplog.text
 
 
-def test_the_web_server_closing_the_connection_is_a_disconnect(tmp_path: Path) -> None:
-    messages: list[str] = []
-    waiting = threading.Event()
+# -- both workers: timeouts and connection life -----------------------------------------------
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        await read_body(receive)
-        waiting.set()
-        messages.append((await receive())["type"])
 
-    with running_worker(app, tmp_path) as w:
+def test_without_keep_conn_the_connection_is_closed_after_the_answer(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    with kind.running(hello, tmp_path) as w:
         client = w.client()
-        client.send(b"".join(request_records(1, params_for("/"))))
-        assert waiting.wait(WAIT)
-        client.close()
-        wait_for(lambda: messages == ["http.disconnect"], "http.disconnect")
+        client.send(b"".join(request_records(1, params_for("/", query="k"), keep_conn=False)))
+        assert client.reply(1).body == b"hello k"
+        assert client.closed_by_server()
 
 
-def test_app_errors_become_500s(tmp_path: Path) -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/raise":
-            raise ValueError("secret-detail")
-        if scope["path"] == "/nothing":
-            return
-        if scope["path"] == "/late":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
-            raise ValueError("after the headers")
-        await respond(send, 204, b"")
+def test_idle_and_silent_connections_are_closed_after_their_timeouts(
+    tmp_path: Path, kind: WorkerKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fcgi.worker")
+    with kind.running(hello, tmp_path, read_timeout=0.3) as w:
+        idle = w.client()
+        assert idle.request(1, params_for("/", query="a")).body == b"hello a"
+        assert idle.closed_by_server()
+    assert "closing idle connection" in caplog.text
+    caplog.clear()
+    (tmp_path / "second").mkdir()
+    with kind.running(hello, tmp_path / "second", request_header_timeout=0.3) as w:
+        silent = w.client()
+        silent.send(r.encode_begin_request(1, r.Role.RESPONDER, True))  # and no PARAMS
+        assert silent.closed_by_server()
+        assert w.client().request(1, params_for("/", query="new")).body == b"hello new"
+    assert "request_header_timeout" in caplog.text
 
-    with running_worker(app, tmp_path) as w:
+
+def test_rejected_params_get_an_error_and_the_connection_goes_on(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    with kind.running(hello, tmp_path, limits=Limits(max_params=3)) as w:
         client = w.client()
-        reply = client.request(1, params_for("/raise"))
-        assert (reply.status, reply.app_status) == (500, 1)
-        assert b"secret-detail" not in reply.stdout and b"secret-detail" in reply.stderr
-        assert client.request(2, params_for("/nothing")).status == 500
-        late = client.request(3, params_for("/late"))
-        assert (late.status, late.body, late.app_status) == (200, b"partial", 1)
-        ok = client.request(4, params_for("/"))
-        assert (ok.status, ok.header("Content-Length")) == (204, None)
+        assert client.request(1, params_for("/")).status == 431
+        assert client.request(2, {"QUERY_STRING": "ok"}).body == b"hello ok"
 
 
-# -- lifespan -----------------------------------------------------------------------------------
+# -- both workers: lifespan ----------------------------------------------------------------------
 
 
-def test_lifespan_startup_state_and_shutdown(tmp_path: Path) -> None:
+def test_lifespan_startup_state_and_shutdown(tmp_path: Path, kind: WorkerKind) -> None:
     events: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -350,29 +614,80 @@ def test_lifespan_startup_state_and_shutdown(tmp_path: Path) -> None:
                     return
         await respond(send, 200, scope["state"]["greeting"].encode())
 
-    with running_worker(app, tmp_path) as w:
+    with kind.running(app, tmp_path) as w:
         assert w.client().request(1, params_for("/")).body == b"hi from startup"
         assert events == ["startup"]
     assert events == ["startup", "shutdown"]
 
 
-def test_lifespan_startup_failure_stops_the_worker(tmp_path: Path) -> None:
+def test_lifespan_startup_failure_stops_the_worker(tmp_path: Path, kind: WorkerKind) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "lifespan"
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "no database"})
 
-    with pytest.raises(LifespanFailure, match="no database"), running_worker(app, tmp_path):
+    with pytest.raises(LifespanFailure, match="no database"), kind.running(app, tmp_path):
         pass
 
 
-def test_an_app_without_lifespan_is_served(tmp_path: Path) -> None:
+def test_an_app_without_lifespan_is_served(tmp_path: Path, kind: WorkerKind) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http", "only http here"
         await respond(send, 200, b"no lifespan")
 
-    with running_worker(app, tmp_path) as w:
+    with kind.running(app, tmp_path) as w:
         assert w.client().request(1, params_for("/")).body == b"no lifespan"
+
+
+# -- both workers: stopping and hooks ------------------------------------------------------------
+
+
+def test_stop_finishes_requests_in_flight_then_returns(tmp_path: Path, kind: WorkerKind) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        entered.set()
+        while not release.is_set():
+            await kind.sleep(0.01)
+        await respond(send, 200, b"finished")
+
+    with kind.running(app, tmp_path) as w:
+        idle = w.client()
+        assert idle.get_values([b"FCGI_MPXS_CONNS"])  # accepted, then idle
+        busy = w.client()
+        busy.send(b"".join(request_records(1, params_for("/"))))
+        assert entered.wait(WAIT)
+        w.worker.stop()
+        assert idle.closed_by_server()  # idle connections close at once
+        assert w.thread.is_alive()
+        # A request already sent on the busy connection is served too.
+        busy.send(b"".join(request_records(2, params_for("/"))))
+        release.set()
+        assert busy.reply(1).body == b"finished"
+        assert busy.reply(2).body == b"finished"
+        w.join()
+
+
+def test_hooks_are_called_and_should_stop_ends_the_worker(tmp_path: Path, kind: WorkerKind) -> None:
+    hooks = RecordingHooks(stop_after=2)
+    with kind.running(hello, tmp_path, hooks=hooks) as w:
+        client = w.client()
+        assert client.request(1, params_for("/", query="ping")).body == b"pong"  # intercepted
+        assert client.request(1, params_for("/", query="two")).body == b"hello two"
+        w.join()  # stopped by itself
+    assert hooks.events == [
+        "accepted",
+        "started ping",
+        "finished 200",
+        "started two",
+        "finished 200",
+    ]
+
+
+# -- the command line ----------------------------------------------------------------------------
 
 
 def test_cli_exits_non_zero_when_lifespan_startup_fails(tmp_path: Path) -> None:

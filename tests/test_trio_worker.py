@@ -237,7 +237,7 @@ def running_worker(
     """A worker serving ``app`` on a unix socket in a background thread.
 
     ``make`` builds it from (listeners, app, options, hooks): TrioWorker by
-    default; the asyncio worker's tests pass theirs.
+    default; test_asyncio_worker.py and asgi_cases.KINDS pass theirs.
     """
     path = str(tmp_path / "w.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
