@@ -445,6 +445,17 @@ def write_app(directory: Path) -> None:
     )
 
 
+def children(pid: int) -> set[int]:
+    """The pids of a process's children, as the kernel lists them."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(word) for word in text.split()}
+
+
+def pid_of(body: bytes) -> int:
+    """The pid that protoapp's answer names (``pid=N path=...``)."""
+    return int(body.split()[0].removeprefix(b"pid="))
+
+
 class Serving:
     """``python -m fcgi serve protoapp:app ARGS`` with its output in a file."""
 
@@ -521,12 +532,26 @@ def test_a_re_executed_master_keeps_each_listener_s_protocol(tmp_path: Path) -> 
     try:
         server.wait_log("ready")
         assert uwsgi_request(uwsgi, "/before").status == 200
+        old_workers = children(server.proc.pid)
+        assert len(old_workers) == 2, server.log()
         server.proc.send_signal(signal.SIGHUP)
         server.wait_log("re-executed")
         server.wait_log("ready", count=2)
+        # The old generation finishes what it has and exits.
+        wait_for(lambda: not children(server.proc.pid) & old_workers, timeout=60,
+                 what="the old workers to exit")  # fmt: skip
+        new_workers = children(server.proc.pid)
+        assert len(new_workers) == 2, server.log()
+        answered = set()
         for _ in range(4):  # new workers, from the new master, on the kept sockets
-            assert uwsgi_request(uwsgi, "/after").raw.startswith(b"HTTP/1.1 200 OK")
-            assert scgi_request(scgi, "/after").raw.startswith(b"Status: 200 OK")
+            answer = uwsgi_request(uwsgi, "/after")
+            assert answer.raw.startswith(b"HTTP/1.1 200 OK"), answer
+            answered.add(pid_of(answer.body))
+            answer = scgi_request(scgi, "/after")
+            assert answer.raw.startswith(b"Status: 200 OK"), answer
+            answered.add(pid_of(answer.body))
+        # Answered by the re-executed master's workers, none of the old ones.
+        assert answered and answered <= new_workers, (answered, new_workers, old_workers)
     finally:
         assert server.stop() == 0, server.log()
 
