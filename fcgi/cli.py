@@ -3,7 +3,8 @@
 The top of the import stack: argparse, what each command prints and its exit
 status live here; the work is done by :mod:`fcgi.server` (one process),
 :mod:`fcgi.pool` (a master and its workers) and :mod:`fcgi.client` (``fcgi
-request``, a blocking client on the sans-IO :mod:`fcgi.client_connection`).
+request``, a blocking client on the sans-IO :mod:`fcgi.client_connection`;
+:mod:`fcgi.one_request_client` for a ``uwsgi:`` or ``scgi:`` address).
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ from typing import BinaryIO, NoReturn
 
 from fcgi import __version__
 from fcgi.app_loader import AppImportError, load_app
-from fcgi.client import DEFAULT_TIMEOUT, FastCGIClient, Response, UsageError, build_params
+from fcgi.client import (
+    DEFAULT_TIMEOUT,
+    FastCGIClient,
+    Response,
+    UsageError,
+    build_params,
+    parse_address,
+)
 from fcgi.errors import ConfigError, FastCGIError
 from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from fcgi.one_request_client import OneRequestClient
 from fcgi.pool.arguments import (
     add_pool_arguments,
     check_config_command,
@@ -34,6 +43,7 @@ from fcgi.pool.master import run_master
 from fcgi.pool.preflight import StartupError
 from fcgi.pool.reexec import block_signals, unblock_signals
 from fcgi.records import Role
+from fcgi.sockets import FASTCGI, split_protocol
 
 __all__ = [
     "EXIT_APP_IMPORT",
@@ -102,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
 
     request = commands.add_parser(
-        "request", help="send one request to a FastCGI server and print the response"
+        "request",
+        help="send one request to a FastCGI (or uwsgi, SCGI) server and print the response",
     )
     add_request_arguments(request)
     return parser
@@ -205,7 +216,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         "address",
         metavar="ADDR",
         help="backend address: unix:/path, /abs/path, HOST:PORT, [IPv6]:PORT, "
-        "or PORT for 127.0.0.1:PORT (as fcgi serve --bind)",
+        "or PORT for 127.0.0.1:PORT (as fcgi serve --bind); prefixed with uwsgi: or "
+        "scgi: to speak that protocol instead of FastCGI",
     )
     parser.add_argument(
         "target",
@@ -266,7 +278,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         "--role",
         choices=("responder", "authorizer", "filter"),
         default="responder",
-        help="FastCGI role of the request (default responder)",
+        help="FastCGI role of the request (default responder; uwsgi and SCGI have only that)",
     )
     parser.add_argument(
         "--timeout",
@@ -334,10 +346,17 @@ def request_command(args: argparse.Namespace) -> int:
     stdout = sys.stdout.buffer
     stderr = sys.stderr.buffer
     try:
+        protocol, address = split_protocol(args.address)
         body = _read_body(args.data, sys.stdin.buffer)
         params = build_params(args.target, args.method, args.headers, body, args.params)
-        client = FastCGIClient(args.address, timeout=args.timeout)
-    except (UsageError, ValueError) as exc:
+        if protocol == FASTCGI:
+            client: FastCGIClient | OneRequestClient = FastCGIClient(address, timeout=args.timeout)
+        elif args.role != "responder":
+            raise UsageError(f"--role {args.role}: {protocol} requests have no roles")
+        else:
+            parse_address(address)  # a typo fails here, as FastCGIClient's does
+            client = OneRequestClient(address, protocol, timeout=args.timeout)
+    except (UsageError, ValueError, ConfigError) as exc:
         stderr.write(f"fcgi request: {exc}\n".encode())
         stderr.flush()
         return EXIT_USAGE
@@ -346,9 +365,12 @@ def request_command(args: argparse.Namespace) -> int:
     ]
     try:
         with client:
-            response = client.request(params, body or b"", role=role)
+            if isinstance(client, FastCGIClient):
+                response = client.request(params, body or b"", role=role)
+            else:
+                response = client.request(params, body or b"")
     except FastCGIError as exc:
-        message = str(exc) if args.address in str(exc) else f"{args.address}: {exc}"
+        message = str(exc) if address in str(exc) else f"{address}: {exc}"
         stderr.write(f"fcgi request: {message}\n".encode())
         stderr.flush()
         return 2  # no answer at all (see the docstring); exit_codes.py has no name for it

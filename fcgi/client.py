@@ -114,7 +114,7 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
 
     A bare ``PORT`` means the loopback, as it does for ``fcgi serve --bind``:
     the address the server was started with reaches it. For TCP the host is
-    returned unresolved; :func:`_connect` resolves it. Raises
+    returned unresolved; :func:`connect` resolves it. Raises
     :class:`ValueError` with a readable message for anything else.
     """
     if address.startswith("unix:"):
@@ -146,7 +146,8 @@ def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     return family, (host, int(port_text))
 
 
-def _connect(address: str, timeout: float | None) -> socket.socket:
+def connect(address: str, timeout: float | None) -> socket.socket:
+    """A connected socket to ``address`` (see :func:`parse_address`); ClientError if not."""
     try:
         _, sockaddr = parse_address(address)
     except ValueError as exc:
@@ -372,7 +373,7 @@ class FastCGIClient:
     ) -> None:
         kept, self._kept = self._kept, None
         if kept is None:
-            sock = _connect(self.address, timeout)
+            sock = connect(self.address, timeout)
             conn = ClientConnection(ignore_strays=True)
         else:
             sock, conn = kept

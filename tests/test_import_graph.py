@@ -38,7 +38,7 @@ DRIVERS = {
     "fcgi.listeners",
 }
 POOL_PREFIX = "fcgi.pool"
-TOP = {"fcgi.server", "fcgi.cli", "fcgi.client"}
+TOP = {"fcgi.server", "fcgi.cli", "fcgi.client", "fcgi.one_request_client"}
 
 
 def loaded_after(*modules: str) -> set[str]:
