@@ -446,7 +446,10 @@ class ASGIResponder:
             return self.status or 413, 1, self.head
         except Exception:
             if self.gone is not None:
-                log.info(
+                # What stopped it (ClientDisconnected from its send, most
+                # likely) follows from the web server going away, which the
+                # driver logged: one line per event, so this one is debug.
+                log.debug(
                     "%s: app stopped after the web server went away: %s", self.where, self.gone
                 )
                 return self.status, 1, self.head

@@ -13,6 +13,8 @@ input. The tree, with where each class lives when it is not here::
     │   ├── ConfigErrors        several at once (fcgi.settings)
     │   └── StartupError        what the start-up checks found (fcgi.pool.preflight)
     ├── RequestBodyIncomplete   raised into the app's reads of the body
+    │   └── BodyCutOff          ... because the web server went away (fcgi.wsgi;
+    │                           also a ClientGone: the driver logged it, no answer)
     ├── RequestBodyTooLarge     raised into the app's reads of the body
     ├── ClientGone              a driver's send: the web server went away (fcgi.wsgi)
     ├── AppImportError          the app named does not import (fcgi.app_loader)

@@ -331,11 +331,16 @@ class MultiplexConnection(Generic[R]):
         return None
 
     def _peer_closed(self) -> None:
-        """The web server closed its side: tell the core, and say what that cut short."""
+        """The web server closed its side: tell the core, and say what that cut short.
+
+        One line: what the core says was cut (a record, a request body), else
+        how many requests were left in progress.
+        """
         try:
             self.conn.feed_eof()
         except ProtocolError as exc:
             log.warning("connection from %s closed mid-record: %s", self.peer, exc)
+            return
         if self.requests:
             log.info(
                 "web server %s closed the connection with %d request(s) in progress",

@@ -51,9 +51,22 @@ _UNAVAILABLE = (
     b"Content-Length: %d\r\n\r\n%s" % (len(_UNAVAILABLE_BODY), _UNAVAILABLE_BODY)
 )
 
-#: How much of a bad request head goes into an error message (as a bytes
-#: repr, so control characters cannot forge log lines).
+#: How much of a bad request head goes into an error message (see quote_head).
 HEAD_QUOTE = 16
+
+
+def quote_head(data: bytes) -> str:
+    """The first HEAD_QUOTE bytes of a bad head, for an error message: ``b'...'``.
+
+    The bytes go in as they are (latin-1: one character each), not as a
+    repr(): a core's message reaches the log as an argument, and the log
+    writes each control character and backslash of it as ``\\xHH``
+    (:mod:`fcgi.escape`). A repr's escapes would be escaped a second time
+    there (``\\x01`` logged as ``\\x5Cx01``); this way each byte the peer
+    sent is escaped exactly once, where it is written, and none can start a
+    line of its own.
+    """
+    return "b'" + data[:HEAD_QUOTE].decode("latin-1") + "'"
 
 
 def wrong_protocol_hint(first: int) -> str:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from fcgi.connection import Limits, decimal_length
 from fcgi.errors import ProtocolError
-from fcgi.one_request import HEAD_QUOTE, OneRequestConnection, wrong_protocol_hint
+from fcgi.one_request import OneRequestConnection, quote_head, wrong_protocol_hint
 
 
 class ScgiConnection(OneRequestConnection):
@@ -71,8 +71,7 @@ class ScgiConnection(OneRequestConnection):
             # another protocol's: no hint then (it would name SCGI itself).
             hint = "" if digits[:1].isdigit() else wrong_protocol_hint(prefix[0])
             raise ProtocolError(
-                f"SCGI request does not start with a netstring length: "
-                f"{prefix[:HEAD_QUOTE]!r}{hint}"
+                f"SCGI request does not start with a netstring length: {quote_head(prefix)}{hint}"
             )
         if len(digits) > self._max_digits:
             raise ProtocolError(
@@ -84,14 +83,14 @@ class ScgiConnection(OneRequestConnection):
         if not digits:
             raise ProtocolError("SCGI netstring without a length before its ':'")
         if len(digits) > 1 and digits[0] == 0x30:
-            raise ProtocolError(f"SCGI netstring length with a leading zero: {digits!r}")
+            raise ProtocolError(f"SCGI netstring length with a leading zero: {quote_head(digits)}")
         size = int(digits)
         return colon + 1 + size + 1, size
 
     def _parse(self, head: bytes) -> tuple[dict[str, str], int, int]:
         if head[-1] != 0x2C:
             raise ProtocolError(
-                f"SCGI netstring not followed by ',' (got {head[-1:]!r} after its block)"
+                f"SCGI netstring not followed by ',' (got {quote_head(head[-1:])} after its block)"
             )
         block = head[head.index(b":") + 1 : -1]
         if not block:
@@ -114,7 +113,7 @@ class ScgiConnection(OneRequestConnection):
         if length < 0:
             raise ProtocolError(
                 f"SCGI CONTENT_LENGTH is not a decimal number: "
-                f"{values[0][:HEAD_QUOTE].encode('latin-1')!r}"
+                f"{quote_head(values[0].encode('latin-1'))}"
             )
         params = dict(zip(names, values, strict=True))
         if params.get("SCGI") != "1":

@@ -66,7 +66,7 @@ from fcgi.hooks import render_answer
 from fcgi.listen_queue import listen_queue
 from fcgi.records import Role
 from fcgi.sockets import defer_accept, describe_peer, peer_allowed
-from fcgi.wsgi import ClientGone, ErrorStream, error_response, respond
+from fcgi.wsgi import BodyCutOff, ClientGone, ErrorStream, error_response, respond
 
 log = logging.getLogger("fcgi.worker")
 
@@ -240,6 +240,7 @@ class _Connection(SendBudget):
         "buffer",
         "conn",
         "deadline",
+        "eof",
         "fd",
         "head_deadline",
         "idle",
@@ -294,6 +295,8 @@ class _Connection(SendBudget):
         self.left = 0.0
         #: True once an answer was cut off because the budget ran out.
         self.send_expired = False
+        #: True once the peer closed its side (its end of the stream was read).
+        self.eof = False
 
     @property
     def peer(self) -> _Peer:
@@ -324,6 +327,8 @@ class _Connection(SendBudget):
         except OSError as exc:
             raise _PeerClosed(exc.strerror or str(exc)) from None
         if not size:
+            # Before feed_eof: a body cut short ends in the core's ProtocolError.
+            self.eof = True
             self.conn.feed_eof()
             raise _PeerClosed("the web server closed the connection")
         self.pending.extend(self.conn.feed(self.buffer[:size]))
@@ -396,6 +401,10 @@ class _Exchange:
     # -- output -------------------------------------------------------------
 
     def send(self, data: bytes, flush: bool) -> None:
+        if type(self.error) is BodyCutOff:
+            # The peer left mid-body and the app answers all the same: no one
+            # reads it, and the line for the event is written already.
+            raise self.error
         c = self.c
         c.conn.send_stdout(self.rid, data)
         if flush:
@@ -467,16 +476,22 @@ class _Exchange:
         if self.c.pending:
             self._dispatch()
             return
+        c = self.c
         try:
-            self.c.pump()
+            c.pump()
         except (_PeerClosed, _Timeout, ProtocolError) as exc:
             # A _Timeout has no text of its own (an exception object is true
             # even when its message is empty).
-            reason = str(exc) or f"nothing arrived for {self.c.timeout:g}s (read_timeout)"
-            log.warning("request body from %s cut short: %s", self.c.peer, reason)
+            reason = str(exc) or f"nothing arrived for {c.timeout:g}s (read_timeout)"
+            # The one line for the event: the app's error and what follows
+            # it (no answer, or a 400) add none.
+            log.warning("request body from %s cut short: %s", c.peer, reason)
             # Not a clean end: the app's next read raises, so a cut-off body
-            # is never taken for a whole one.
-            self.error = RequestBodyIncomplete(f"request body cut short: {reason}")
+            # is never taken for a whole one. A peer that is gone (its end of
+            # the stream read, or the connection reset) gets no answer.
+            gone = c.eof or isinstance(exc, _PeerClosed)
+            cls = BodyCutOff if gone else RequestBodyIncomplete
+            self.error = cls(f"request body cut short: {reason}")
             self._end_input()
             return
         self._dispatch()
@@ -953,6 +968,8 @@ class SyncWorker(WorkerBase):
             if c.conn.active_requests:
                 log.info("connection from %s closed mid-request: %s", c.peer, exc)
             unread_body = False
+        except BodyCutOff:
+            unread_body = False  # the peer left mid-body: _Exchange._pump logged it
         except ClientGone as exc:
             if c.send_expired and c.budget is _UNASKED:
                 log.warning(

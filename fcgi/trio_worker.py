@@ -303,9 +303,8 @@ class _Connection(MultiplexConnection[_Request]):
                 try:
                     data = await self.stream.receive_some(_RECV_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    if self.requests:
-                        log.info("connection from %s failed mid-request: %s", self.peer, exc)
-                    return "the connection failed"
+                    self._lost(exc, reading=True)
+                    return self.broken or "the connection failed"
             self._read_scope = None
             if scope.cancelled_caught:
                 if self._woken or trio.current_time() >= head_deadline:
@@ -316,7 +315,11 @@ class _Connection(MultiplexConnection[_Request]):
                 return self.broken
             if not data:
                 self._peer_closed()
-                return "the web server closed the connection"
+                # Its line is written: the requests it cut short are aborted
+                # (see serve) and nothing more is written, not even their
+                # END_REQUEST, whose failure would be a second line.
+                self.broken = "the web server closed the connection"
+                return self.broken
             reason = self._feed(data)
             if reason is not None:
                 return reason
@@ -393,7 +396,7 @@ class _Connection(MultiplexConnection[_Request]):
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                self._break(f"writing to the web server failed: {exc.strerror or exc}")
+                self._lost(exc.strerror or exc)
                 raise ClientGone(self.broken or "") from None
             if sent == len(data):
                 continue
@@ -409,13 +412,28 @@ class _Connection(MultiplexConnection[_Request]):
                 try:
                     await self.stream.send_all(memoryview(data)[sent:])
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._break(f"writing to the web server failed: {exc.__cause__ or exc}")
+                    self._lost(exc.__cause__ or exc)
             if req is not None:
                 req.send_waited += trio.current_time() - start
             if timer.cancelled_caught:
                 self._send_timed_out(req, budget)
             if self.broken is not None:
                 raise ClientGone(self.broken)
+
+    def _lost(self, detail: object, *, reading: bool = False) -> None:
+        """A read or a write failed (the peer reset or closed): one line, then end it.
+
+        A peer that leaves mid-request fails the reader and the writer at
+        once, in either order: whichever comes first writes the line, the
+        same words for both, and the other finds the connection broken.
+        """
+        if self.broken is not None:
+            return
+        if self.requests:
+            log.info("connection from %s failed mid-request: %s", self.peer, detail)
+        elif not reading:  # an idle connection reset by its peer is no news
+            log.info("connection from %s: writing to the web server failed: %s", self.peer, detail)
+        self._end("the connection failed")
 
     def _end(self, reason: str) -> None:
         self.broken = reason
@@ -653,9 +671,17 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
         async def read(body: SpooledBody) -> bytes:
             with trio.move_on_after(timeout):
                 return await _take(body)
-            log.warning("request body from %s cut short: nothing arrived for %gs", c.peer, timeout)
             # Not a clean end: this read and the next raise, so a cut-off body
             # is never taken for a whole one.
+            if not c.conn.mid_record:
+                log.warning(
+                    "request body from %s cut short: nothing arrived for %gs (read_timeout)",
+                    c.peer,
+                    timeout,
+                )
+            # Else the peer stopped in the middle of a record (a uwsgi or SCGI
+            # body is one): the connection's reader times the same silence
+            # and writes the event's one line as it closes the connection.
             error = RequestBodyIncomplete(f"request body cut short: nothing for {timeout:g}s")
             body.fail(error)
             raise error

@@ -46,6 +46,18 @@ class ClientGone(FastCGIError):
     """Raised by a driver's ``send`` when the web server went away mid-response."""
 
 
+class BodyCutOff(RequestBodyIncomplete, ClientGone):
+    """The web server closed the connection in the middle of the request body.
+
+    Raised into the app's reads like any :class:`RequestBodyIncomplete`, so a
+    cut-off upload is never taken for a whole one; and a :class:`ClientGone`
+    too, so that :func:`respond` answers it with nothing (no 400: there is no
+    one left to read it) and the driver writes nothing more. The driver that
+    raises it has logged the event's one line already (the peer, the reason),
+    so whatever catches it later logs nothing of its own.
+    """
+
+
 # -- wsgi.input -----------------------------------------------------------------
 
 
@@ -216,7 +228,8 @@ def fix_script_name(environ: dict[str, Any], mount: str | None) -> None:
     a missing or empty PATH_INFO means the web server put the whole path in
     SCRIPT_NAME (nginx's stock ``fastcgi_params``, lighttpd with the app at "/"),
     so the app is taken to be mounted at the root: SCRIPT_NAME "" and PATH_INFO
-    the path.
+    the path. With a mount, a SCRIPT_NAME that ends in "/" and a PATH_INFO that
+    starts with one are joined with a single slash.
     """
     script = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "")
@@ -229,6 +242,12 @@ def fix_script_name(environ: dict[str, Any], mount: str | None) -> None:
         environ["PATH_INFO"] = script
         return
     mount = mount.rstrip("/")
+    if script.endswith("/") and path_info.startswith("/"):
+        # The slash between the two is sent twice: Apache's mod_proxy_uwsgi
+        # puts the ProxyPass prefix with its trailing slash ("/app/") in
+        # SCRIPT_NAME and the rest with its leading one ("/") in PATH_INFO,
+        # and "/app//" would leave the app a PATH_INFO of "//" for "/app/".
+        script = script[:-1]
     full = script + path_info if (script or path_info) else _request_path(environ)
     if full == mount or full.startswith(mount + "/"):
         full = full[len(mount) :]
@@ -493,8 +512,9 @@ def respond(
 
     Everything the app raises is logged here and turned into a 500 when no
     header was sent yet; after that, the response just ends early and the
-    appStatus says so. :class:`ClientGone` from ``send`` propagates after the
-    iterable's close() has run. ``stderr`` also receives app tracebacks
+    appStatus says so. :class:`ClientGone` from ``send`` (or a
+    :class:`BodyCutOff` from a read) propagates after the iterable's close()
+    has run. ``stderr`` also receives app tracebacks
     (FCGI_STDERR, which nginx writes to its error log).
 
     ``head`` is what :meth:`fcgi.hooks.WorkerHooks.request_finished` takes:
@@ -521,9 +541,10 @@ def respond(
         raise
     except (RequestBodyTooLarge, RequestBodyIncomplete) as exc:
         # The body crossed max_body_size, or stopped arriving, while the app
-        # read it: the client's doing, not the app's, so no traceback.
-        where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('REQUEST_URI', '')}"
-        log.warning("%s: %s", where, exc)
+        # read it: the client's doing, not the app's, so no traceback; and no
+        # line either, since the driver that found it logged it with the peer
+        # (one line per event). The web server is still there (else this
+        # would be a BodyCutOff, a ClientGone): it gets a 413 or a 400.
         if not response.headers_sent:
             status = 413 if isinstance(exc, RequestBodyTooLarge) else 400
             response.headers_sent = True

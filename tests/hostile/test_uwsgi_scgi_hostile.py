@@ -8,9 +8,8 @@ each worker (sync and trio with a WSGI app, asyncio with an ASGI one). After
 every case the same process must answer a good request on that listener, and
 the log must hold the line that names what happened, once, with nothing a
 peer sent able to start a line of its own: every request here carries forged
-log lines in its variables. (A peer that leaves mid-body or stalls there may
-also get a line from another layer, the adapter's with the method and URI:
-the line checked is the driver's, and it is there once.)
+log lines in its variables. (One event, one line: tests/test_one_line_logs.py
+holds every worker to that for peers that leave or stall mid-body.)
 
 Unix sockets, not TCP: TCP listeners use TCP_DEFER_ACCEPT, so the kernel
 keeps a silent TCP peer from the worker altogether for several seconds
