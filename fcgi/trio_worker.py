@@ -75,7 +75,7 @@ from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
 from fcgi.records import Role
 from fcgi.sockets import defer_accept, describe_peer
 from fcgi.spool import SpooledBody
-from fcgi.wsgi import ClientGone, ErrorStream, WSGIApp, respond
+from fcgi.wsgi import BodyCutOff, ClientGone, ErrorStream, WSGIApp, respond
 
 log = logging.getLogger("fcgi.worker")
 
@@ -688,12 +688,16 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
 
         def reader(body: SpooledBody) -> Callable[[], bytes]:
             def fill() -> bytes:
+                # Aborted, or the web server went away: the body the app has
+                # not read yet will never come. Its read fails, as the sync
+                # worker's does, so a cut-off upload is never taken for a
+                # whole one; the event's line was logged where it was found.
                 if req.gone is not None:
-                    return b""
+                    raise BodyCutOff(f"request body cut short: {req.gone}")
                 try:
                     return to_trio(read, body)
-                except ClientGone:
-                    return b""
+                except ClientGone as exc:
+                    raise BodyCutOff(f"request body cut short: {exc}") from None
 
             return fill
 
