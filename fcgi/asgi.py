@@ -62,7 +62,9 @@ class Waits(Protocol):
 
     Each driver supplies one (``fcgi.trio_worker``'s, ``fcgi.asyncio_worker``'s),
     so the request cycle's rules are written once and neither loop is imported
-    here.
+    here. One whose :meth:`checkpoint` does nothing may say so with a class
+    attribute ``needs_checkpoints = False``: :class:`ASGIResponder` then does
+    not call it (a coroutine made and run for nothing, on every response).
     """
 
     async def checkpoint(self) -> None:
@@ -126,15 +128,26 @@ def _header_name(variable: str) -> bytes | None:
     return header
 
 
+#: SERVER_PROTOCOL -> the scope's ``http_version``: the same one or two come with every request.
+_HTTP_VERSIONS: dict[str, str] = {}
+
+
 def _http_version(protocol: str) -> str:
+    version = _HTTP_VERSIONS.get(protocol)
+    if version is not None:
+        return version
     version = protocol.partition("/")[2]
     if version in ("1.0", "1.1"):
-        return version
-    if version in ("2", "2.0"):
-        return "2"
-    if version in ("3", "3.0"):
-        return "3"
-    return "1.1"
+        pass
+    elif version in ("2", "2.0"):
+        version = "2"
+    elif version in ("3", "3.0"):
+        version = "3"
+    else:
+        version = "1.1"
+    if len(_HTTP_VERSIONS) < _CACHE_LIMIT:
+        _HTTP_VERSIONS[protocol] = version
+    return version
 
 
 def _port(value: str | None) -> int | None:
@@ -144,6 +157,18 @@ def _port(value: str | None) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+#: Marks a CGI variable not seen yet in :data:`_HEADER_NAMES`, told by identity:
+#: this object is never a header name the cache holds (those are made anew).
+_UNSEEN = b"\0not seen"
+
+#: The body's headers, from their own CGI variables (or the HTTP_ ones some
+#: web servers send instead), and their ASGI names.
+_BODY_HEADERS = (
+    ("CONTENT_TYPE", "HTTP_CONTENT_TYPE", b"content-type"),
+    ("CONTENT_LENGTH", "HTTP_CONTENT_LENGTH", b"content-length"),
+)
 
 
 def build_scope(
@@ -158,56 +183,59 @@ def build_scope(
     the WSGI environ (:func:`fcgi.wsgi.fix_script_name`): ``root_path`` is the
     mount point and ``path`` the whole path, mount point included, as ASGI asks.
     """
-    cgi = {
-        "SCRIPT_NAME": params.get("SCRIPT_NAME", ""),
-        "PATH_INFO": params.get("PATH_INFO", ""),
-        "REQUEST_URI": params.get("REQUEST_URI", ""),
-    }
-    if mount is not None or not cgi["PATH_INFO"]:
+    get = params.get
+    script = get("SCRIPT_NAME", "")
+    path_info = get("PATH_INFO", "")
+    if mount is not None or not path_info:
+        cgi = {"SCRIPT_NAME": script, "PATH_INFO": path_info, "REQUEST_URI": get("REQUEST_URI", "")}
         fix_script_name(cgi, mount)
-    root_path = _text(cgi["SCRIPT_NAME"])
-    path = root_path + _text(cgi["PATH_INFO"])
-    uri = params.get("REQUEST_URI")
+        script = cgi["SCRIPT_NAME"]
+        path_info = cgi["PATH_INFO"]
+    # (_text's ASCII test inline: the usual path is a request of plain ASCII.)
+    root_path = script if script.isascii() else _text(script)
+    path = root_path + (path_info if path_info.isascii() else _text(path_info))
+    uri = get("REQUEST_URI")
     if uri:
-        raw_path = uri.split("?", 1)[0].encode("latin-1")
+        query = uri.find("?")
+        raw_path = (uri if query < 0 else uri[:query]).encode("latin-1")
     else:
         raw_path = quote(path, safe="/:@!$&'()*+,;=~").encode("ascii")
 
     headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
     names = _HEADER_NAMES
     for name, value in params.items():
         # HTTP_CONTENT_TYPE / _LENGTH map to None: CONTENT_TYPE / CONTENT_LENGTH
         # below are authoritative.
-        header = names[name] if name in names else _header_name(name)
+        header = names.get(name, _UNSEEN)
+        if header is _UNSEEN:
+            header = _header_name(name)
         if header is not None:
-            headers.append((header, value.encode("latin-1")))
-    for name, header_name in (
-        ("CONTENT_TYPE", b"content-type"),
-        ("CONTENT_LENGTH", b"content-length"),
-    ):
-        value = params.get(name) or params.get("HTTP_" + name, "")
+            append((header, value.encode("latin-1")))
+    for name, http_name, header_name in _BODY_HEADERS:
+        value = get(name) or get(http_name, "")
         if value:
-            headers.append((header_name, value.encode("latin-1")))
+            append((header_name, value.encode("latin-1")))
 
-    https = (
-        params.get("HTTPS", "").lower() in ("on", "1") or params.get("REQUEST_SCHEME") == "https"
-    )
-    scheme = "https" if https else "http"
-    remote = params.get("REMOTE_ADDR")
-    server_port = _port(params.get("SERVER_PORT"))
-    server_host = params.get("SERVER_ADDR") or params.get("SERVER_NAME")
+    https_flag = get("HTTPS")
+    https = https_flag is not None and https_flag.lower() in ("on", "1")
+    if not https:
+        https = get("REQUEST_SCHEME") == "https"
+    remote = get("REMOTE_ADDR")
+    server_port = _port(get("SERVER_PORT"))
+    server_host = get("SERVER_ADDR") or get("SERVER_NAME")
     scope: Scope = {
         "type": "http",
         "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
-        "http_version": _http_version(params.get("SERVER_PROTOCOL", "HTTP/1.1")),
-        "method": (params.get("REQUEST_METHOD") or "GET").upper(),
-        "scheme": scheme,
+        "http_version": _http_version(get("SERVER_PROTOCOL", "HTTP/1.1")),
+        "method": (get("REQUEST_METHOD") or "GET").upper(),
+        "scheme": "https" if https else "http",
         "path": path,
         "raw_path": raw_path,
-        "query_string": params.get("QUERY_STRING", "").encode("latin-1"),
+        "query_string": get("QUERY_STRING", "").encode("latin-1"),
         "root_path": root_path,
         "headers": headers,
-        "client": (remote, _port(params.get("REMOTE_PORT")) or 0) if remote else None,
+        "client": (remote, _port(get("REMOTE_PORT")) or 0) if remote else None,
         "server": (server_host, server_port) if server_host and server_port else None,
         "extensions": {"fastcgi": {"params": params}},
     }
@@ -232,6 +260,9 @@ _STATUS_LINES = {
     code.value: b"Status: %d %s\r\n" % (code.value, code.phrase.encode("latin-1"))
     for code in http.HTTPStatus
 }
+
+#: The bytes a header value must not hold, as the ints ``in`` finds fastest.
+_CR, _LF, _NUL = 13, 10, 0
 
 #: Header names already found valid, each mapped to whether it is
 #: Content-Length: the regular expression runs once per distinct name.
@@ -267,7 +298,9 @@ def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
         if is_length is None:
             is_length = _check_name(name)
         # CR and LF would split the header; NUL ends it early in some web servers.
-        if b"\r" in value or b"\n" in value or b"\0" in value:
+        # Tested as byte values: ``b"\r" in value`` first tries the operand as
+        # an int, and that failure costs more than the search itself.
+        if _CR in value or _LF in value or _NUL in value:
             raise ValueError(f"invalid value for header {bytes(name)!r}: {bytes(value)!r}")
         if is_length:
             has_length = True
@@ -282,6 +315,8 @@ class ASGIResponder:
     ``waits`` is the driver's (see :class:`Waits`). ``write_last``, if given,
     takes the response's last piece instead of ``write``: the asyncio worker
     sends it with END_REQUEST, in one write, when the app returns at once.
+    ``where`` names the request in log lines; by default its method and
+    REQUEST_URI (its path if it has none).
     """
 
     def __init__(
@@ -303,13 +338,21 @@ class ASGIResponder:
         self.write = write
         self.write_last = write_last or write
         self.waits = waits
+        #: False if the driver's checkpoint() is a no-op (see Waits).
+        self._checkpoints: bool = getattr(waits, "needs_checkpoints", True)
         self.stderr = stderr
         self.body_timeout = body_timeout
-        self.where = where or f"{scope.get('method')} {scope.get('path')}"
+        params = scope["extensions"]["fastcgi"]["params"]
+        self._where = where
+        if not where:
+            # Only log lines name the request: the parts are kept as they are
+            # now (the app may change its scope), the text made if one is written.
+            self._method = scope.get("method")
+            self._target = params.get("REQUEST_URI") or scope.get("path")
         #: HTTP status the app chose (0 before http.response.start).
         self.status = 0
         self.gone: str | None = None
-        self._remaining = content_length(scope["extensions"]["fastcgi"]["params"])
+        self._remaining = content_length(params)
         self._body_done = False
         #: The CGI header block from http.response.start; once _head_sent,
         #: the one sent (with the Content-Length fcgi added, or fcgi's error).
@@ -320,6 +363,13 @@ class ASGIResponder:
         #: Set once the response is complete or the web server went away; made
         #: only when an app waits for that (most never do).
         self._finished: Event | None = None
+
+    @property
+    def where(self) -> str:
+        """The request as log lines name it: ``where``, or its method and REQUEST_URI (or path)."""
+        if not self._where:
+            self._where = f"{self._method} {self._target}"
+        return self._where
 
     def disconnect(self, reason: str) -> None:
         """The web server went away: receive() says http.disconnect, send() raises."""
@@ -369,7 +419,8 @@ class ASGIResponder:
 
     async def send(self, message: Message) -> None:
         if self.gone is not None:
-            await self.waits.checkpoint()
+            if self._checkpoints:
+                await self.waits.checkpoint()
             raise ClientDisconnected(self.gone)
         kind = message.get("type")
         if kind == "http.response.start":
@@ -379,7 +430,8 @@ class ASGIResponder:
                 message.get("status"), message.get("headers", ())
             )
             self.status = message["status"]
-            await self.waits.checkpoint()
+            if self._checkpoints:
+                await self.waits.checkpoint()
         elif kind == "http.response.body":
             if self._head is None:
                 raise RuntimeError("http.response.body sent before http.response.start")
@@ -400,7 +452,8 @@ class ASGIResponder:
             write = self.write
             if not more:
                 self._complete = True
-                self._finish()
+                if self._finished is not None:  # (_finish, inline: on every response)
+                    self._finished.set()
                 write = self.write_last
             if data:
                 try:
@@ -408,7 +461,7 @@ class ASGIResponder:
                 except ClientGone as exc:
                     self.disconnect(str(exc) or "the web server went away")
                     raise ClientDisconnected(self.gone) from None
-            else:
+            elif self._checkpoints:
                 await self.waits.checkpoint()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r} for an http scope")

@@ -119,6 +119,9 @@ class _Parking:
 class _AsyncioWaits:
     """How :class:`~fcgi.asgi.ASGIResponder` waits under asyncio (see :class:`fcgi.asgi.Waits`)."""
 
+    #: checkpoint() does nothing: the responder need not call it.
+    needs_checkpoints = False
+
     async def checkpoint(self) -> None:
         """Nothing: asyncio wants no scheduling point where trio does."""
 
@@ -228,9 +231,11 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     """One accepted connection: the core's state, its requests, its timer."""
 
     def __init__(
-        self, worker: AsyncioWorker, core: tuple[CoreFactory, bool]
+        self, worker: AsyncioWorker, core: tuple[CoreFactory, bool], unix_name: str | None
     ) -> None:
+        """``unix_name``: how a unix-socket listener's peers are named (None: TCP)."""
         super().__init__(worker, "unix socket", -1, core)
+        self._unix_name = unix_name
         self.worker: AsyncioWorker = worker
         self.loop = worker.loop
         self.transport: asyncio.Transport | None = None
@@ -239,13 +244,18 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         #: The transport's buffer is past its high-water mark: writers wait.
         self.paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._flush_soon = False
+        #: The flush queue_last scheduled, until a flush makes it pointless.
+        self._flush_soon: asyncio.Handle | None = None
         #: Bytes thrown away so far while closing (see _close).
         self._drained = 0
         #: Since the last bytes arrived (or the connection last became idle).
         self.read_since = self.quiet_since
         self._timer: asyncio.TimerHandle | None = None
+        #: When the timer fires: this connection's own, or the worker's watch.
         self._timer_at = math.inf
+        #: True while the worker's watch of new connections keeps its first
+        #: deadline instead of a timer of its own (see AsyncioWorker.watch).
+        self._watched = False
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -253,16 +263,24 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         worker = self.worker
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        sock = self.transport.get_extra_info("socket")
-        peer = transport.get_extra_info("peername")
-        self.peer = describe_peer(peer, sock)
-        self.fd = sock.fileno() if sock is not None else -1
+        peer: object
+        if self._unix_name is not None:
+            # A unix-socket peer has no address, and the kernel gives an
+            # accepted connection its listener's name: named once per
+            # listener, not asked of each connection (see _input_waiting).
+            peer = ""
+            self.peer = self._unix_name
+        else:
+            sock = self.transport.get_extra_info("socket")
+            peer = transport.get_extra_info("peername")
+            self.peer = describe_peer(peer, sock)
+            self.fd = sock.fileno() if sock is not None else -1
         worker.everyone.add(self)
         if not worker.admit(peer, self.peer):
             self._refuse()
             return
         worker.live.add(self)
-        self._arm()
+        worker.watch(self, self._deadline())
 
     def _refuse(self) -> None:
         self.broken = "refused"
@@ -275,14 +293,18 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        elif self._watched:
+            worker.unwatch(self)
         if self.broken is None:
             if self.requests and exc is not None:
                 log.info("connection from %s failed mid-request: %s", self.peer, exc)
             self.broken = "the connection is closed"
         self.closing = True
-        self._abort_all(self.broken)
+        if self.requests:
+            self._abort_all(self.broken)
         self.paused = False
-        self._wake_writers()
+        if self._drain_waiters:
+            self._wake_writers()
         worker.live.discard(self)
         worker.everyone.discard(self)
         worker.check_done()
@@ -302,6 +324,15 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     @property
     def writing(self) -> bool:
         return self.paused
+
+    def _input_waiting(self) -> bool:
+        if self.fd < 0 and self.transport is not None and not self.closing:
+            # Looked up only now: a unix connection's socket is not asked for
+            # when it is accepted, and this is needed only while stopping.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                self.fd = sock.fileno()
+        return super()._input_waiting()
 
     def wake(self) -> None:
         """Look again at whether to go on (stopping, closing)."""
@@ -360,22 +391,30 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
 
     # -- timeouts ---------------------------------------------------------------------
 
+    def _deadline(self) -> float:
+        """When the timer must fire: the next deadline, and within read_timeout at most."""
+        timeout = self.worker.options.read_timeout
+        at = min(self._head_deadline(), self.loop.time() + timeout)
+        if self.running == 0 or self.conn.mid_record:
+            at = min(at, self.read_since + timeout)
+        return at
+
     def _arm(self) -> None:
         """Have the timer fire by the next deadline, and within read_timeout at most.
 
         One timer per connection, moved only when a deadline comes earlier than
         it: bytes arriving merely push the read deadline later, which the timer
-        finds out when it fires (and re-arms), so no request costs a timer.
+        finds out when it fires (and re-arms), so no request costs a timer. A
+        new connection's first one is the worker's (see AsyncioWorker.watch).
         """
-        timeout = self.worker.options.read_timeout
-        now = self.loop.time()
-        at = min(self._head_deadline(), now + timeout)
-        if self.running == 0 or self.conn.mid_record:
-            at = min(at, self.read_since + timeout)
-        if self._timer is not None:
+        at = self._deadline()
+        if self._timer is not None or self._watched:
             if at >= self._timer_at:
                 return
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            else:
+                self.worker.unwatch(self)
         self._timer_at = at
         self._timer = self.loop.call_at(at, self._on_timer)
 
@@ -455,7 +494,9 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
 
     def flush(self) -> None:
         """Hand everything the core queued to the transport."""
-        self._flush_soon = False
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()  # what it would send goes now
+            self._flush_soon = None
         if self.broken is not None or self.transport is None:
             return
         buffers = self.conn.buffers_to_send()
@@ -470,9 +511,12 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             raise ClientGone(self.broken)
         if data:
             self.conn.send_stdout(req.rid, data)
-            if not self._flush_soon:
-                self._flush_soon = True
-                self.loop.call_soon(self.flush)
+            if self._flush_soon is None:
+                self._flush_soon = self.loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_soon = None
+        self.flush()
 
     async def send_stdout(self, req: _Request, data: bytes) -> None:
         """Send part of the response, waiting while the web server reads; raises ClientGone."""
@@ -573,6 +617,11 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         self._loop: asyncio.AbstractEventLoop | None = None
         #: A look at whether the worker is idle is scheduled (see _maybe_idle).
         self._idle_check = False
+        #: New connections whose first deadline the worker's one timer keeps
+        #: (see watch), in the order they came; the values mean nothing.
+        self._watching: dict[_Connection, None] = {}
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -580,7 +629,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         return self._loop
 
     def now(self) -> float:
-        return self.loop.time()
+        return self.loop.time()  # (replaced by the loop's own clock once it runs: see _main)
 
     # -- main ---------------------------------------------------------------------
 
@@ -596,6 +645,9 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
 
     async def _main(self, ready: Callable[[], None] | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        # The loop's clock itself, called a few times per request: no Python
+        # frame of ours around it.
+        self.now = loop.time  # type: ignore[method-assign]
         self._done = loop.create_future()
         lifespan = _AsyncioLifespan(self.app)
         try:
@@ -615,9 +667,11 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
                 dup = sock.dup()
                 dups.append(dup)
                 # One protocol factory per listener: its connections get the
-                # core it speaks, chosen here once.
+                # core it speaks, chosen here once, and a unix socket's the
+                # name its peers go by.
+                unix_name = describe_peer("", sock) if sock.family == socket.AF_UNIX else None
                 server = await loop.create_server(
-                    functools.partial(_Connection, self, self.core_for(sock)),
+                    functools.partial(_Connection, self, self.core_for(sock), unix_name),
                     sock=dup,
                     backlog=_backlog(sock),
                 )
@@ -628,12 +682,58 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
                 self._begin_stop()
             await self._done
         finally:
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
             loop.remove_reader(self._wake_r)
             for listening in self._servers:
                 listening.close()
             for dup in dups:
                 dup.close()
             await lifespan.shutdown()
+
+    # -- the first deadline of new connections --------------------------------------
+
+    def watch(self, c: _Connection, at: float) -> None:
+        """Fire ``c``'s timer at ``at``, on the worker's one timer for new connections.
+
+        Most connections are done (a request, an answer, closed) long before
+        their first deadline: a timer of their own would be made and cancelled
+        for nothing, at a price that shows per connection. The watch fires at
+        the earliest deadline it keeps; a connection still there then gets its
+        timer call (see _Connection._on_timer), and one of its own from then on.
+        """
+        c._timer_at = at
+        c._watched = True
+        self._watching[c] = None
+        if at < self._watch_at:
+            if self._watch_timer is not None:
+                self._watch_timer.cancel()
+            self._watch_at = at
+            self._watch_timer = self.loop.call_at(at, self._on_watch)
+
+    def unwatch(self, c: _Connection) -> None:
+        """``c`` leaves the watch (it closed, or needs an earlier deadline of its own)."""
+        c._watched = False
+        del self._watching[c]
+
+    def _on_watch(self) -> None:
+        self._watch_timer = None
+        self._watch_at = math.inf
+        now = self.loop.time()
+        due: list[_Connection] = []
+        for c in self._watching:
+            if c._timer_at <= now:
+                due.append(c)
+            elif c._timer_at < self._watch_at:
+                self._watch_at = c._timer_at
+        if self._watch_at < math.inf:
+            self._watch_timer = self.loop.call_at(self._watch_at, self._on_watch)
+        # In the order their own timers would have fired: by deadline, then as they came.
+        due.sort(key=_timer_at)
+        for c in due:
+            if c._watched:
+                self.unwatch(c)
+                c._on_timer()
 
     def _maybe_idle(self) -> None:
         """Tell the hooks the worker waits, if it still has nothing to do a loop turn later.
@@ -671,13 +771,15 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     # -- one request ---------------------------------------------------------------
 
     def start_request(self, c: _Connection, req: _Request) -> asyncio.Task[None]:
-        task = self.loop.create_task(self.serve_request(c, req))
+        task = c.loop.create_task(self.serve_request(c, req))
         self._tasks.add(task)
         return task
 
     def _track(self, token: object) -> None:
         if token is not None:  # (None: nobody asks; no object made for it)
-            task = asyncio.current_task()
+            # The loop given: asked to find it, Python 3.11 makes a getpid()
+            # system call, on every request.
+            task = asyncio.current_task(self._loop)
             assert task is not None
             stacks.track(token, _TaskView(task))
 
@@ -697,6 +799,10 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
             c.queue_last(req, data)
 
         return last
+
+
+def _timer_at(c: _Connection) -> float:
+    return c._timer_at
 
 
 def _backlog(sock: socket.socket) -> int:

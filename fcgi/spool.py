@@ -28,8 +28,9 @@ class Parking(Protocol):
     """Where the reader of a body waits until the writer has news for it.
 
     ``park()`` returns after the next ``unpark_all()``: :class:`SpooledBody`
-    calls that on every push, end and close. ``trio.lowlevel.ParkingLot`` is
-    one as it is; the asyncio worker has its own.
+    calls that on every push, end and close while a reader is parked (only
+    its own ``receive()`` parks). ``trio.lowlevel.ParkingLot`` is one as it
+    is; the asyncio worker has its own.
     """
 
     def unpark_all(self) -> object: ...
@@ -61,6 +62,7 @@ class SpooledBody:
         "_lot",
         "_memory",
         "_memory_size",
+        "_parked",
         "_read_pos",
         "_write_pos",
         "threshold",
@@ -77,6 +79,9 @@ class SpooledBody:
         #: Raised by receive() once the data before it is read (see fail()).
         self._error: BaseException | None = None
         self._lot = parking if parking is not None else _trio_parking()
+        #: Readers waiting in the parking now: with none (most bodies, never
+        #: waited for), news need not be told to it.
+        self._parked = 0
 
     # -- producer side ---------------------------------------------------------
 
@@ -92,12 +97,14 @@ class SpooledBody:
             self._memory_size += len(data)
         else:
             self._spill(data)
-        self._lot.unpark_all()
+        if self._parked:
+            self._lot.unpark_all()
 
     def end(self) -> None:
         """No more data will come (end of stream, abort, or connection lost)."""
         self._ended = True
-        self._lot.unpark_all()
+        if self._parked:
+            self._lot.unpark_all()
 
     def fail(self, error: BaseException) -> None:
         """End the stream with ``error``: the reader gets what came before, then the error.
@@ -183,7 +190,11 @@ class SpooledBody:
             data = self.receive_nowait()
             if data is not None:
                 return data
-            await self._lot.park()
+            self._parked += 1
+            try:
+                await self._lot.park()
+            finally:
+                self._parked -= 1
 
     def close(self) -> None:
         """Drop what is left and free the temporary file."""
@@ -194,7 +205,8 @@ class SpooledBody:
             os.close(self._fd)
             self._fd = -1
         self._read_pos = self._write_pos = 0
-        self._lot.unpark_all()
+        if self._parked:
+            self._lot.unpark_all()
 
 
 def _anonymous_file() -> int:
