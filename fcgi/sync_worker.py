@@ -1042,6 +1042,9 @@ class SyncWorker(WorkerBase):
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)
+            # The connection referring to itself is a cycle: left in place,
+            # every closed connection would wait for the cyclic GC.
+            c.budget = _UNASKED
         return not exchange.settle()
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
