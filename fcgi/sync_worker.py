@@ -1042,9 +1042,6 @@ class SyncWorker(WorkerBase):
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)
-            # The connection referring to itself is a cycle: left in place,
-            # every closed connection would wait for the cyclic GC.
-            c.budget = _UNASKED
         return not exchange.settle()
 
     def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
@@ -1054,6 +1051,9 @@ class SyncWorker(WorkerBase):
         c.flush()
 
     def _close(self, c: _Connection, unread_body: bool) -> None:
+        # A connection that served a request is its own budget: a cycle that,
+        # left in place, would keep it for the cyclic GC instead of freeing it now.
+        c.budget = None
         sock = c.sock
         if c.registered and self._poller is not None:
             # Explicitly: a process the app forked may still share the socket,
