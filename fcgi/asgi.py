@@ -317,6 +317,13 @@ class ASGIResponder:
     sends it with END_REQUEST, in one write, when the app returns at once.
     ``where`` names the request in log lines; by default its method and
     REQUEST_URI (its path if it has none).
+
+    A body that stalls for ``body_timeout`` is not taken for a whole one: the
+    app's receive() says http.disconnect and the web server gets a 400. If
+    ``silence_timed()`` says the driver times that silence itself (the
+    connection is in the middle of a record, as a uwsgi or SCGI body always
+    is), the driver closes the connection with the event's one line, which
+    disconnects this request; the responder then waits for that instead.
     """
 
     def __init__(
@@ -331,6 +338,7 @@ class ASGIResponder:
         stderr: Write | None = None,
         body_timeout: float = 30.0,
         where: str = "",
+        silence_timed: Callable[[], bool] | None = None,
     ) -> None:
         self.app = app
         self.scope = scope
@@ -342,6 +350,9 @@ class ASGIResponder:
         self._checkpoints: bool = getattr(waits, "needs_checkpoints", True)
         self.stderr = stderr
         self.body_timeout = body_timeout
+        self._silence_timed = silence_timed
+        #: True once the body stalled and the request was ended for it.
+        self._stalled = False
         params = scope["extensions"]["fastcgi"]["params"]
         self._where = where
         if not where:
@@ -391,16 +402,22 @@ class ASGIResponder:
         if not self._body_done:
             body = self.body
             chunk = await self.waits.next_piece(body, self.body_timeout)
+            if chunk is None and self._silence_timed is not None and self._silence_timed():
+                # The driver's read timeout ends this one (see the class
+                # docstring): one more wait, so a driver that does not is
+                # no reason to hang.
+                chunk = await self.waits.next_piece(body, self.body_timeout)
             if self.gone is not None:
                 return dict(_DISCONNECT)
             if chunk is None:
                 log.warning(
-                    "%s: request body stalled for %gs; treating it as ended",
+                    "%s: request body stalled for %gs; ending the request with a 400",
                     self.where,
                     self.body_timeout,
                 )
-                body.end()
-                chunk = b""
+                self._stalled = True
+                self.disconnect("the request body stalled")
+                return dict(_DISCONNECT)
             if self._remaining is not None:
                 if len(chunk) >= self._remaining:
                     chunk = chunk[: self._remaining]
@@ -505,11 +522,11 @@ class ASGIResponder:
                 log.debug(
                     "%s: app stopped after the web server went away: %s", self.where, self.gone
                 )
-                return self.status, 1, self.head
+                return await self._ended_early()
             await self._failed()
             return self.status or 500, 1, self.head
         if self.gone is not None:
-            return self.status, 1, self.head
+            return await self._ended_early()
         if not self._head_sent:
             if self._head is None:
                 log.error("%s: the app returned without sending http.response.start", self.where)
@@ -521,6 +538,20 @@ class ASGIResponder:
             log.warning("%s: the app returned before the end of its response body", self.where)
             return self.status, 1, self.head
         return self.status, 0, self.head
+
+    async def _ended_early(self) -> tuple[int, int, bytes | None]:
+        """The result of a request ended under the app: the web server left, or the body stalled.
+
+        A stalled body's web server is still there and hears why, as from
+        the sync worker: a 400, unless the app's answer had begun.
+        """
+        if self._stalled and not self._head_sent:
+            self._head_sent = self._complete = True
+            self.status = 400
+            self._head = error_response(400)
+            with contextlib.suppress(ClientGone):
+                await self.write(self._head)
+        return self.status, 1, self.head
 
     async def _failed(self) -> None:
         trace = traceback.format_exc()

@@ -651,6 +651,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
             write_last=self._last_writer(c, req),
             stderr=stderr,
             body_timeout=self.options.read_timeout,
+            silence_timed=lambda: c.conn.mid_record,
         )
         req.responder = responder
         if req.gone is not None:

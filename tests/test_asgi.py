@@ -421,6 +421,40 @@ def test_request_and_response_both_stream(tmp_path: Path, kind: WorkerKind) -> N
     assert reply.header("Content-Length") is None
 
 
+def test_a_stalled_body_is_a_disconnect_not_a_short_body(
+    tmp_path: Path, kind: WorkerKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half a body, then silence between records: the app must not take it for a whole one."""
+    caplog.set_level(logging.INFO)
+    seen: list[dict[str, Any]] = []
+
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] != "http.request" or not message["more_body"]:
+                break
+        if message["type"] == "http.request":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"whole"})
+
+    with kind.running(reader, tmp_path, read_timeout=0.5) as w:
+        client = w.client()
+        records = request_records(1, params_for("/up", method="POST", body=b"x" * 10), b"xxxx")
+        client.send(b"".join(records[:-1]))  # 4 of the 10 bytes, as a whole record
+        reply = client.reply(1)
+        # The web server hears why (400), the app heard a disconnect.
+        assert reply.status == 400, reply
+        assert [m["type"] for m in seen] == ["http.request", "http.disconnect"], seen
+        assert seen[0]["body"] == b"xxxx" and seen[0]["more_body"], seen
+        assert client.request(2, params_for("/", method="POST", body=b"ok")).body == b"whole"
+    stalls = [rec for rec in caplog.records if "stalled" in rec.getMessage()]
+    assert len(stalls) == 1, [rec.getMessage() for rec in caplog.records]
+    assert "POST /up" in stalls[0].getMessage() and "0.5s" in stalls[0].getMessage()
+
+
 def test_body_caps_from_the_core_give_413(tmp_path: Path, kind: WorkerKind) -> None:
     ran: list[str] = []
 

@@ -267,8 +267,6 @@ def test_a_peer_that_closes_mid_response_is_one_line(server: Served, protocol: s
 
 
 def test_a_peer_that_stalls_mid_body_is_one_line(server: Served, protocol: str) -> None:
-    if server.worker == "asyncio":
-        pytest.skip("ASGI's own body timeout (fcgi.asgi) races the driver's: see the report")
     path = case_path("echo")
     since = len(server.log())
     with server.connect(protocol) as sock:
