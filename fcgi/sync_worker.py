@@ -544,6 +544,9 @@ class SyncWorker(WorkerBase):
         #: sends them (fcgi.handoff).
         self._channel = self.options.handoff
         self._watch: SlowRequestWatch | None = None
+        #: A descriptor held for the next connection taken from the channel
+        #: (-1: none; see _adopt).
+        self._spare = -1
 
     # -- control ------------------------------------------------------------
 
@@ -584,6 +587,7 @@ class SyncWorker(WorkerBase):
             poller.register(self._channel.receive_end.fileno(), select.EPOLLIN | exclusive)
             self._watch = SlowRequestWatch(self._give_away)
             self._watch.start()
+            self._reserve_fd()
         try:
             if ready is not None:
                 ready()
@@ -595,6 +599,9 @@ class SyncWorker(WorkerBase):
         finally:
             if self._watch is not None:
                 self._watch.close()
+            if self._spare >= 0:
+                os.close(self._spare)
+                self._spare = -1
             self._close_parked()
             poller.close()
             self._poller = None
@@ -803,7 +810,20 @@ class SyncWorker(WorkerBase):
         an accept: the scoreboard's accepted count is left alone.
         """
         assert self._channel is not None
+        # A descriptor received into a full table is closed by the kernel
+        # (the connection with it): one is held free for it, and made free,
+        # like accept() does on EMFILE, by closing the oldest parked connection.
+        self._reserve_fd()
+        if self._spare < 0 and (self._idle or self._waiting):
+            self._close_oldest_parked()
+            self._reserve_fd()
+        if self._spare < 0:
+            time.sleep(ACCEPT_PAUSE)  # no room: a sibling may take it meanwhile
+            return None
+        os.close(self._spare)
+        self._spare = -1
         received = self._channel.receive()
+        self._reserve_fd()
         if received is None:
             return None
         fd, head_deadline, idle = received
@@ -819,6 +839,12 @@ class SyncWorker(WorkerBase):
         self._park(c)
         self._wake(c)
         return c
+
+    def _reserve_fd(self) -> None:
+        """Hold a descriptor for the next connection taken from the channel, if one is free."""
+        if self._spare < 0:
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def _leave_channel(self, adopt: bool) -> None:
         """Stop taking connections from the channel; with ``adopt``, empty it first.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -74,6 +75,17 @@ def parked_in_one_worker(m: PoolMaster, count: int) -> tuple[list[Kept], int, li
     return group[:count], pid, opened
 
 
+def side_status(tmp_path: Path) -> list[str]:
+    """Arguments for a status page the master answers itself, even with every worker busy."""
+    return ["--status-listen", f"unix:{tmp_path / 'status.sock'}"]
+
+
+def sleeping(m: PoolMaster) -> int:
+    """How many workers run a /sleep request now (the master's status page)."""
+    processes = m.status(f"unix:{m.dir / 'status.sock'}")["processes"]
+    return sum(p["state"] == "Running" and p["request uri"] == "/sleep" for p in processes)
+
+
 def parked_pair(m: PoolMaster) -> tuple[Kept, Kept, int, list[Kept]]:
     """Two kept connections parked in the same worker, its pid, and every one opened."""
     (first, second), pid, opened = parked_in_one_worker(m, 2)
@@ -117,7 +129,7 @@ def test_a_request_already_sent_travels_with_its_connection(tmp_path: Path) -> N
 
 
 def test_with_every_worker_busy_the_request_waits_for_the_first_free(tmp_path: Path) -> None:
-    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+    with PoolMaster(tmp_path, ["--workers", "2", *side_status(tmp_path)]) as m:
         m.wait_ready(2)
         slow, fast, busy_pid, opened = parked_pair(m)
         slow.send(f"/sleep?{SLOW}")
@@ -126,9 +138,7 @@ def test_with_every_worker_busy_the_request_waits_for_the_first_free(tmp_path: P
         # busy worker accepts none), and must not lose what it was passed.
         other = Kept(m.address)
         other.send(f"/sleep?{SLOW * 2}")
-        wait_for(
-            lambda: m.status()["active processes"] == 2 or None, what="both workers busy"
-        )
+        wait_for(lambda: sleeping(m) == 2, what="both workers busy")
         fast.send("/")
         # Served once, by the first worker to be free: the first slow one's.
         assert fast.pid() == busy_pid
@@ -215,3 +225,30 @@ def test_through_nginx_with_kept_connections(
         assert slow_pid and slow_pid[0] not in pids, (slow_pid, pids)
     finally:
         backend.stop()
+
+
+def test_a_graceful_stop_answers_what_waits_in_the_channel(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", *side_status(tmp_path)]) as m:
+        m.wait_ready(2)
+        slow, fast, busy_pid, opened = parked_pair(m)
+        start = len(m.log())
+        slow.send(f"/sleep?{SLOW}")
+        wait_for(lambda: sleeping(m) == 1, what="one worker busy")
+        other = Kept(m.address)
+        other.send(f"/sleep?{SLOW * 2}")
+        wait_for(lambda: sleeping(m) == 2, what="both workers busy")
+        # The first worker passed the fast connection to the second, which
+        # passed it on in turn: now it waits in the channel, with no worker free.
+        wait_for(
+            lambda: m.log()[start:].count("idle connections to the") >= 2, what="two hand-offs"
+        )
+        fast.send("/")
+        # Told to stop, the first worker to be free takes it from the channel
+        # and answers it, rather than leave it to close with the master.
+        m.signal(signal.SIGTERM)
+        assert fast.pid() == busy_pid
+        assert slow.pid() == busy_pid
+        assert other.pid() != busy_pid
+        assert m.proc.wait(30) == 0
+        for kept in [*opened, other]:
+            kept.close()
