@@ -117,58 +117,47 @@ class Channel:
 class SlowRequestWatch:
     """Calls ``give_away`` in a helper thread once a request has run for SLOW_REQUEST.
 
-    The worker's main thread calls :meth:`awake` when it leaves its epoll
-    wait and :meth:`asleep` before it blocks there: the thread waits on an
-    event meanwhile, so an idle worker has no thread waking up. While the
-    worker is awake the thread looks every SLOW_REQUEST at :attr:`running`,
-    the number of the request in progress (0: none); the same number seen
-    twice means a request that has run at least that long.
+    What the worker's main thread does, written inline there (a method call
+    per request would cost more than the rest of it):
 
-    ``lock`` is the hand-over: the main thread sets ``running`` before it
-    enters a request and takes the lock to clear it afterwards (:meth:`done`),
-    and ``give_away`` runs with the lock held and ``running`` unchanged, so it
-    may use the worker's parked connections, which the main thread leaves
-    alone while it serves a request, and never while the main thread does.
-    ``give_away`` returns False if some connections could not be passed on
-    yet (the channel is full): it is tried again on the next look.
+    * it holds :attr:`gate` while it blocks in its epoll wait (a C lock, two
+      calls per wait; an Event would cost a Python-level condition each
+      time): the thread waits for the gate meanwhile, so an idle worker has
+      no thread waking up;
+    * before it enters a request it sets :attr:`running` to a new number
+      (from :attr:`count`), and after it clears it to 0 holding :attr:`lock`.
+
+    While the worker is awake the thread looks at ``running`` every
+    SLOW_REQUEST: the same number seen twice means a request that has run at
+    least that long. ``give_away`` then runs with ``lock`` held and
+    ``running`` unchanged, so it may use the worker's parked connections,
+    which the main thread leaves alone while it serves a request, and never
+    while the main thread does. It returns False if some connections could
+    not be passed on yet (the channel is full): they are tried again on the
+    next look.
     """
 
     def __init__(self, give_away: Callable[[], bool]) -> None:
         self.give_away = give_away
         self.lock = threading.Lock()
         self.running = 0
-        self._count = 0
-        self._awake = threading.Event()
+        self.count = 0
+        self.gate = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._watch, name="fcgi-handoff", daemon=True)
 
     def start(self) -> None:
-        self._awake.set()
         self._thread.start()
 
-    def begin(self) -> None:
-        """The main thread starts serving a request."""
-        self._count = self.running = self._count + 1
-
-    def done(self) -> None:
-        """The main thread is back from a request: parked connections are its own again."""
-        with self.lock:
-            self.running = 0
-
-    def awake(self) -> None:
-        self._awake.set()
-
-    def asleep(self) -> None:
-        self._awake.clear()
-
     def close(self) -> None:
+        """Let the thread end (it is a daemon: nothing waits for it)."""
         self._closed = True
-        self._awake.set()
 
     def _watch(self) -> None:
         given = 0  # the request whose connections were all passed on already
         while True:
-            self._awake.wait()
+            with self.gate:
+                pass  # the worker is awake
             if self._closed:
                 return
             seen = self.running

@@ -623,11 +623,15 @@ class SyncWorker(WorkerBase):
             events = poller.poll(0.0)
             if not events:
                 hooks.waiting()
-                if watch is not None:
-                    watch.asleep()
-                events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
-                if watch is not None:
-                    watch.awake()
+                if watch is None:
+                    events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                else:
+                    gate = watch.gate  # see SlowRequestWatch: held while asleep
+                    gate.acquire()
+                    try:
+                        events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                    finally:
+                        gate.release()
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
@@ -1150,9 +1154,9 @@ class SyncWorker(WorkerBase):
         head: bytes | None = None
         watch = self._watch
         if watch is not None:
-            # From here until watch.done() this thread touches no connection
-            # but c: the watch may pass the parked ones on meanwhile.
-            watch.begin()
+            # From here until running is 0 again this thread touches no
+            # connection but c: the watch may pass the parked ones on meanwhile.
+            watch.running = watch.count = watch.count + 1
         try:
             answer = hooks.intercept(params)
             if answer is None:
@@ -1181,7 +1185,8 @@ class SyncWorker(WorkerBase):
         finally:
             if watch is not None:
                 forkguard.check()  # a child the app forked has no watch thread to wait for
-                watch.done()
+                with watch.lock:  # once a hand-off under way is over
+                    watch.running = 0
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)
