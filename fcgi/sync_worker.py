@@ -810,8 +810,12 @@ class SyncWorker(WorkerBase):
 
         It is parked here as it was there (kept between requests, or new and
         silent so far, with the head deadline it had), then read at once: the
-        request the web server wrote meanwhile is in the socket, not lost. Not
-        an accept: the scoreboard's accepted count is left alone.
+        request the web server wrote meanwhile is in the socket, not lost. A
+        kept one's read_timeout starts again, as if it had just been answered
+        (its idle time is not sent along; it moves only while its worker is
+        slow, which a peer does not control). Not an accept: the scoreboard's
+        accepted count is left alone, and max_conns (_MAX_PARKED) is kept as
+        on accept, by closing the oldest parked connection.
         """
         assert self._channel is not None
         # A descriptor received into a full table is closed by the kernel
