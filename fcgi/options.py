@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fcgi.connection import Limits
+from fcgi.handoff import Channel
 from fcgi.settings import default, resolve
 from fcgi.sockets import parse_allowed_clients
 
@@ -75,6 +76,10 @@ class ServerOptions:
     #: its listeners across fork() under the numbers the server opened them
     #: with, and a driver looks each one up once, when it starts to accept.
     protocols: dict[int, str] = field(default_factory=dict)
+    #: A pool's channel for passing idle kept connections between its sync
+    #: workers (:mod:`fcgi.handoff`); None in a single process, which has no
+    #: sibling to pass them to.
+    handoff: Channel | None = None
 
 
 def make_options(

@@ -18,16 +18,23 @@ connections have deadlines: ``request_header_timeout`` for the head (from the
 accept, or from the first byte of a kept connection's next request) and
 ``read_timeout`` for a kept connection idle between requests.
 
-Known limit: a connection this worker parked is served by this worker only.
-If its head completes while the worker runs a long request, it waits for that
-request even when other workers are idle. To keep that rare, a new connection
-that has sent nothing yet gets a short wait for its first bytes right after
-accept() (a web server writes its request right after connecting; TCP
-listeners use TCP_DEFER_ACCEPT, so there the bytes are already in), and the
-ready connections of one epoll wakeup are served before new ones are
-accepted. While silent connections keep arriving (an attack), that wait is
-skipped for a while, so a request head that arrives in pieces then may wait
-behind one request of its worker.
+A connection parked here is read by this worker only: a request that
+arrives on it while the worker runs a long request would wait for that
+request even when other workers are idle. In a pool, the worker passes such
+connections on (:mod:`fcgi.handoff`): once its request has run for
+``SLOW_REQUEST``, a helper thread sends the parked FastCGI connections that
+hold no input in user space (kept ones between requests, new ones that sent
+nothing yet) to its siblings, and an idle worker takes them in from the
+pool's channel as it takes connections from its listeners. A connection
+holding part of a request head stays: its bytes cannot travel with it. To
+keep that rare, a new connection that has sent nothing yet gets a short wait
+for its first bytes right after accept() (a web server writes its request
+right after connecting; TCP listeners use TCP_DEFER_ACCEPT, so there the
+bytes are already in), and the ready connections of one epoll wakeup are
+served before new ones are accepted. While silent connections keep arriving
+(an attack), that wait is skipped for a while, so a request head that arrives
+in pieces then may wait behind one request of its worker. A single process
+has no sibling, and waits as described.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from fcgi.driver import (
     ACCEPT_PAUSE,
     ACCEPT_RETRY,
     ACCEPT_STARVED,
+    CORES,
     DRAIN_SECONDS,
     MAX_DRAIN,
     CoreFactory,
@@ -62,10 +70,11 @@ from fcgi.driver import (
     wsgi_environ,
 )
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
+from fcgi.handoff import SLOW_REQUEST, SlowRequestWatch
 from fcgi.hooks import render_answer
 from fcgi.listen_queue import listen_queue
 from fcgi.records import Role
-from fcgi.sockets import defer_accept, describe_peer, peer_allowed
+from fcgi.sockets import FASTCGI, defer_accept, describe_peer, peer_allowed
 from fcgi.wsgi import BodyCutOff, ClientGone, ErrorStream, error_response, respond
 
 log = logging.getLogger("fcgi.worker")
@@ -210,6 +219,9 @@ class _PeerClosed(Exception):
 
 
 _BEGIN = ev.BeginRequest
+#: The FastCGI core: only its connections are passed to other workers (a
+#: uwsgi or SCGI connection carries one request and is never kept).
+_FASTCGI = CORES[FASTCGI]
 _AUTHORIZER = int(Role.AUTHORIZER)
 _FILTER = int(Role.FILTER)
 
@@ -502,6 +514,14 @@ class _Exchange:
 _Listening = tuple[socket.socket, tuple[int, int, int], tuple[CoreFactory, bool]]
 
 
+def _movable(c: _Connection) -> bool:
+    """True if ``c`` can go to another worker: FastCGI, nothing of it read but not yet used."""
+    conn = c.conn
+    if type(conn) is not _FASTCGI or c.in_head:
+        return False
+    return not conn.has_output and not conn.should_close
+
+
 class SyncWorker(WorkerBase):
     """Serve connections on ``listeners`` until stopped.
 
@@ -534,6 +554,14 @@ class SyncWorker(WorkerBase):
         self._impatient_until = 0.0
         #: True from an accept() that failed for lack of resources until one works.
         self._starved = False
+        #: In a pool: where idle parked connections go while a request is slow
+        #: (and come from, while this worker is idle), and the thread that
+        #: sends them (fcgi.handoff).
+        self._channel = self.options.handoff
+        self._watch: SlowRequestWatch | None = None
+        #: A descriptor held for the next connection taken from the channel
+        #: (-1: none; see _adopt).
+        self._spare = -1
 
     # -- control ------------------------------------------------------------
 
@@ -569,6 +597,12 @@ class SyncWorker(WorkerBase):
             listeners[sock.fileno()] = (sock, kind, self.core_for(sock))
             poller.register(sock.fileno(), select.EPOLLIN | exclusive)
         poller.register(self._wake_r, select.EPOLLIN)
+        if self._channel is not None:
+            # Like a listener: one idle worker wakes per connection passed on.
+            poller.register(self._channel.receive_end.fileno(), select.EPOLLIN | exclusive)
+            self._watch = SlowRequestWatch(self._give_away)
+            self._watch.start()
+            self._reserve_fd()
         try:
             if ready is not None:
                 ready()
@@ -578,6 +612,11 @@ class SyncWorker(WorkerBase):
             # connections this one already accepted are still its own.
             self._drain(listeners, accept=self._stopping)
         finally:
+            if self._watch is not None:
+                self._watch.close()
+            if self._spare >= 0:
+                os.close(self._spare)
+                self._spare = -1
             self._close_parked()
             poller.close()
             self._poller = None
@@ -590,6 +629,8 @@ class SyncWorker(WorkerBase):
         wake_r = self._wake_r
         deadlines = self._deadlines
         hooks = self.hooks
+        watch = self._watch
+        channel = -1 if self._channel is None else self._channel.receive_end.fileno()
         while not self._stopping:
             ready_listeners: list[int] = []
             # Work already waiting is taken without a word to the hooks; only
@@ -597,13 +638,25 @@ class SyncWorker(WorkerBase):
             events = poller.poll(0.0)
             if not events:
                 hooks.waiting()
-                events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                if watch is None:
+                    events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                else:
+                    gate = watch.gate  # see SlowRequestWatch: held while asleep
+                    gate.acquire()
+                    try:
+                        events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                    finally:
+                        gate.release()
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
                         os.read(wake_r, 64)
                 elif fd in listeners:
                     ready_listeners.append(fd)
+                elif fd == channel:
+                    self._adopt()
+                    if self._stopping or hooks.should_stop():
+                        return
                 else:
                     c = idle.get(fd) or waiting.get(fd)
                     if c is not None:
@@ -647,6 +700,7 @@ class SyncWorker(WorkerBase):
             log.debug("stopping: serving the %d connections queued on the listeners", queued)
         # Kept connections that already sent a request are served first.
         self._wake_ready(0.0)
+        self._leave_channel(adopt=accept)
         while True:
             accepted = False
             for fd, (sock, kind, core) in listeners.items():
@@ -733,6 +787,112 @@ class SyncWorker(WorkerBase):
         c.head_deadline = time.monotonic() + self.options.request_header_timeout
         self._wake(c, new=True)
         return True
+
+    # -- passing connections between workers (fcgi.handoff) --------------------
+
+    def _give_away(self) -> bool:
+        """Pass the parked connections that hold no input to the other workers.
+
+        Runs in the watch thread while the main thread serves a slow request
+        (see SlowRequestWatch). False if the channel could not take them all.
+        """
+        channel = self._channel
+        if channel is None or self._stopping:
+            return True
+        passed = 0
+        complete = True
+        for parked in (self._idle, self._waiting):
+            for c in list(parked.values()):
+                if not _movable(c):
+                    continue
+                if not channel.send(c.fd, c.head_deadline, c.idle):
+                    complete = False
+                    break
+                parked.pop(c.fd, None)
+                c.parked = False
+                self._close(c, False)  # the other worker's copy lives on
+                passed += 1
+        if passed:
+            log.debug(
+                "a request running for over %gs: passed %d idle connections to the other workers",
+                SLOW_REQUEST,
+                passed,
+            )
+        return complete
+
+    def _adopt(self) -> _Connection | None:
+        """Take in one connection another worker passed on; None if none was waiting.
+
+        It is parked here as it was there (kept between requests, or new and
+        silent so far, with the head deadline it had), then read at once: the
+        request the web server wrote meanwhile is in the socket, not lost. A
+        kept one's read_timeout starts again, as if it had just been answered
+        (its idle time is not sent along; it moves only while its worker is
+        slow, which a peer does not control). Not an accept: the scoreboard's
+        accepted count is left alone, and max_conns (_MAX_PARKED) is kept as
+        on accept, by closing the oldest parked connection.
+        """
+        assert self._channel is not None
+        # A descriptor received into a full table is closed by the kernel
+        # (the connection with it): one is held free for it, and made free,
+        # like accept() does on EMFILE, by closing the oldest parked connection.
+        self._reserve_fd()
+        if self._spare < 0 and (self._idle or self._waiting):
+            self._close_oldest_parked()
+            self._reserve_fd()
+        if self._spare < 0:
+            time.sleep(ACCEPT_PAUSE)  # no room: a sibling may take it meanwhile
+            return None
+        os.close(self._spare)
+        self._spare = -1
+        received = self._channel.receive()
+        self._reserve_fd()
+        if received is None:
+            return None
+        fd, head_deadline, idle = received
+        sock = _socket.socket(fileno=fd)
+        try:
+            address: object = sock.getpeername()
+        except OSError:
+            address = None
+        core = (_FASTCGI, self.options.stderr_tracebacks)
+        c = _Connection(sock, address, self.limits, self.options.read_timeout, self._buffer, core)
+        c.head_deadline = head_deadline
+        c.idle = idle
+        self._park(c)
+        self._wake(c)
+        return c
+
+    def _reserve_fd(self) -> None:
+        """Hold a descriptor for the next connection taken from the channel, if one is free."""
+        if self._spare < 0:
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _leave_channel(self, adopt: bool) -> None:
+        """Stop taking connections from the channel; with ``adopt``, empty it first.
+
+        A stopped pool's channel is read by no one: a connection in it would
+        be closed with the master, even one with a request in it. So a worker
+        told to stop takes what is queued, serves those that sent a request,
+        and passes the rest back once, for a worker that goes on serving (a
+        reload's new ones); left in the channel, they close as the idle kept
+        connections of stopping workers do. A worker leaving on its own
+        (max_requests) just stops reading: its siblings go on.
+        """
+        if self._channel is None or self._poller is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self._poller.unregister(self._channel.receive_end.fileno())
+        if not adopt:
+            return
+        adopted = []
+        while (c := self._adopt()) is not None:
+            adopted.append(c)
+        for c in adopted:
+            if c.parked and _movable(c) and self._channel.send(c.fd, c.head_deadline, c.idle):
+                self._unpark(c)
+                self._close(c, False)
 
     # -- parked connections --------------------------------------------------
 
@@ -1013,6 +1173,11 @@ class SyncWorker(WorkerBase):
         c.budget = c
         status = 0
         head: bytes | None = None
+        watch = self._watch
+        if watch is not None:
+            # From here until running is 0 again this thread touches no
+            # connection but c: the watch may pass the parked ones on meanwhile.
+            watch.running = watch.count = watch.count + 1
         try:
             answer = hooks.intercept(params)
             if answer is None:
@@ -1039,6 +1204,10 @@ class SyncWorker(WorkerBase):
             status = http_status
             head = sent
         finally:
+            if watch is not None:
+                forkguard.check()  # a child the app forked has no watch thread to wait for
+                with watch.lock:  # once a hand-off under way is over
+                    watch.running = 0
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)

@@ -363,6 +363,7 @@ class Master:
             generation=gen,
             listeners=pool.listeners,
             protocols=self.listeners.protocols_of(pool.listeners),
+            handoff=pool.handoff,
             app=pool.app,
             close_fds=self._master_only_fds(pool),
             stdout_fd=pipes[0].write_fd if pipes else None,
@@ -402,6 +403,8 @@ class Master:
         for other in self.pools:
             if other is not pool:
                 fds += [s.fileno() for s in other.listeners]
+                if other.handoff is not None:
+                    fds += other.handoff.fds()
         return [fd for fd in fds if fd >= 0]
 
     def _reap(self) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from fcgi.handoff import Channel
 from fcgi.listen_queue import total_listen_queue
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.reload import Reload
@@ -104,6 +105,11 @@ class RunningPool:
         self.reload = Reload()
         self.full_warned = False
         self.app: Any = None
+        #: Sync workers pass idle kept connections to each other through it
+        #: (fcgi.handoff). Made here, before any fork, so that every worker,
+        #: of every generation this master forks, shares it; the trio and
+        #: asyncio workers serve every connection at once and need none.
+        self.handoff = Channel.create() if config.worker == "sync" else None
 
     @property
     def name(self) -> str:
@@ -244,6 +250,8 @@ class RunningPool:
 
     def close(self) -> None:
         self.board.close()
+        if self.handoff is not None:
+            self.handoff.close()
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -54,6 +54,7 @@ from fcgi.app_loader import AppImportError, load_app
 from fcgi.driver import Driver
 from fcgi.errors import ConfigError, FastCGIError
 from fcgi.escape import Lines
+from fcgi.handoff import Channel
 from fcgi.hooks import WorkerHooks
 from fcgi.interface import choose_worker, resolve_interface
 from fcgi.options import ServerOptions
@@ -93,6 +94,8 @@ class WorkerSpec:
     #: Listener descriptor -> its wire protocol, for those not speaking
     #: FastCGI (:attr:`fcgi.options.ServerOptions.protocols`).
     protocols: dict[int, str] = field(default_factory=dict)
+    #: The pool's hand-off channel (sync workers: :mod:`fcgi.handoff`).
+    handoff: Channel | None = None
     #: The app, when the master preloaded it.
     app: Any = None
     #: Master-only descriptors the child must close (signal pipe, other pools...).
@@ -354,6 +357,7 @@ def _serve(spec: WorkerSpec) -> int:
     # a setting of the server, not part of the app's environment.
     options = config.server_options()
     options.protocols = spec.protocols
+    options.handoff = spec.handoff
     drop_privileges(config.user, config.group)
     # After the privilege drop: changing credentials clears the death signal.
     _follow_master(spec.master_pid, hooks)

@@ -1,0 +1,275 @@
+"""Sync workers pass idle kept connections to each other while a request is slow.
+
+A real pool of two sync workers, and a raw FastCGI client that keeps its
+connections open between requests as nginx does (FCGI_KEEP_CONN): a
+connection parked in a worker that runs a slow request must not make its
+next request wait for that one while the other worker is idle
+(fcgi.handoff). The app answers with the pid of the worker that served it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from rawfcgi import RecordReader, get_params, request_bytes
+from test_pool_support import PoolMaster, wait_for, write_app
+from webservers import Backend, Nginx, fcgi_serve_command
+
+#: Seconds the slow request takes: far longer than any hand-off, so that an
+#: answer seen while it runs came from the other worker.
+SLOW = 5
+
+
+class Kept:
+    """One kept FastCGI connection: requests with FCGI_KEEP_CONN, answers read in order."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(address.removeprefix("unix:"))
+        self.reader = RecordReader(self.sock)
+
+    def send(self, target: str, extra: bytes = b"") -> None:
+        path, _, query = target.partition("?")
+        self.sock.sendall(request_bytes(1, get_params(path, query), keep_conn=True) + extra)
+
+    def pid(self) -> int:
+        """The pid in the next answer (the app says which worker served it)."""
+        reply = self.reader.reply(1)
+        assert reply.status == 200, reply
+        return int(reply.body.split(b"pid=")[1].split()[0])
+
+    def ask(self, target: str) -> int:
+        self.send(target)
+        return self.pid()
+
+    def answered(self) -> bool:
+        """True if an answer is waiting to be read (without waiting for one)."""
+        return bool(self.reader.ready) or bool(select.select([self.sock], [], [], 0)[0])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parked_in_one_worker(m: PoolMaster, count: int) -> tuple[list[Kept], int, list[Kept]]:
+    """``count`` kept connections parked in the same worker, its pid, and every one opened."""
+    opened = [Kept(m.address) for _ in range(2 * count - 1)]
+    # 2 * count - 1 connections over two workers: one worker holds count of
+    # them. Asked until two rounds agree: a worker's first requests may be
+    # slow enough that it passes its connections on meanwhile.
+    pids: list[int] = []
+    for _ in range(10):
+        previous, pids = pids, [kept.ask("/") for kept in opened]
+        if pids == previous:
+            break
+    by_pid: dict[int, list[Kept]] = {}
+    for kept, pid in zip(opened, pids, strict=True):
+        by_pid.setdefault(pid, []).append(kept)
+    pid, group = next((pid, group) for pid, group in by_pid.items() if len(group) >= count)
+    return group[:count], pid, opened
+
+
+def side_status(tmp_path: Path) -> list[str]:
+    """Arguments for a status page the master answers itself, even with every worker busy."""
+    return ["--status-listen", f"unix:{tmp_path / 'status.sock'}"]
+
+
+def sleeping(m: PoolMaster) -> int:
+    """How many workers run a /sleep request now (the master's status page)."""
+    processes = m.status(f"unix:{m.dir / 'status.sock'}")["processes"]
+    return sum(p["state"] == "Running" and p["request uri"] == "/sleep" for p in processes)
+
+
+def handoffs_since(m: PoolMaster, start: int) -> int:
+    """How many hand-offs the pool logged after the first ``start`` characters of its log."""
+    return m.log()[start:].count("idle connections to the other workers")
+
+
+def parked_pair(m: PoolMaster) -> tuple[Kept, Kept, int, list[Kept]]:
+    """Two kept connections parked in the same worker, its pid, and every one opened."""
+    (first, second), pid, opened = parked_in_one_worker(m, 2)
+    return first, second, pid, opened
+
+
+def test_a_kept_connection_of_a_busy_worker_is_served_by_the_idle_one(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+        m.wait_ready(2)
+        slow, fast, busy_pid, opened = parked_pair(m)
+        start = len(m.log())
+        slow.send(f"/sleep?{SLOW}")
+        wait_for(lambda: handoffs_since(m, start) >= 1, what="the hand-off")
+        # The fast request goes out on a connection that was parked in the
+        # busy worker: the other worker answers it, while the slow one runs.
+        assert fast.ask("/") != busy_pid
+        assert not slow.answered()
+        # The connection lives on in its new worker, and the slow one ends well.
+        assert fast.ask("/") != busy_pid
+        assert slow.pid() == busy_pid
+        for kept in opened:
+            kept.close()
+
+
+def test_a_request_already_sent_travels_with_its_connection(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+        m.wait_ready(2)
+        slow, fast, busy_pid, opened = parked_pair(m)
+        # Both requests at once: the worker takes the slow one, and the fast
+        # one's bytes are still in the kernel when its connection is passed on.
+        slow.send(f"/sleep?{SLOW}")
+        fast.send("/")
+        fast.pid()
+        assert not slow.answered()
+        assert slow.pid() == busy_pid
+        # Answered exactly once: the next answer on it is the next request's.
+        fast.send("/?again")
+        reply = fast.reader.reply(1)
+        assert reply.status == 200 and len([r for r in reply.records if r[0] == 3]) == 1
+        for kept in opened:
+            kept.close()
+
+
+def waiting_in_the_channel(m: PoolMaster) -> tuple[Kept, Kept, Kept, int, list[Kept]]:
+    """Both workers busy with slow requests, and a kept connection in the channel.
+
+    Returns the first slow request's connection, the one in the channel, the
+    second slow request's, the pid of the first worker, and every one opened.
+    """
+    slow, fast, busy_pid, opened = parked_pair(m)
+    start = len(m.log())
+    slow.send(f"/sleep?{SLOW}")
+    wait_for(lambda: sleeping(m) == 1, what="one worker busy")
+    # The first worker passes the fast connection on; the idle one takes it.
+    wait_for(lambda: handoffs_since(m, start) >= 1, what="the first hand-off")
+    # The other worker gets a slow request too (a new connection: the busy
+    # worker accepts none), and passes the fast connection on in turn: with
+    # no worker free, it waits in the channel.
+    other = Kept(m.address)
+    other.send(f"/sleep?{SLOW * 2}")
+    wait_for(lambda: sleeping(m) == 2, what="both workers busy")
+    wait_for(lambda: handoffs_since(m, start) >= 2, what="the second hand-off")
+    return slow, fast, other, busy_pid, [*opened, other]
+
+
+def test_with_every_worker_busy_the_request_waits_for_the_first_free(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", *side_status(tmp_path)]) as m:
+        m.wait_ready(2)
+        slow, fast, other, busy_pid, opened = waiting_in_the_channel(m)
+        fast.send("/")
+        # Served once, by the first worker to be free: the first slow one's.
+        assert fast.pid() == busy_pid
+        assert slow.answered()
+        assert slow.pid() == busy_pid
+        assert other.pid() != busy_pid
+        for kept in opened:
+            kept.close()
+
+
+def test_half_a_head_in_user_space_is_never_passed_on(tmp_path: Path) -> None:
+    # The half head must outlive the slow request.
+    args = ["--workers", "2", "--request-header-timeout", f"{SLOW * 4}"]
+    with PoolMaster(tmp_path, args) as m:
+        m.wait_ready(2)
+        # The third one shows when the worker passes its movable connections on.
+        (slow, half, witness), busy_pid, opened = parked_in_one_worker(m, 3)
+        start = len(m.log())
+        second = request_bytes(1, get_params("/", "second"), keep_conn=True)
+        cut = len(second) // 2
+        half.sock.sendall(second[:cut])
+        # Their worker reads what is ready in the order it came: once it has
+        # answered this, it holds the half head in user space.
+        assert slow.ask("/") == busy_pid
+        slow.send(f"/sleep?{SLOW}")
+        wait_for(lambda: handoffs_since(m, start) >= 1, what="the witness passed on")
+        assert witness.ask("/") != busy_pid
+        # The half head stayed with its worker: the rest goes there, and the
+        # answer comes once that worker is free.
+        half.sock.sendall(second[cut:])
+        assert half.pid() == busy_pid
+        assert slow.pid() == busy_pid
+        for kept in opened:
+            kept.close()
+
+
+def sleeping_behind(nginx: Nginx) -> bool:
+    """True once a worker runs /sleep (the pool's status page, through nginx)."""
+    response = nginx.request("GET", "/status?json&full")
+    processes = json.loads(response.body)["processes"]
+    return any(p["state"] == "Running" and p["request uri"] == "/sleep" for p in processes)
+
+
+def test_through_nginx_with_kept_connections(
+    tmp_path: Path, start_nginx: Callable[[str, Backend], Nginx]
+) -> None:
+    """deploy/nginx/fcgi-keepalive.conf as shipped: fast requests never wait for a slow one."""
+    write_app(tmp_path, "1")
+    bind = f"unix:{tmp_path}/pool.sock"
+    extra = ["--workers", "2", "--user", "root", "--chdir", str(tmp_path)]
+    extra += ["--status-path", "/status", "--log-level", "debug"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    backend = Backend(
+        command=fcgi_serve_command("poolapp:app", bind, extra),
+        bind=bind,
+        workdir=tmp_path,
+        env=env,
+    ).start()
+    nginx = start_nginx("fcgi-keepalive.conf", backend)
+
+    def get(target: str) -> int:
+        response = nginx.request("GET", target)
+        assert response.status == 200, nginx.explain(response)
+        return int(response.body.split(b"pid=")[1].split()[0])
+
+    def burst(count: int) -> list[int]:
+        """``count`` requests at once: nginx takes that many of its kept connections."""
+        pids: list[int] = []
+        threads = [threading.Thread(target=lambda: pids.append(get("/"))) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        return pids
+
+    try:
+        # Both workers end up holding connections nginx keeps (keepalive 4).
+        slow_ones = [threading.Thread(target=get, args=("/sleep?0.5",)) for _ in range(4)]
+        for thread in slow_ones:
+            thread.start()
+        for thread in slow_ones:
+            thread.join(60)
+        slow_pid: list[int] = []
+        slow = threading.Thread(target=lambda: slow_pid.append(get(f"/sleep?{SLOW}")))
+        slow.start()
+        # Once the slow request runs, whatever nginx sends on a connection
+        # parked in its worker goes to the other one (with its request, if
+        # sent before the hand-off).
+        wait_for(lambda: sleeping_behind(nginx), what="the slow request running")
+        # Every kept connection nginx may pick now: none waits for the slow request.
+        pids = [pid for _ in range(5) for pid in burst(3)]
+        assert slow.is_alive(), "the fast requests waited for the slow one"
+        slow.join(60)
+        assert slow_pid and slow_pid[0] not in pids, (slow_pid, pids)
+    finally:
+        backend.stop()
+
+
+def test_a_graceful_stop_answers_what_waits_in_the_channel(tmp_path: Path) -> None:
+    with PoolMaster(tmp_path, ["--workers", "2", *side_status(tmp_path)]) as m:
+        m.wait_ready(2)
+        slow, fast, other, busy_pid, opened = waiting_in_the_channel(m)
+        fast.send("/")
+        # Told to stop, the first worker to be free takes it from the channel
+        # and answers it, rather than leave it to close with the master.
+        m.signal(signal.SIGTERM)
+        assert fast.pid() == busy_pid
+        assert slow.pid() == busy_pid
+        assert other.pid() != busy_pid
+        assert m.proc.wait(30) == 0
+        for kept in opened:
+            kept.close()
