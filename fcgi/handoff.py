@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import signal
 import socket
 import struct
 import threading
@@ -154,6 +155,10 @@ class SlowRequestWatch:
         self._closed = True
 
     def _watch(self) -> None:
+        # Every signal goes to the main thread: the master's signals to the
+        # worker, and the faulthandler dump of a stuck request, whose C
+        # handler names the thread it runs in as the current one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         given = 0  # the request whose connections were all passed on already
         while True:
             with self.gate:
