@@ -567,8 +567,10 @@ def test_two_large_responses_on_one_connection_take_turns(tmp_path: Path) -> Non
     first = {rid: order.index(rid) for rid in (1, 2)}
     # Neither response was sent whole before the other began: they interleave.
     assert first[2] < last[1] and first[1] < last[2], order
+    # And more than once: how often depends on how the two app threads get
+    # the CPU (fewer switches on a loaded machine), so the bound is loose.
     switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
-    assert switches >= 8, order
+    assert switches >= 4, order
 
 
 def test_a_slow_reader_holds_the_app_back_instead_of_filling_memory(tmp_path: Path) -> None:
