@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import array
 import contextlib
+import logging
 import signal
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("fcgi.worker")
 
 #: Seconds a request must have run before its worker passes its idle parked
 #: connections on. Short, because a request waiting behind a slow one waits
@@ -43,11 +46,13 @@ SLOW_REQUEST = 0.005
 
 #: What travels with each descriptor: a format version (a re-executed master
 #: makes a new channel, but a mismatch must never be misread), when the
-#: connection's request head must be whole (a time.monotonic() value: one
-#: clock for every process of the machine), and whether it was idle between
-#: requests (True) or new and still silent (False).
-_PAYLOAD = struct.Struct("=Bd?")
-_VERSION = 1
+#: connection's request head must be whole and when it is closed if nothing
+#: arrives (time.monotonic() values: one clock for every process of the
+#: machine), and whether it was idle between requests (True) or new and still
+#: silent (False). The close deadline travels so that a move does not restart
+#: read_timeout: a connection moved on every slow request would never expire.
+_PAYLOAD = struct.Struct("=Bdd?")
+_VERSION = 2
 #: Room for the control message of one descriptor (and a few more, so that a
 #: message with extra descriptors is received whole and they can be closed).
 _CMSG_ROOM = socket.CMSG_SPACE(8 * array.array("i").itemsize)
@@ -76,9 +81,9 @@ class Channel:
     def fds(self) -> list[int]:
         return [self.send_end.fileno(), self.receive_end.fileno()]
 
-    def send(self, fd: int, head_deadline: float, idle: bool) -> bool:
+    def send(self, fd: int, head_deadline: float, deadline: float, idle: bool) -> bool:
         """Pass connection ``fd`` on; False if the channel cannot take it now."""
-        payload = _PAYLOAD.pack(_VERSION, head_deadline, idle)
+        payload = _PAYLOAD.pack(_VERSION, head_deadline, deadline, idle)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
         try:
             return self.send_end.sendmsg([payload], rights, socket.MSG_DONTWAIT) == len(payload)
@@ -87,8 +92,8 @@ class Channel:
             # the connection stays where it is.
             return False
 
-    def receive(self) -> tuple[int, float, bool] | None:
-        """(descriptor, head deadline, idle) of the next connection passed on; None if none."""
+    def receive(self) -> tuple[int, float, float, bool] | None:
+        """(descriptor, head deadline, deadline, idle) of the next connection passed on, or None."""
         while True:
             try:
                 data, ancillary, flags, _ = self.receive_end.recvmsg(
@@ -101,9 +106,9 @@ class Channel:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(body[: len(body) - len(body) % fds.itemsize])
             if len(fds) == 1 and len(data) == _PAYLOAD.size and not flags & socket.MSG_CTRUNC:
-                version, head_deadline, idle = _PAYLOAD.unpack(data)
+                version, head_deadline, deadline, idle = _PAYLOAD.unpack(data)
                 if version == _VERSION:
-                    return fds[0], head_deadline, idle
+                    return fds[0], head_deadline, deadline, idle
             if not data and not fds:
                 return None  # end of stream: no sender left (cannot happen while one lives)
             for fd in fds:  # not a message of ours: never leak what came with it
@@ -170,5 +175,14 @@ class SlowRequestWatch:
             if not seen or seen == given or self.running != seen:
                 continue
             with self.lock:
-                if self.running == seen and not self._closed and self.give_away():
+                if self.running != seen or self._closed:
+                    continue
+                try:
+                    if self.give_away():
+                        given = seen
+                except Exception:
+                    # A bug here must not end the thread (and every later
+                    # hand-off of this worker) silently; the connections
+                    # not passed on stay where they are.
+                    log.exception("passing idle connections to the other workers failed")
                     given = seen

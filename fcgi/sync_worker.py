@@ -805,7 +805,7 @@ class SyncWorker(WorkerBase):
             for c in list(parked.values()):
                 if not _movable(c):
                     continue
-                if not channel.send(c.fd, c.head_deadline, c.idle):
+                if not channel.send(c.fd, c.head_deadline, c.deadline, c.idle):
                     complete = False
                     break
                 parked.pop(c.fd, None)
@@ -826,9 +826,9 @@ class SyncWorker(WorkerBase):
         It is parked here as it was there (kept between requests, or new and
         silent so far, with the head deadline it had), then read at once: the
         request the web server wrote meanwhile is in the socket, not lost. A
-        kept one's read_timeout starts again, as if it had just been answered
-        (its idle time is not sent along; it moves only while its worker is
-        slow, which a peer does not control). Not an accept: the scoreboard's
+        kept one's read_timeout runs on from where it was: restarted on every
+        move, a connection moved on every slow request would never expire.
+        Not an accept: the scoreboard's
         accepted count is left alone, and max_conns (_MAX_PARKED) is kept as
         on accept, by closing the oldest parked connection.
         """
@@ -849,7 +849,7 @@ class SyncWorker(WorkerBase):
         self._reserve_fd()
         if received is None:
             return None
-        fd, head_deadline, idle = received
+        fd, head_deadline, deadline, idle = received
         sock = _socket.socket(fileno=fd)
         try:
             address: object = sock.getpeername()
@@ -860,6 +860,12 @@ class SyncWorker(WorkerBase):
         c.head_deadline = head_deadline
         c.idle = idle
         self._park(c)
+        if idle and deadline < c.deadline:
+            # Its read_timeout runs on from where it was (see fcgi.handoff).
+            # Earlier than the idle ones parked before it, so the dict's order
+            # does not hold for it: the deadline heap keeps it instead.
+            c.deadline = deadline
+            heapq.heappush(self._deadlines, (deadline, next(self._tie), c))
         self._wake(c)
         return c
 
@@ -890,7 +896,11 @@ class SyncWorker(WorkerBase):
         while (c := self._adopt()) is not None:
             adopted.append(c)
         for c in adopted:
-            if c.parked and _movable(c) and self._channel.send(c.fd, c.head_deadline, c.idle):
+            if (
+                c.parked
+                and _movable(c)
+                and self._channel.send(c.fd, c.head_deadline, c.deadline, c.idle)
+            ):
                 self._unpark(c)
                 self._close(c, False)
 
@@ -1007,7 +1017,7 @@ class SyncWorker(WorkerBase):
         heap = self._deadlines
         while heap:
             deadline, _, c = heap[0]
-            if c.parked and not c.idle and c.deadline == deadline:
+            if c.parked and c.deadline == deadline:
                 soonest = min(soonest, deadline)
                 break
             heapq.heappop(heap)  # the connection moved on since
@@ -1029,10 +1039,12 @@ class SyncWorker(WorkerBase):
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             deadline, _, c = heapq.heappop(heap)
-            if not c.parked or c.idle or c.deadline != deadline:
-                continue
+            if not c.parked or c.deadline != deadline:
+                continue  # stale: served, closed or parked again since
             self._unpark(c)
-            if deadline >= c.head_deadline:
+            if c.idle:  # an adopted kept connection (see _adopt)
+                self._log_silence(c, mid_request=False)
+            elif deadline >= c.head_deadline:
                 log.warning(
                     "closing connection from %s: no complete request head within %gs "
                     "(request_header_timeout)",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rawfcgi import RecordReader, get_params, request_bytes
-from test_pool_support import PoolMaster, wait_for, write_app
+from test_pool_support import PoolMaster, _children_of, wait_for, write_app
 from webservers import Backend, Nginx, fcgi_serve_command
 
 #: Seconds the slow request takes: far longer than any hand-off, so that an
@@ -273,3 +273,69 @@ def test_a_graceful_stop_answers_what_waits_in_the_channel(tmp_path: Path) -> No
         assert m.proc.wait(30) == 0
         for kept in opened:
             kept.close()
+
+
+def _still_open(kept: Kept) -> bool:
+    """True unless the server closed the connection (nothing else is expected on it)."""
+    kept.sock.setblocking(False)
+    try:
+        return kept.sock.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_read_timeout_still_closes_idle_connections_that_keep_moving(tmp_path: Path) -> None:
+    """A move does not restart read_timeout: slow requests elsewhere keep nothing alive forever."""
+    with PoolMaster(tmp_path, ["--workers", "2", "--read-timeout", "1"]) as m:
+        m.wait_ready(2)
+        idle = [Kept(m.address) for _ in range(6)]
+        for kept in idle:
+            kept.ask("/")
+        stop = threading.Event()
+
+        def slow_traffic() -> None:
+            # Requests over the hand-off threshold in both workers, all along:
+            # every one of them moves the idle connections again.
+            busy = [Kept(m.address) for _ in range(2)]
+            while not stop.is_set():
+                for kept in busy:
+                    kept.send("/sleep?0.02")
+                for kept in busy:
+                    kept.pid()
+            for kept in busy:
+                kept.close()
+
+        traffic = threading.Thread(target=slow_traffic, daemon=True)
+        traffic.start()
+        try:
+            # read_timeout 1 s: closed by 2 s at the latest (an adopted one
+            # may wait behind the idle ones parked before it), well within 6.
+            wait_for(lambda: not any(_still_open(k) for k in idle), timeout=6,
+                     what="the idle connections to reach read_timeout")  # fmt: skip
+        finally:
+            stop.set()
+            traffic.join(30)
+        assert m.log().count("closing idle connection") >= len(idle), m.log()
+
+
+def test_an_ondemand_pool_has_no_channel_to_strand_connections_in(tmp_path: Path) -> None:
+    """ondemand starts a worker only for a listener's waiting connections, not a channel's."""
+    args = ["--pm", "ondemand", "--max-children", "1", "--max-requests", "3",
+            "--max-requests-jitter", "0"]  # fmt: skip
+    with PoolMaster(tmp_path, args, status=False) as m:
+        socket_path = Path(m.address.removeprefix("unix:"))
+        wait_for(socket_path.exists, what="the pool's socket")
+        kept = [Kept(m.address) for _ in range(2)]
+        for each in kept:
+            each.ask("/")
+        slow = Kept(m.address)
+        slow.send("/sleep?0.5")  # the third request: its worker leaves after it
+        slow.pid()
+        wait_for(lambda: not _children_of(m.pid), what="the worker to leave on max_requests")
+        # A kept connection it held was closed, not stranded in a channel no
+        # one reads: the web server sees the close and opens a new one, which
+        # starts a worker.
+        assert not _still_open(kept[1])
+        assert Kept(m.address).ask("/") > 0

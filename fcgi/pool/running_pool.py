@@ -108,8 +108,14 @@ class RunningPool:
         #: Sync workers pass idle kept connections to each other through it
         #: (fcgi.handoff). Made here, before any fork, so that every worker,
         #: of every generation this master forks, shares it; the trio and
-        #: asyncio workers serve every connection at once and need none.
-        self.handoff = Channel.create() if config.worker == "sync" else None
+        #: asyncio workers serve every connection at once and need none. Not
+        #: for pm = ondemand either: the master starts a worker there only for
+        #: connections waiting on a listener, so one passed into the channel
+        #: by the last worker (leaving on max_requests, or killed) would wait
+        #: with no worker to read it.
+        self.handoff = (
+            Channel.create() if config.worker == "sync" and config.pm != "ondemand" else None
+        )
 
     @property
     def name(self) -> str:
