@@ -1159,7 +1159,18 @@ class SyncWorker(WorkerBase):
                 log.info("web server %s went away while we answered: %s", c.peer, exc)
             unread_body = False
         if not keep:
-            self._close(c, unread_body)
+            watch = self._watch
+            if unread_body and watch is not None:
+                # A drain lasts up to DRAIN_SECONDS, as long as a slow
+                # request: the parked connections must not wait for it either.
+                watch.running = watch.count = watch.count + 1
+                try:
+                    self._close(c, unread_body)
+                finally:
+                    with watch.lock:
+                        watch.running = 0
+            else:
+                self._close(c, unread_body)
             return
         # A fresh head deadline only once a request was answered (or a kept
         # connection starts its next one): refused ids or GET_VALUES do not

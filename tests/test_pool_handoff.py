@@ -22,6 +22,8 @@ from rawfcgi import RecordReader, get_params, request_bytes
 from test_pool_support import PoolMaster, _children_of, wait_for, write_app
 from webservers import Backend, Nginx, fcgi_serve_command
 
+from fcgi.records import STDIN, encode_record
+
 #: Seconds the slow request takes: far longer than any hand-off, so that an
 #: answer seen while it runs came from the other worker.
 SLOW = 5
@@ -339,3 +341,40 @@ def test_an_ondemand_pool_has_no_channel_to_strand_connections_in(tmp_path: Path
         # starts a worker.
         assert not _still_open(kept[1])
         assert Kept(m.address).ask("/") > 0
+
+
+def test_a_worker_draining_an_unread_body_passes_its_kept_connections_on(
+    tmp_path: Path,
+) -> None:
+    """After an answer that left its body unread the worker drains it (up to 2 s): not a wait."""
+    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+        m.wait_ready(2)
+        drained, other, pid, opened = parked_pair(m)
+        params = get_params("/", method="POST")
+        params["CONTENT_LENGTH"] = str(100_000_000)
+        # A body far longer than what is sent, and no end of STDIN (the last
+        # 8 bytes are the empty record), and this request does not keep the
+        # connection: the app answers without reading the body, then its
+        # worker drains what keeps trickling in before it closes.
+        drained.sock.sendall(request_bytes(1, params, b"x" * 1000, keep_conn=False)[:-8])
+        assert drained.pid() == pid
+        stop = threading.Event()
+        piece = encode_record(STDIN, 1, b"x" * 100)
+
+        def trickle() -> None:
+            while not stop.wait(0.05):
+                try:
+                    drained.sock.send(piece)
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            # Parked in the draining worker: the other one answers it.
+            assert other.ask("/") != pid
+        finally:
+            stop.set()
+            thread.join(30)
+        for kept in opened:
+            kept.close()
