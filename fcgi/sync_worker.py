@@ -34,7 +34,11 @@ bytes are already in), and the ready connections of one epoll wakeup are
 served before new ones are accepted. While silent connections keep arriving
 (an attack), that wait is skipped for a while, so a request head that arrives
 in pieces then may wait behind one request of its worker. A single process
-has no sibling, and waits as described.
+has no sibling, and waits as described; nor does a ``pm = ondemand`` pool
+(see :class:`fcgi.pool.running_pool.RunningPool`). The helper thread needs
+the GIL: an app that holds it in one long C call (a huge ``sum()`` of a
+range, a C library that does not release it) delays the hand-off until the
+call returns or lets go.
 """
 
 from __future__ import annotations
