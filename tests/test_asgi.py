@@ -849,7 +849,7 @@ def test_starlette_through_nginx(start_backend: Any, start_nginx: Any, tmp_path:
         backend = start_backend("unix", "test_asgi:make_starlette_app()", ["--worker", "trio"])
     finally:
         del os.environ["FCGI_TEST_LIFESPAN_LOG"]
-    site = start_nginx("fcgi.conf", backend)
+    site = start_nginx("fcgi-new-connection.conf", backend)
 
     response = site.request("GET", "/hello?x=y")
     assert response.status == 200, site.explain(response)

@@ -159,7 +159,7 @@ def test_starlette_through_nginx_with_a_pool_of_two_asyncio_workers(
         )
     finally:
         del os.environ["FCGI_TEST_LIFESPAN_LOG"]
-    for site_name in ("fcgi.conf", "fcgi-keepalive.conf"):
+    for site_name in ("fcgi-new-connection.conf", "fcgi.conf"):
         site = start_nginx(site_name, backend)
         pids = set()
         for _ in range(20):

@@ -1,7 +1,7 @@
 """The front-end matrix (frontend_cases.py) through nginx.
 
 lighttpd and Apache run the same table in test_lighttpd.py and test_apache.py;
-this module adds nginx, with the site file deploy/nginx/fcgi.conf that
+this module adds nginx, with the site file deploy/nginx/fcgi-new-connection.conf that
 test_nginx.py starts (servers from webservers.py), in two rows:
 
 * the app at "/" (nginx's stock fastcgi_params: the whole path in SCRIPT_NAME,
@@ -41,18 +41,18 @@ def nginx_site(
         backend.start()
         nginx = Nginx(
             binary=find_nginx(),
-            site="fcgi.conf",
+            site="fcgi-new-connection.conf",
             values={"fcgi_pass": backend.fcgi_pass},
             prefix=tmp_path_factory.mktemp("nginx"),
             related=[backend],
         )
         nginx.start()
         yield FrontEnd(
-            name=f"nginx fcgi.conf{' + --script-name ' + mount if mount else ''}",
+            name=f"nginx fcgi-new-connection.conf{' + --script-name ' + mount if mount else ''}",
             port=nginx.port,
             mount=mount,
             gate_dir=workdir,
-            # fcgi.conf keeps nginx's default fastcgi_buffering on.
+            # fcgi-new-connection.conf keeps nginx's default fastcgi_buffering on.
             streams=False,
             describe=nginx.diagnostics,
             server=nginx,

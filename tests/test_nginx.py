@@ -29,18 +29,18 @@ StartNginx = Callable[[str, Backend], Nginx]
 def site(
     request: pytest.FixtureRequest, start_backend: StartBackend, start_nginx: StartNginx
 ) -> Nginx:
-    """nginx with deploy/nginx/fcgi.conf in front of a backend serving apps:app."""
+    """nginx with deploy/nginx/fcgi-new-connection.conf in front of a backend serving apps:app."""
     backend = start_backend(request.param, "apps:app")
-    return start_nginx("fcgi.conf", backend)
+    return start_nginx("fcgi-new-connection.conf", backend)
 
 
 @pytest.fixture(params=BACKEND_KINDS)
 def keepalive_site(
     request: pytest.FixtureRequest, start_backend: StartBackend, start_nginx: StartNginx
 ) -> Nginx:
-    """nginx with deploy/nginx/fcgi-keepalive.conf (upstream keepalive, keep_conn on)."""
+    """nginx with deploy/nginx/fcgi.conf (upstream keepalive, keep_conn on)."""
     backend = start_backend(request.param, "apps:app")
-    return start_nginx("fcgi-keepalive.conf", backend)
+    return start_nginx("fcgi.conf", backend)
 
 
 def test_get_with_query_string(site: Nginx) -> None:

@@ -209,7 +209,7 @@ def sleeping_behind(nginx: Nginx) -> bool:
 def test_through_nginx_with_kept_connections(
     tmp_path: Path, start_nginx: Callable[[str, Backend], Nginx]
 ) -> None:
-    """deploy/nginx/fcgi-keepalive.conf as shipped: fast requests never wait for a slow one."""
+    """deploy/nginx/fcgi.conf as shipped: fast requests never wait for a slow one."""
     write_app(tmp_path, "1")
     bind = f"unix:{tmp_path}/pool.sock"
     extra = ["--workers", "2", "--user", "root", "--chdir", str(tmp_path)]
@@ -221,7 +221,7 @@ def test_through_nginx_with_kept_connections(
         workdir=tmp_path,
         env=env,
     ).start()
-    nginx = start_nginx("fcgi-keepalive.conf", backend)
+    nginx = start_nginx("fcgi.conf", backend)
 
     def get(target: str) -> int:
         response = nginx.request("GET", target)

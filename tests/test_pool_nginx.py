@@ -79,7 +79,7 @@ def start_pool_behind_nginx(
         workdir=tmp_path,
         env=env,
     ).start()
-    return backend, start_nginx("fcgi.conf", backend)
+    return backend, start_nginx("fcgi-new-connection.conf", backend)
 
 
 def test_three_sighups_under_load_through_nginx(
