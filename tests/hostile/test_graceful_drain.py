@@ -195,7 +195,7 @@ def test_sigterm_under_nginx_load_fails_no_request_already_sent(
     backend = start_backend(tmp_path, pool=True)
     assert backend.proc is not None
     try:
-        nginx = start_nginx("fcgi.conf", backend)
+        nginx = start_nginx("fcgi-new-connection.conf", backend)
         load = NginxLoad(nginx, "/sleep?0.2")
         try:
             wait_until(lambda: load.count() >= 20, "the load to get going")
@@ -242,7 +242,7 @@ def test_restart_on_a_systemd_socket_under_nginx_load_loses_nothing(
     first = start_master()
     second: subprocess.Popen[bytes] | None = None
     try:
-        nginx = start_nginx("fcgi.conf", placeholder)
+        nginx = start_nginx("fcgi-new-connection.conf", placeholder)
         load = NginxLoad(nginx, "/sleep?0.05")
         try:
             wait_until(lambda: load.ok >= 20, "the load through master 1")

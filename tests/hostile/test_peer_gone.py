@@ -330,7 +330,7 @@ def test_trio_pool_behind_nginx_survives_http_clients_aborting(
         env=backend_env(),
     ).start()
     try:
-        nginx = start_nginx("fcgi.conf", backend)
+        nginx = start_nginx("fcgi-new-connection.conf", backend)
         stop = time.monotonic() + HAMMER_SECONDS
         sent = [0]
 

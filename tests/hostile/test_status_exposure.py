@@ -160,7 +160,7 @@ def pool_behind_nginx(
     backend = start_backend(
         "unix", "apps:app", ["--workers", "1", "--user", "root", "--status-path", "/status"]
     )
-    yield start_nginx("fcgi.conf", backend)
+    yield start_nginx("fcgi-new-connection.conf", backend)
 
 
 def test_shipped_nginx_site_keeps_the_status_page_local(pool_behind_nginx: Nginx) -> None:
@@ -209,7 +209,7 @@ def test_nginx_answers_502_and_logs_a_terminated_request(
     backend = start_backend(
         "unix", "status_sleep_app:app", [*args, "--request-terminate-timeout", "1"]
     )
-    nginx = start_nginx("fcgi.conf", backend)
+    nginx = start_nginx("fcgi-new-connection.conf", backend)
     response = http_get(nginx, "/sleep-forever", "127.0.0.1")
     assert response.status == 502, nginx.explain(response)
     assert NGINX_BEFORE_HEADER in nginx.error_log(), nginx.explain(response)
