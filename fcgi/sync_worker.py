@@ -832,9 +832,9 @@ class SyncWorker(WorkerBase):
         request the web server wrote meanwhile is in the socket, not lost. A
         kept one's read_timeout runs on from where it was: restarted on every
         move, a connection moved on every slow request would never expire.
-        Not an accept: the scoreboard's
-        accepted count is left alone, and max_conns (_MAX_PARKED) is kept as
-        on accept, by closing the oldest parked connection.
+        Not an accept: the scoreboard's accepted count is left alone, and
+        max_conns (_MAX_PARKED) is kept as on accept, by closing the oldest
+        parked connection.
         """
         assert self._channel is not None
         # A descriptor received into a full table is closed by the kernel

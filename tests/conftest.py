@@ -13,10 +13,11 @@ Set ``FCGI_TEST_BACKEND`` to a command template with ``{app}`` and ``{bind}``
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import ssl
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 
 import pytest
 from webservers import (
@@ -112,6 +113,19 @@ class NginxFactory(Started):
         except ServerError as exc:
             message = str(exc)
         pytest.fail(message, pytrace=False)  # outside `except`: no chained traceback
+
+
+@pytest.fixture
+def no_cycle_collector() -> Iterator[None]:
+    """The cyclic GC off: what is freed now was freed by reference counting."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @pytest.fixture(scope="session")

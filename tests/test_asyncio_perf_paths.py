@@ -16,7 +16,6 @@ import asyncio
 import gc
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +63,6 @@ def test_the_last_piece_is_sent_before_an_app_that_goes_on_returns(
         release.set()
         reply = client.reply(1)
         assert (reply.status, reply.body, reply.app_status) == (200, b"done", 0)
-
-
-@pytest.fixture
-def no_cycle_collector() -> Iterator[None]:
-    """The cyclic GC off: what is freed now was freed by reference counting."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _responders() -> int:

@@ -11,7 +11,7 @@ counting; the objects of each WSGI worker's connections must all go.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,6 @@ from fcgi.connection import ServerConnection
 def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello " + environ["QUERY_STRING"].encode()]
-
-
-@pytest.fixture
-def no_cycle_collector() -> Iterator[None]:
-    """The cyclic GC off: what is freed now was freed by reference counting."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _alive(kind: type) -> int:

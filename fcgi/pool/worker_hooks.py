@@ -21,8 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from time import monotonic as _monotonic
-from time import time as _wall_clock
 from types import FrameType
 from typing import TypeVar
 
@@ -204,8 +202,8 @@ class ScoreboardHooks:
 
     def request_started(self, params: Mapping[str, str]) -> object:
         self._next_token = token = self._next_token + 1
-        start = _wall_clock()
-        start_mono = _monotonic()
+        start = time.time()
+        start_mono = time.monotonic()
         requests = self._running
         requests[token] = (params, start, start_mono)
         slot = self._slot
