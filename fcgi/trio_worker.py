@@ -695,9 +695,14 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
                 if req.gone is not None:
                     raise BodyCutOff(f"request body cut short: {req.gone}")
                 try:
-                    return to_trio(read, body)
+                    data = to_trio(read, body)
                 except ClientGone as exc:
                     raise BodyCutOff(f"request body cut short: {exc}") from None
+                if not data and req.gone is not None and not (body is req.body and req.input_done):
+                    # The wait ended for the abort (or the web server leaving),
+                    # not for the end of the body.
+                    raise BodyCutOff(f"request body cut short: {req.gone}")
+                return data
 
             return fill
 

@@ -506,6 +506,36 @@ def test_abort_while_the_app_waits_for_the_body_ends_the_request(tmp_path: Path)
         assert client.request(2, params_for("/")).body == b"read"
 
 
+def test_abort_while_the_app_is_blocked_in_a_read_fails_that_read(tmp_path: Path) -> None:
+    """The abort comes while the app's read already waits for more: no clean end of body."""
+    seen: list[object] = []
+    waiting = threading.Event()
+
+    def app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        seen.append(stream.read(4))
+        waiting.set()
+        try:
+            seen.append(stream.read())  # 6 more bytes are declared: this read waits
+        except RequestBodyIncomplete as exc:
+            seen.append(exc)
+            raise
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"read"]
+
+    with running_worker(app, tmp_path) as w:
+        client = w.client()
+        records = request_records(1, params_for("/", method="POST", body=b"x" * 10), b"xxxx")
+        client.send(b"".join(records[:-1]))
+        assert waiting.wait(WAIT)
+        time.sleep(0.2)  # not a bound on anything: lets the read reach its wait first
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        assert client.reply(1).protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
+        wait_for(lambda: len(seen) == 2, "the aborted app to finish reading")
+        assert seen[0] == b"xxxx"
+        assert isinstance(seen[1], RequestBodyIncomplete), seen
+
+
 def test_a_body_cut_short_by_a_closed_connection_is_an_error_for_the_app(
     tmp_path: Path,
 ) -> None:
