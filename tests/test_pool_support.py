@@ -149,7 +149,10 @@ class PoolMaster:
                 return None
             return doc
 
-        doc: dict[str, Any] = wait_for(ready, what=f"{workers} workers up")
+        try:
+            doc: dict[str, Any] = wait_for(ready, what=f"{workers} workers up")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the master's log:\n{self.log()}") from None
         return doc
 
     def worker_pids(self) -> set[int]:
