@@ -86,11 +86,25 @@ class Channel:
         payload = _PAYLOAD.pack(_VERSION, head_deadline, deadline, idle)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
         try:
-            return self.send_end.sendmsg([payload], rights, socket.MSG_DONTWAIT) == len(payload)
+            sent = self.send_end.sendmsg(
+                [payload], rights, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+            )
         except OSError:
-            # Full (EAGAIN), out of buffers, too many descriptors in flight:
-            # the connection stays where it is.
+            # Full (EAGAIN), out of buffers, too many descriptors in flight,
+            # refused (EPIPE, see refuse_more): the connection stays where it is.
             return False
+        return sent == len(payload)
+
+    def refuse_more(self) -> None:
+        """Make every later :meth:`send`, in any process, fail; what was sent can still be read.
+
+        For a pool that stops as a whole: no worker of it goes on serving, so
+        a connection sent now would wait, unread, until the channel closed
+        with the master. Shutting the sending side is seen by every process at
+        once (it is one socket, whoever holds a descriptor of it).
+        """
+        with contextlib.suppress(OSError):
+            self.send_end.shutdown(socket.SHUT_WR)
 
     def receive(self) -> tuple[int, float, float, bool] | None:
         """(descriptor, head deadline, deadline, idle) of the next connection passed on, or None."""

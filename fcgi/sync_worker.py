@@ -685,7 +685,8 @@ class SyncWorker(WorkerBase):
         worker sharing a listener takes its share; under steady load the
         queue never empties, and a bound keeps the stop finite). Parked
         connections still waiting for their head get until their deadline;
-        idle kept connections are closed. The pool's master bounds the whole
+        idle kept connections go to the pool's other workers (see
+        :meth:`_pass_on`), or are closed. The pool's master bounds the whole
         stop by process_control_timeout, and removes its own unix socket
         paths first so that no new connection arrives by them meanwhile.
 
@@ -718,8 +719,9 @@ class SyncWorker(WorkerBase):
                 else:
                     budgets[fd] = 0  # empty now: nothing queued before the stop is left
             for c in list(self._idle.values()):
-                self._unpark(c)
-                self._close(c, False)
+                if not self._pass_on(c):
+                    self._unpark(c)
+                    self._close(c, False)
             if not accepted and not self._waiting:
                 return
             for fd in [fd for fd, budget in budgets.items() if budget == 0]:
@@ -886,9 +888,10 @@ class SyncWorker(WorkerBase):
         be closed with the master, even one with a request in it. So a worker
         told to stop takes what is queued, serves those that sent a request,
         and passes the rest back once, for a worker that goes on serving (a
-        reload's new ones); left in the channel, they close as the idle kept
-        connections of stopping workers do. A worker leaving on its own
-        (max_requests) just stops reading: its siblings go on.
+        reload's new ones); when the whole pool stops, the channel refuses
+        them and they are closed with this worker's own idle connections. A
+        worker leaving on its own (max_requests) just stops reading: its
+        siblings go on.
         """
         if self._channel is None or self._poller is None:
             return
@@ -900,13 +903,28 @@ class SyncWorker(WorkerBase):
         while (c := self._adopt()) is not None:
             adopted.append(c)
         for c in adopted:
-            if (
-                c.parked
-                and _movable(c)
-                and self._channel.send(c.fd, c.head_deadline, c.deadline, c.idle)
-            ):
-                self._unpark(c)
-                self._close(c, False)
+            if c.parked:
+                self._pass_on(c)
+
+    def _pass_on(self, c: _Connection) -> bool:
+        """Send ``c`` down the channel and let go of it; False (``c`` untouched) if it cannot go.
+
+        A worker leaving (stopped by a reload or by the master scaling down,
+        or on its own: max_requests) does this with its idle kept connections
+        rather than close them: a closed one races the next request the web
+        server writes on it, which then fails (a reset, a 502 from nginx);
+        passed on, a worker that goes on serving answers it. When the whole
+        pool stops, its master shuts the channel first and the send fails:
+        they are closed as before.
+        """
+        channel = self._channel
+        if channel is None or not _movable(c):
+            return False
+        if not channel.send(c.fd, c.head_deadline, c.deadline, c.idle):
+            return False
+        self._unpark(c)
+        self._close(c, False)  # the receiving worker's copy lives on
+        return True
 
     # -- parked connections --------------------------------------------------
 
@@ -1130,10 +1148,13 @@ class SyncWorker(WorkerBase):
                         event.role,  # type: ignore[attr-defined]
                     )
                     c.served += 1
-            else:
-                if c.conn.has_output:
-                    c.flush()
-                keep = not c.conn.should_close and not (self._stopping and not c.in_head)
+            # Also once told to stop: a connection with nothing more queued is
+            # parked, for _drain to pass on to a worker that goes on serving
+            # (see _pass_on) or close; one with requests still queued in it
+            # cannot move, and is closed.
+            if c.conn.has_output:
+                c.flush()
+            keep = not pending and not c.conn.should_close
         except ProtocolError as exc:
             log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
             unread_body = False

@@ -378,3 +378,48 @@ def test_a_worker_draining_an_unread_body_passes_its_kept_connections_on(
             thread.join(30)
         for kept in opened:
             kept.close()
+
+
+# -- workers that leave: their kept connections stay with the pool -------------
+
+
+def _generations(m: PoolMaster) -> set[int]:
+    return {p["generation"] for p in m.status()["processes"]}
+
+
+def test_kept_connections_outlive_a_reload(tmp_path: Path) -> None:
+    """SIGHUP replaces every worker; the web server's kept connections stay open and served.
+
+    A retiring worker passes its idle kept connections to the new
+    generation through the channel instead of closing them: closed, each
+    one races the next request nginx writes on it (a reset, a 502).
+    """
+    with PoolMaster(tmp_path, ["--workers", "2"]) as m:
+        m.wait_ready(2)
+        kept = [Kept(m.address) for _ in range(6)]
+        old = {k.ask("/") for k in kept}
+        for generation in (1, 2):
+            m.signal(signal.SIGHUP)
+            wait_for(lambda g=generation: _generations(m) == {g} and len(m.worker_pids()) == 2,
+                     what=f"generation {generation} alone")  # fmt: skip
+        new = m.worker_pids()
+        assert not old & new
+        answered = {k.ask("/") for k in kept}
+        assert answered <= new, (answered, new, m.log())
+        for k in kept:
+            k.close()
+
+
+def test_kept_connections_outlive_workers_recycled_by_max_requests(tmp_path: Path) -> None:
+    """A worker leaving on max_requests passes its kept connections on; none is dropped."""
+    args = ["--workers", "1", "--max-requests", "5", "--max-requests-jitter", "0"]
+    with PoolMaster(tmp_path, args, status=False) as m:
+        socket_path = Path(m.address.removeprefix("unix:"))
+        wait_for(socket_path.exists, what="the pool's socket")
+        kept = [Kept(m.address) for _ in range(3)]
+        pids = [k.ask("/") for _ in range(8) for k in kept]
+        # 24 requests at 5 per worker: several workers came and went, and each
+        # request was answered on the connection it was sent on.
+        assert len(set(pids)) >= 4, pids
+        for k in kept:
+            k.close()

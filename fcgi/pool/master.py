@@ -322,6 +322,11 @@ class Master:
         # master may bind the path at once. Sockets inherited from systemd
         # are not ours: their queue waits for the next master.
         self.listeners.remove_files()
+        for pool in self.pools:
+            # Before any worker hears of the stop: a worker leaving passes its
+            # kept connections on (fcgi.handoff), but none of its siblings will
+            # go on serving now, so they are closed instead.
+            pool.close_channel_for_sending()
         if graceful:
             self.state = State.STOPPING
             grace = self.config.process_control_timeout

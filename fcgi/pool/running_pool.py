@@ -243,6 +243,11 @@ class RunningPool:
         child.kill_at = now + grace if grace > 0 else None
         _signal(child.pid, signal.SIGTERM)
 
+    def close_channel_for_sending(self) -> None:
+        """The pool stops as a whole: its workers' hand-offs fail from now on (fcgi.handoff)."""
+        if self.handoff is not None:
+            self.handoff.refuse_more()
+
     def finish_all(self) -> None:
         """A graceful stop: every child is told to finish (the master keeps the deadline)."""
         for child in list(self.children.values()):
