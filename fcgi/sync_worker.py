@@ -16,7 +16,10 @@ in the worker's epoll set, and whatever it sends is taken in without blocking.
 So a silent or trickling peer costs a file descriptor, not a worker. Parked
 connections have deadlines: ``request_header_timeout`` for the head (from the
 accept, or from the first byte of a kept connection's next request) and
-``read_timeout`` for a kept connection idle between requests.
+``read_timeout`` for a kept connection idle between requests. A connection
+closed with input still coming (a refused upload) waits there too while the
+rest is read and dropped, so that the web server reads the answer rather
+than a reset: a peer trickling that input does not hold the worker either.
 
 A connection parked here is read by this worker only: a request that
 arrives on it while the worker runs a long request would wait for that
@@ -91,6 +94,12 @@ _RECV_SIZE = 256 * 1024
 #: closed (the web server opens a new one when it needs it), else the oldest
 #: one still waiting for its head.
 _MAX_PARKED = 1024
+#: Connections one worker drains at once: closing, their answer sent, the
+#: rest of a body they will not be asked for read and thrown away (see
+#: SyncWorker._start_drain). Past this the oldest is closed at once: each holds
+#: a descriptor, and a peer opening them by the hundred does not get to keep
+#: them for DRAIN_SECONDS each.
+_MAX_DRAINING = 64
 #: Seconds a worker waits, right after accept(), for the first bytes of a
 #: connection that has sent none yet. A web server writes its request right
 #: after connecting, so this is almost always enough; and a connection
@@ -256,6 +265,7 @@ class _Connection(SendBudget):
         "buffer",
         "conn",
         "deadline",
+        "drained",
         "eof",
         "fd",
         "head_deadline",
@@ -298,7 +308,10 @@ class _Connection(SendBudget):
         self.refusals = 0
         self.registered = False
         #: While parked: when it is closed unless it does something first.
+        #: While draining (see SyncWorker._start_drain): when it is closed anyway.
         self.deadline = 0.0
+        #: Bytes read and thrown away since the answer went out (draining).
+        self.drained = 0
         #: When its request head must be whole (request_header_timeout).
         self.head_deadline = 0.0
         #: Parked between requests (read_timeout), not waiting for a head.
@@ -550,6 +563,9 @@ class SyncWorker(WorkerBase):
         #: idle between requests, and ones still waiting for a request head.
         self._idle: dict[int, _Connection] = {}
         self._waiting: dict[int, _Connection] = {}
+        #: Closing connections whose unread input is being thrown away, by fd,
+        #: oldest first (so also soonest deadline first: DRAIN_SECONDS each).
+        self._draining: dict[int, _Connection] = {}
         #: (deadline, tie-breaker, connection) of every parked connection;
         #: entries whose connection moved on since are skipped when reached.
         self._deadlines: list[tuple[float, int, _Connection]] = []
@@ -632,6 +648,7 @@ class SyncWorker(WorkerBase):
         waiting = self._waiting
         wake_r = self._wake_r
         deadlines = self._deadlines
+        draining = self._draining
         hooks = self.hooks
         watch = self._watch
         channel = -1 if self._channel is None else self._channel.receive_end.fileno()
@@ -643,12 +660,16 @@ class SyncWorker(WorkerBase):
             if not events:
                 hooks.waiting()
                 if watch is None:
-                    events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                    events = poller.poll(
+                        self._poll_timeout() if idle or deadlines or draining else -1.0
+                    )
                 else:
                     gate = watch.gate  # see SlowRequestWatch: held while asleep
                     gate.acquire()
                     try:
-                        events = poller.poll(self._poll_timeout() if idle or deadlines else -1.0)
+                        events = poller.poll(
+                            self._poll_timeout() if idle or deadlines or draining else -1.0
+                        )
                     finally:
                         gate.release()
             for fd, _ in events:
@@ -667,12 +688,14 @@ class SyncWorker(WorkerBase):
                         self._wake(c)
                         if self._stopping or hooks.should_stop():
                             return
+                    elif fd in draining:
+                        self._drain_more(draining[fd])
             # Connections already here first: a new one waits its turn.
             for fd in ready_listeners:
                 self._accept(*listeners[fd])
                 if self._stopping or hooks.should_stop():
                     return
-            if idle or deadlines:
+            if idle or deadlines or draining:
                 self._expire()
 
     def _drain(self, listeners: dict[int, _Listening], accept: bool) -> None:
@@ -686,7 +709,8 @@ class SyncWorker(WorkerBase):
         queue never empties, and a bound keeps the stop finite). Parked
         connections still waiting for their head get until their deadline;
         idle kept connections go to the pool's other workers (see
-        :meth:`_pass_on`), or are closed. The pool's master bounds the whole
+        :meth:`_pass_on`), or are closed; draining ones are drained to their
+        end (see :meth:`_start_drain`). The pool's master bounds the whole
         stop by process_control_timeout, and removes its own unix socket
         paths first so that no new connection arrives by them meanwhile.
 
@@ -722,7 +746,7 @@ class SyncWorker(WorkerBase):
                 if not self._pass_on(c):
                     self._unpark(c)
                     self._close(c, False)
-            if not accepted and not self._waiting:
+            if not accepted and not self._waiting and not self._draining:
                 return
             for fd in [fd for fd, budget in budgets.items() if budget == 0]:
                 with contextlib.suppress(KeyError, OSError):
@@ -742,15 +766,19 @@ class SyncWorker(WorkerBase):
             c = self._idle.get(fd) or self._waiting.get(fd)
             if c is not None:
                 self._wake(c)
+            elif fd in self._draining:
+                self._drain_more(self._draining[fd])
 
     def _close_parked(self) -> None:
-        """Close every parked connection (they sent no whole request)."""
+        """Close every parked connection (they sent no whole request), and the draining ones."""
         for parked in (self._idle, self._waiting):
             for c in list(parked.values()):
                 c.parked = False
                 self._close(c, False)
             parked.clear()
         self._deadlines.clear()
+        for c in list(self._draining.values()):
+            self._end_drain(c)
 
     def _accept(
         self, listener: socket.socket, kind: tuple[int, int, int], core: tuple[CoreFactory, bool]
@@ -1032,10 +1060,12 @@ class SyncWorker(WorkerBase):
             (self._idle if c.idle else self._waiting).pop(c.fd, None)
 
     def _poll_timeout(self) -> float:
-        """Seconds until the next parked connection's deadline (-1: none)."""
+        """Seconds until the next parked or draining connection's deadline (-1: none)."""
         soonest = math.inf
         if self._idle:
             soonest = next(iter(self._idle.values())).deadline
+        if self._draining:
+            soonest = min(soonest, next(iter(self._draining.values())).deadline)
         heap = self._deadlines
         while heap:
             deadline, _, c = heap[0]
@@ -1048,8 +1078,14 @@ class SyncWorker(WorkerBase):
         return max(0.0, soonest - time.monotonic())
 
     def _expire(self) -> None:
-        """Close the parked connections whose deadline has passed."""
+        """Close the parked and draining connections whose deadline has passed."""
         now = time.monotonic()
+        draining = self._draining
+        while draining:
+            c = next(iter(draining.values()))
+            if c.deadline > now:
+                break
+            self._end_drain(c)
         idle = self._idle
         while idle:
             c = next(iter(idle.values()))
@@ -1184,18 +1220,7 @@ class SyncWorker(WorkerBase):
                 log.info("web server %s went away while we answered: %s", c.peer, exc)
             unread_body = False
         if not keep:
-            watch = self._watch
-            if unread_body and watch is not None:
-                # A drain lasts up to DRAIN_SECONDS, as long as a slow
-                # request: the parked connections must not wait for it either.
-                watch.running = watch.count = watch.count + 1
-                try:
-                    self._close(c, unread_body)
-                finally:
-                    with watch.lock:
-                        watch.running = 0
-            else:
-                self._close(c, unread_body)
+            self._close(c, unread_body)
             return
         # A fresh head deadline only once a request was answered (or a kept
         # connection starts its next one): refused ids or GET_VALUES do not
@@ -1268,9 +1293,12 @@ class SyncWorker(WorkerBase):
         c.flush()
 
     def _close(self, c: _Connection, unread_body: bool) -> None:
+        """Close ``c``; with ``unread_body``, once its unread input is drained (_start_drain)."""
         # A connection that served a request is its own budget: a cycle that,
         # left in place, would keep it for the cyclic GC instead of freeing it now.
         c.budget = None
+        if unread_body and self._start_drain(c):
+            return
         sock = c.sock
         if c.registered and self._poller is not None:
             # Explicitly: a process the app forked may still share the socket,
@@ -1278,18 +1306,65 @@ class SyncWorker(WorkerBase):
             with contextlib.suppress(OSError, ValueError):
                 self._poller.unregister(sock.fileno())
             c.registered = False
-        if unread_body:
-            # Closing with unread input makes the kernel send a reset, which
-            # can destroy the answer in flight. Half-close, then drain.
-            with contextlib.suppress(OSError, _Timeout):
-                sock.shutdown(socket.SHUT_WR)
-                drained = 0
-                give_up = time.monotonic() + DRAIN_SECONDS
-                while drained < MAX_DRAIN and time.monotonic() < give_up:
-                    # No read waits past give_up either (the connection is closing).
-                    c.timeout = give_up - time.monotonic()
-                    chunk = c.recv()
-                    if not chunk:
-                        break
-                    drained += len(chunk)
         sock.close()
+
+    # -- closing connections with unread input -----------------------------------
+
+    def _start_drain(self, c: _Connection) -> bool:
+        """Half-close ``c`` and go on reading it until its peer is done; False to close it now.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the answer still on its way to the web server. So a
+        connection whose request body was left unread (a rejected request, an
+        app that answered without reading it) is shut for writing and read
+        until the peer closes too, for at most MAX_DRAIN bytes and
+        DRAIN_SECONDS. The reads happen as the input arrives, between other
+        connections' requests (it waits in epoll like a parked connection):
+        a peer that trickles a refused body does not hold the worker.
+        """
+        if self._poller is None:
+            return False
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        c.drained = 0
+        if self._drained_all(c):
+            return False
+        draining = self._draining
+        if len(draining) >= _MAX_DRAINING:
+            self._end_drain(next(iter(draining.values())))
+        if not c.registered:
+            try:
+                self._poller.register(c.fd, select.EPOLLIN)
+            except OSError:
+                return False
+            c.registered = True
+        c.deadline = time.monotonic() + DRAIN_SECONDS
+        draining[c.fd] = c
+        return True
+
+    def _drained_all(self, c: _Connection) -> bool:
+        """Read and drop what ``c`` has sent so far; True once there is no more to wait for."""
+        sock = c.sock
+        buffer = self._buffer
+        while c.drained < MAX_DRAIN:
+            try:
+                size = sock.recv_into(buffer, 0, _DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not size:
+                return True
+            c.drained += size
+        return True
+
+    def _drain_more(self, c: _Connection) -> None:
+        """``c`` is draining and sent more: drop it, and close ``c`` if that was all."""
+        if self._drained_all(c):
+            self._end_drain(c)
+
+    def _end_drain(self, c: _Connection) -> None:
+        del self._draining[c.fd]
+        self._close(c, False)

@@ -11,6 +11,7 @@ test_trio_limits.py).
 from __future__ import annotations
 
 import contextlib
+import threading
 import socket
 import time
 
@@ -160,3 +161,41 @@ def test_small_declared_length_then_a_flood_is_cut(server) -> None:  # type: ign
     assert time.monotonic() - started < 30
     assert reply.body.startswith(b"10 "), reply
     assert roundtrip(server.address, get_params("/echo", method="POST"), b"ok").status == 200
+
+
+def test_draining_a_refused_body_does_not_hold_the_worker() -> None:
+    """A refused upload that keeps trickling in is drained beside other work, not before it.
+
+    The sync worker answers a 413 at once, then reads and throws away the
+    rest of the body for up to 2 s before closing (so the web server reads
+    the 413, not a reset). A hostile peer that trickles that body used to
+    hold the only worker for those 2 s per request; now the drain waits in
+    epoll and other connections are served meanwhile.
+    """
+    with running_server(APP, "--max-body-size", "1000") as server:
+        refused = connect(server.address)
+        params = get_params("/echo", method="POST")
+        params["CONTENT_LENGTH"] = "100000"
+        # The last 8 bytes are the empty STDIN record: the body goes on.
+        refused.sendall(request_bytes(1, params, b"x" * 100)[:-8])
+        assert RecordReader(refused).reply(1).status == 413
+        piece = r.encode_record(r.STDIN, 1, b"x" * 10)
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.05):
+                    refused.send(piece)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        try:
+            assert roundtrip(server.address, get_params("/environ")).status == 200
+        finally:
+            stop.set()
+            thread.join(30)
+        # Answered while the drain went on: the worker still reads the
+        # refused connection (on a unix socket, a send to a closed peer fails
+        # at once). Before, the answer came only once the drain was over.
+        refused.send(piece)
+        refused.close()
