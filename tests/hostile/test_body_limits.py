@@ -11,8 +11,8 @@ test_trio_limits.py).
 from __future__ import annotations
 
 import contextlib
-import threading
 import socket
+import threading
 import time
 
 import pytest

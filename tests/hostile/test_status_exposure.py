@@ -224,3 +224,28 @@ def test_nginx_answers_502_and_logs_a_terminated_request(
         lambda: "uri /start-then-sleep: execution timed out" in backend.stderr_text(),
         what="the master's warning",
     )
+
+
+def test_behind_the_kept_connection_site_a_terminated_answer_is_visibly_cut(
+    start_backend: Callable[..., Backend], start_nginx: Callable[..., Nginx]
+) -> None:
+    """deploy/nginx/fcgi.conf (fastcgi_keep_conn on): the client can tell the body is cut.
+
+    With kept connections nginx relies on FCGI_END_REQUEST to end a body: a
+    worker killed after the header went out leaves the chunked body without
+    its last chunk, so the client sees an incomplete response rather than
+    the complete-looking short 200 of fcgi-new-connection.conf above.
+    """
+    args = ["--chdir", str(HERE), "--workers", "1", "--user", "root"]
+    backend = start_backend(
+        "unix", "status_sleep_app:app", [*args, "--request-terminate-timeout", "1"]
+    )
+    nginx = start_nginx("fcgi.conf", backend)
+    response = http_get(nginx, "/sleep-forever", "127.0.0.1")
+    assert response.status == 502, nginx.explain(response)
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        http_get(nginx, "/start-then-sleep", "127.0.0.1")
+    assert cut.value.partial == b"first piece\n"
+    assert "upstream prematurely closed connection" in nginx.error_log(), nginx.error_log()
+    # The pool goes on: the next request is answered whole.
+    assert http_get(nginx, "/", "127.0.0.1").body == b"ok\n"
