@@ -20,6 +20,7 @@ from fcgi.pool.reload import (
     Abandon,
     Again,
     Asked,
+    Left,
     Phase,
     Progress,
     ReExec,
@@ -56,6 +57,18 @@ def test_a_probe_that_is_enough_spawns_nothing_more_and_switches_next_turn() -> 
     assert state.phase is Phase.REPLACE and actions == []
     state, actions = step(state, Progress(now=2.0, total=1, ready=1, wanted=1))
     assert not state.active and actions == [Switch(1, took=2.0)]
+
+
+def test_a_probe_gone_after_it_was_ready_proves_the_code_and_the_reload_goes_on() -> None:
+    """Ready, max_requests served and gone between two turns: not a probe to wait for forever."""
+    state, _ = step(Reload(), Asked(now=0.0, serving=2))
+    state, actions = step(state, Left())
+    assert state.phase is Phase.PROBE and state.proven and actions == []
+    # The next turn sees no new worker at all, and starts the whole generation.
+    state, actions = step(state, Progress(now=1.0, total=0, ready=0, wanted=2))
+    assert state.phase is Phase.REPLACE and actions == [Spawn(3, 2)]
+    state, actions = step(state, Progress(now=2.0, total=2, ready=2, wanted=2))
+    assert not state.active and actions == [Switch(3, took=2.0)]
 
 
 def test_a_new_worker_that_cannot_start_abandons_the_reload_in_either_phase() -> None:

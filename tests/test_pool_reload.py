@@ -74,3 +74,23 @@ def test_preload_app_reload_with_broken_code_changes_nothing(tmp_path: Path) -> 
         m.wait_log("reload failed")
         assert m.worker_pids() == before
         assert b"version=1" in m.request("/").body
+
+
+def test_a_reload_whose_new_workers_recycle_at_once_still_completes(tmp_path: Path) -> None:
+    """max_requests 3 under load: a new worker may serve its 3 and leave before the master looks.
+
+    That worker was ready, so the new code starts: the reload goes on. It
+    used to wait for it forever, replacing no one, while the old workers
+    recycled away until none was left and every request hung.
+    """
+    args = ["--workers", "2", "--max-requests", "3", "--max-requests-jitter", "0"]
+    with PoolMaster(tmp_path, args, status=False) as m:
+        m.wait_log(f"master {m.pid} ready")
+        load = Load(m.address, concurrency=4, target="/")
+        try:
+            for generation in range(1, 9):
+                m.signal(signal.SIGHUP)
+                m.wait_log(f"generation {generation} serving", timeout=30)
+        finally:
+            load.stop()
+        assert load.failed == [], load.failed[:5]

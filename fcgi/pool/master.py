@@ -475,6 +475,8 @@ class Master:
         if booted and child.life is Life.STARTING:
             # It got ready and exited between two looks: a start all the same.
             self._note_started(pool)
+        if booted and pool.reload.active and child.generation == pool.reload.generation:
+            self._reload_step(pool, reload.Left(), now)
         if not booted and child.live:
             self._boot_failed(pool, child, status, how, now)
         elif booted and os.WIFSIGNALED(status) and os.WTERMSIG(status) in EMERGENCY_SIGNALS:

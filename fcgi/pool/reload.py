@@ -4,12 +4,15 @@ SIGHUP (or SIGUSR2, or the emergency restart threshold) replaces a pool's
 workers with a new generation without refusing a connection::
 
     IDLE --asked--> PROBE --one new worker ready--> REPLACE --all new ready--> IDLE
-                      |                                |     (old ones retire)
+                      |   (or gone after being ready)   |     (old ones retire)
                       +------- a new worker cannot start ------> IDLE
                                                          (new ones retire, old go on)
 
 * PROBE: one worker of the new generation is started, nothing else. Code that
-  does not start costs one fork and leaves the old workers alone.
+  does not start costs one fork and leaves the old workers alone. A probe
+  that got ready and already left (max_requests served between two turns of
+  the master's loop) proved the code as well: without that, the reload would
+  wait for it forever while the old workers recycled away to none.
 * REPLACE: the rest of the new generation starts (as many as the pool should
   have, :func:`generation_size`); once every one is ready the old workers
   are told to finish, and the new generation serves.
@@ -52,6 +55,8 @@ class Reload:
     started: float = 0.0
     #: Asked again while this one runs: begin another once it ends.
     pending: bool = False
+    #: A worker of the new generation was ready at some point (see :class:`Left`).
+    proven: bool = False
 
     @property
     def active(self) -> bool:
@@ -94,7 +99,12 @@ class StartFailed:
     """A worker of the new generation exited before it was ready."""
 
 
-Event = Asked | Progress | StartFailed
+@dataclass(frozen=True, slots=True)
+class Left:
+    """A worker of the new generation exited after it was ready: the new code starts."""
+
+
+Event = Asked | Progress | StartFailed | Left
 
 
 # -- actions: what the master does --------------------------------------------------
@@ -152,8 +162,10 @@ def step(state: Reload, event: Event) -> tuple[Reload, list[Action]]:
     again: list[Action] = [Again()] if state.pending else []
     if isinstance(event, StartFailed):
         return Reload(), [Abandon(state.generation), *again]
+    if isinstance(event, Left):
+        return replace(state, proven=True), []
     if state.phase is Phase.PROBE:
-        if not event.ready:
+        if not event.ready and not state.proven:
             return state, []
         more = event.wanted - event.total
         spawn: list[Action] = [Spawn(state.generation, more)] if more > 0 else []
