@@ -70,6 +70,9 @@ class Channel:
     def __init__(self, send_end: socket.socket, receive_end: socket.socket) -> None:
         self.send_end = send_end
         self.receive_end = receive_end
+        #: True once :meth:`receive` saw the end of the stream (see :meth:`refuse_more`):
+        #: the receive end stays readable from then on, and must leave the poller.
+        self.ended = False
 
     @classmethod
     def create(cls) -> Channel:
@@ -124,7 +127,10 @@ class Channel:
                 if version == _VERSION:
                     return fds[0], head_deadline, deadline, idle
             if not data and not fds:
-                return None  # end of stream: no sender left (cannot happen while one lives)
+                # End of stream: the pool stops as a whole (refuse_more). Readable
+                # for good from now on: the caller must stop polling for it.
+                self.ended = True
+                return None
             for fd in fds:  # not a message of ours: never leak what came with it
                 with contextlib.suppress(OSError):
                     socket.close(fd)

@@ -54,6 +54,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import select
 import socket
 import time
@@ -672,6 +673,7 @@ class SyncWorker(WorkerBase):
                         )
                     finally:
                         gate.release()
+            adopt = False
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
@@ -679,9 +681,7 @@ class SyncWorker(WorkerBase):
                 elif fd in listeners:
                     ready_listeners.append(fd)
                 elif fd == channel:
-                    self._adopt()
-                    if self._stopping or hooks.should_stop():
-                        return
+                    adopt = True
                 else:
                     c = idle.get(fd) or waiting.get(fd)
                     if c is not None:
@@ -690,13 +690,43 @@ class SyncWorker(WorkerBase):
                             return
                     elif fd in draining:
                         self._drain_more(draining[fd])
-            # Connections already here first: a new one waits its turn.
+            # Connections already here first: a new one waits its turn. But a
+            # connection passed on is not "here" for good: kept ones travel from
+            # worker to worker (max_requests, reloads), and a worker with one
+            # request left that always took the channel first would leave the
+            # listen queue unserved for as long as they keep coming. A coin
+            # decides which of the two goes first.
+            if adopt and not (ready_listeners and random.getrandbits(1)):
+                adopt = False
+                if self._adopt_or_leave(poller):
+                    channel = -1
+                if self._stopping or hooks.should_stop():
+                    return
             for fd in ready_listeners:
                 self._accept(*listeners[fd])
                 if self._stopping or hooks.should_stop():
                     return
+            if adopt:
+                if self._adopt_or_leave(poller):
+                    channel = -1
+                if self._stopping or hooks.should_stop():
+                    return
             if idle or deadlines or draining:
                 self._expire()
+
+    def _adopt_or_leave(self, poller: select.epoll) -> bool:
+        """Take one connection from the channel; True if the channel ended (see below).
+
+        End of stream means the pool stops as a whole (fcgi.handoff
+        refuse_more): the receive end is readable for good from then on, so it
+        leaves the poller, and this worker stops too.
+        """
+        if self._adopt() is not None or self._channel is None or not self._channel.ended:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            poller.unregister(self._channel.receive_end.fileno())
+        self.stop()
+        return True
 
     def _drain(self, listeners: dict[int, _Listening], accept: bool) -> None:
         """Graceful stop: serve the connections already queued, then return.

@@ -117,6 +117,8 @@ class Master:
         self.crash_times: deque[float] = deque()
         #: Workers of the master this one replaced by re-exec, still finishing.
         self.predecessors: set[int] = set()
+        #: Their hand-off channels' sending ends, shut when they are told to finish.
+        self.predecessor_channels: list[socket.socket] = []
         #: Set once this process wrote config.pid_file (only then is it ours to remove).
         self.pid_file_written = False
         #: Re-executed by a reload: the service was ready before this process
@@ -327,6 +329,9 @@ class Master:
             # kept connections on (fcgi.handoff), but none of its siblings will
             # go on serving now, so they are closed instead.
             pool.close_channel_for_sending()
+            # A reload under way ends here: its next step (a Switch followed by
+            # the reload asked meanwhile) would start workers no one tells to stop.
+            pool.reload = reload.Reload()
         if graceful:
             self.state = State.STOPPING
             grace = self.config.process_control_timeout
@@ -403,6 +408,7 @@ class Master:
 
     def _master_only_fds(self, pool: RunningPool) -> list[int]:
         fds = [self._wake_r, self._wake_w, *self.outputs]
+        fds += [channel.fileno() for channel in self.predecessor_channels]
         for server in self.status_servers:
             fds += server.fds()
         for other in self.pools:
@@ -699,9 +705,13 @@ class Master:
             len(workers),
         )
         try:
+            channels = [p.handoff.send_end for p in self.pools if p.handoff is not None]
             reexec.exec_master(
                 reexec.Handover(
-                    dict(self.listeners.by_spec), list(self.listeners.owned_paths), workers
+                    dict(self.listeners.by_spec),
+                    list(self.listeners.owned_paths),
+                    workers,
+                    channels + self.predecessor_channels,
                 )
             )
         except OSError as exc:
@@ -714,6 +724,13 @@ class Master:
             self._report_reload_failure(f"cannot exec {sys.executable}: {exc}")
 
     def _retire_predecessors(self, sig: int = signal.SIGTERM) -> None:
+        # First: none of them goes on serving, so a kept connection passed on
+        # now would wait, unread, for the last of them to exit (fcgi.handoff).
+        for channel in self.predecessor_channels:
+            with contextlib.suppress(OSError):
+                channel.shutdown(socket.SHUT_WR)
+            channel.close()
+        self.predecessor_channels = []
         for pid in self.predecessors:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -997,6 +1014,7 @@ class Master:
         handover = reexec.take_handover()
         self.listeners = Listeners.inherit(handover.sockets, handover.owned_paths)
         self.predecessors = set(handover.workers)
+        self.predecessor_channels = handover.channels
         self.resumed = bool(handover.sockets or handover.workers)
         if handover.sockets:
             log.info(

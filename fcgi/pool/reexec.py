@@ -70,6 +70,10 @@ class Handover:
     owned_paths: list[str] = field(default_factory=list)
     #: Workers of the previous generation, still serving until told to finish.
     workers: list[int] = field(default_factory=list)
+    #: The sending ends of their pools' hand-off channels (fcgi.handoff): shut
+    #: before they are told to finish, so that their kept connections are
+    #: closed, not passed into a channel no new worker reads.
+    channels: list[socket.socket] = field(default_factory=list)
 
 
 def import_error(apps: Iterable[tuple[str, str | None]]) -> str | None:
@@ -104,8 +108,9 @@ def exec_master(handover: Handover) -> NoReturn:
         "sockets": {spec: sock.fileno() for spec, sock in handover.sockets.items()},
         "owned": handover.owned_paths,
         "workers": handover.workers,
+        "channels": [sock.fileno() for sock in handover.channels],
     }
-    for sock in handover.sockets.values():
+    for sock in [*handover.sockets.values(), *handover.channels]:
         sock.set_inheritable(True)
     os.environ[ENV] = json.dumps(state)
     for stream in (sys.stdout, sys.stderr):
@@ -128,6 +133,11 @@ def take_handover(environ: Mapping[str, str] | None = None) -> Handover:
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         sockets[spec] = sock
+    channels = []
+    for fd in state.get("channels", []):
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        channels.append(sock)
     return Handover(
-        sockets, list(state.get("owned", [])), [int(p) for p in state.get("workers", [])]
+        sockets, list(state.get("owned", [])), [int(p) for p in state.get("workers", [])], channels
     )

@@ -177,7 +177,9 @@ def _reset_signals() -> None:
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(0))
 
 
-def _follow_master(master_pid: int, hooks: ScoreboardHooks) -> None:
+def _follow_master(
+    master_pid: int, hooks: ScoreboardHooks, handoff: Channel | None = None
+) -> None:
     """Arrange to stop (gracefully) when the master dies; stop now if it already has."""
     forkguard.expect_parent(master_pid)
     if sys.platform.startswith("linux"):
@@ -186,13 +188,19 @@ def _follow_master(master_pid: int, hooks: ScoreboardHooks) -> None:
             log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
     # The master may have died before the prctl: then no signal will come.
     if forkguard.parent_gone():
-        _orphaned(hooks)
+        _orphaned(hooks, handoff)
 
 
-def _orphaned(hooks: ScoreboardHooks) -> None:
-    """The master is gone: stop after the current request, and say why at exit."""
+def _orphaned(hooks: ScoreboardHooks, handoff: Channel | None = None) -> None:
+    """The master is gone: stop after the current request, and say why at exit.
+
+    No worker of the pool goes on serving: kept connections passed on now
+    would wait in the channel for the last sibling to leave (fcgi.handoff).
+    """
     hooks.stop_requested = True
     hooks.stop_reason = "the master is gone"
+    if handoff is not None:
+        handoff.refuse_more()
 
 
 def _redirect_output(spec: WorkerSpec) -> None:
@@ -319,7 +327,7 @@ def _serve(spec: WorkerSpec) -> int:
 
     def graceful(signum: int, frame: FrameType | None) -> None:
         if forkguard.parent_gone():
-            _orphaned(hooks)  # the death signal, not a stop asked by the master
+            _orphaned(hooks, spec.handoff)  # the death signal, not a stop asked by the master
         else:
             hooks.request_stop()
         if driver is not None:
@@ -360,7 +368,7 @@ def _serve(spec: WorkerSpec) -> int:
     options.handoff = spec.handoff
     drop_privileges(config.user, config.group)
     # After the privilege drop: changing credentials clears the death signal.
-    _follow_master(spec.master_pid, hooks)
+    _follow_master(spec.master_pid, hooks, spec.handoff)
     prepare_environment(config)
     app = spec.app if spec.app is not None else load_pool_app(config.app)
     try:
