@@ -795,8 +795,14 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     def _last_writer(self, c: _Connection, req: _Request) -> Write:
         async def last(data: bytes) -> None:
             # Sent with END_REQUEST if the app returns now, at the loop's next
-            # turn otherwise: a short response costs one write.
-            c.queue_last(req, data)
+            # turn otherwise: a short response costs one write. Not while the
+            # web server is not reading, nor a piece over a slice: that one
+            # waits as any other piece does, or a peer that sends requests and
+            # reads no answer would have the worker keep every answer.
+            if c.paused or len(data) > _SLICE:
+                await c.send_stdout(req, data)
+            else:
+                c.queue_last(req, data)
 
         return last
 

@@ -587,6 +587,35 @@ def test_send_timeout_ends_a_connection_whose_reader_stalls(
     assert "send_timeout" in caplog.text
 
 
+def test_whole_body_answers_to_a_web_server_that_never_reads_are_not_buffered_without_end(
+    tmp_path: Path, kind: WorkerKind, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each answer is one final 1 MiB body (Starlette's usual response): backpressure still holds.
+
+    A web server that keeps sending requests on one connection and reads
+    none of the answers must meet send_timeout, as a streamed answer does.
+    The asyncio worker queued every final piece without looking at the
+    transport: 64 answers went into its memory and nothing was logged.
+    """
+    answered = [0]
+    big = bytes(1 << 20)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": big})
+        answered[0] += 1
+
+    with kind.running(app, tmp_path, send_timeout=0.5, read_timeout=WAIT) as w:
+        client = w.client()
+        requests = (request_records(rid, params_for("/")) for rid in range(1, 65))
+        client.send(b"".join(b"".join(records) for records in requests))  # and never read
+        wait_for(lambda: "send_timeout" in caplog.text, "the connection to meet send_timeout")
+        wait_for(lambda: w.worker.active_requests == 0, "the requests to end")
+    assert answered[0] < 16, f"{answered[0]} answers of 1 MiB buffered for a non-reader"
+
+
 # -- both workers: timeouts and connection life -----------------------------------------------
 
 
