@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import select
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -42,6 +43,46 @@ from fcgi.spool import SpooledBody
 from fcgi.wsgi import ClientGone, error_response
 
 log = logging.getLogger("fcgi.worker")
+
+#: Descriptors a worker keeps for what is not a connection: its listeners,
+#: the event loop's own (epoll, wake-up pipes), log files, request bodies
+#: spooled to temporary files, and the app's files and sockets.
+DESCRIPTORS_SPARED = 64
+
+
+def fit_descriptor_limit(max_conns: int) -> int:
+    """``max_conns``, or as many connections as the process's descriptor limit leaves room for.
+
+    The soft RLIMIT_NOFILE is raised toward the hard one first, as far as
+    ``max_conns`` needs. A worker that runs out of descriptors anyway cannot
+    accept, and under uvloop libuv then takes queued connections and closes
+    them itself, unseen and unlogged: staying under the limit keeps every
+    connection that cannot be served one that max_conns refuses, with its
+    log line. Said once, at start, when the limit is too low.
+    """
+    need = max_conns + DESCRIPTORS_SPARED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_conns
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft >= need:
+        return max_conns
+    fitted = max(1, soft - DESCRIPTORS_SPARED)
+    log.warning(
+        "max_conns %d does not fit the descriptor limit (RLIMIT_NOFILE %d, %d kept for "
+        "other files): serving at most %d connections at once",
+        max_conns,
+        soft,
+        DESCRIPTORS_SPARED,
+        fitted,
+    )
+    return fitted
 
 C = TypeVar("C", bound="MultiplexConnection[Any]")
 R = TypeVar("R", bound="Request")
@@ -509,7 +550,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         self.limits = replace(
             opts.limits,
             max_active_ids=max(1, opts.max_reqs),
-            max_conns=opts.max_conns,
+            max_conns=fit_descriptor_limit(opts.max_conns),
             max_reqs=opts.max_reqs,
         )
         #: Requests accepted and not yet answered, over every connection.
@@ -541,7 +582,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         if options.allowed_clients and not peer_allowed(peer, options.allowed_clients):
             log.warning("refused connection from %s: not an allowed client", name)
             return False
-        if len(self.live) >= options.max_conns:
+        if len(self.live) >= self.limits.max_conns:
             victim = self.quietest()
             if victim is None:
                 log.warning(
