@@ -87,6 +87,12 @@ HTTP_SPEC_VERSION = "2.4"
 LIFESPAN_SPEC_VERSION = "2.0"
 #: How long an app may take to return after answering lifespan.shutdown.
 LIFESPAN_EXIT_GRACE = 5.0
+#: Seconds between two looks, while the app's lifespan startup runs, at
+#: whether the worker was told to stop (a signal cannot end that wait itself).
+LIFESPAN_POLL = 0.5
+#: After this many seconds of startup, and as often again, a line says the
+#: worker still waits for it: until then it serves nothing, and says nothing.
+LIFESPAN_NOTICE = 10.0
 
 
 class ClientDisconnected(OSError):
@@ -590,8 +596,19 @@ class Lifespan:
     :meth:`_wait_exited`) and gives the two queues and the event.
     """
 
-    def __init__(self, app: ASGIApp, to_app: Queue, from_app: Queue, exited: Event) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        to_app: Queue,
+        from_app: Queue,
+        exited: Event,
+        stopping: Callable[[], bool] | None = None,
+    ) -> None:
         self.app = app
+        #: True if the worker was told to stop: the startup wait ends then.
+        self._stopping = stopping or (lambda: False)
+        #: Set when a stop ended the startup wait: the worker must not serve.
+        self.interrupted = False
         #: Shared with every request scope (shallow copies), per the lifespan spec.
         self.state: dict[str, Any] = {}
         self.supported = False
@@ -613,6 +630,10 @@ class Lifespan:
 
     async def _wait_exited(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for the app's call to return."""
+        raise NotImplementedError
+
+    async def _next_reply(self, timeout: float) -> Message | None:
+        """The app's next message, or None if none came within ``timeout`` seconds."""
         raise NotImplementedError
 
     # -- the protocol ----------------------------------------------------------------
@@ -646,10 +667,19 @@ class Lifespan:
         await self._from_app.put(outcome)
 
     async def startup(self) -> None:
-        """Raise :class:`LifespanFailure` if the app says startup failed."""
+        """Raise :class:`LifespanFailure` if the app says startup failed.
+
+        A stop asked meanwhile ends the wait: the app's call is cancelled and
+        :attr:`interrupted` set (the worker then leaves without serving).
+        """
         self._start()
         await self._to_app.put({"type": "lifespan.startup"})
-        reply = await self._from_app.get()
+        reply = await self._startup_reply()
+        if reply is None:
+            await self._cancel()
+            self.interrupted = True
+            log.info("stopped before the app's lifespan startup completed")
+            return
         kind = reply.get("type")
         if kind == "lifespan.startup.complete":
             self.supported = True
@@ -672,6 +702,24 @@ class Lifespan:
             )
         await self._cancel()
         raise LifespanFailure(f"unexpected ASGI message {kind!r} during lifespan startup")
+
+    async def _startup_reply(self) -> Message | None:
+        """The app's answer to lifespan.startup; None if the worker was told to stop first."""
+        waited = said = 0.0
+        while True:
+            reply = await self._next_reply(LIFESPAN_POLL)
+            if reply is not None:
+                return reply
+            if self._stopping():
+                return None
+            waited += LIFESPAN_POLL
+            if waited - said >= LIFESPAN_NOTICE:
+                said = waited
+                log.warning(
+                    "still waiting for the app's lifespan startup after %.0fs: "
+                    "nothing is served until it completes",
+                    waited,
+                )
 
     async def shutdown(self) -> None:
         """Ask the app to shut down and wait for it; failures are logged, not raised."""

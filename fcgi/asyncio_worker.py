@@ -145,8 +145,8 @@ class _AsyncioWaits:
 class _AsyncioLifespan(Lifespan):
     """The ASGI lifespan on asyncio: the app's call runs in a task of its own."""
 
-    def __init__(self, app: Any) -> None:
-        super().__init__(app, asyncio.Queue(), asyncio.Queue(), asyncio.Event())
+    def __init__(self, app: Any, stopping: Callable[[], bool]) -> None:
+        super().__init__(app, asyncio.Queue(), asyncio.Queue(), asyncio.Event(), stopping)
         self._task: asyncio.Task[None] | None = None
 
     def _start(self) -> None:
@@ -163,6 +163,12 @@ class _AsyncioLifespan(Lifespan):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._exited.wait()
+
+    async def _next_reply(self, timeout: float) -> Any:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                return await self._from_app.get()
+        return None
 
 
 class _Request(Request):
@@ -649,12 +655,14 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         # frame of ours around it.
         self.now = loop.time  # type: ignore[method-assign]
         self._done = loop.create_future()
-        lifespan = _AsyncioLifespan(self.app)
+        lifespan = _AsyncioLifespan(self.app, lambda: self._stopping)
         try:
             await lifespan.startup()
         except LifespanFailure as exc:
             log.error("%s", Lines(str(exc)))
             raise
+        if lifespan.interrupted:
+            return
         self._state = lifespan.state if lifespan.supported else None
         dups: list[socket.socket] = []
         loop.add_reader(self._wake_r, self._on_wake)

@@ -148,10 +148,10 @@ class _Channel:
 class _TrioLifespan(Lifespan):
     """The ASGI lifespan on trio: the app's call runs in ``nursery``, in a scope of its own."""
 
-    def __init__(self, app: Any, nursery: trio.Nursery) -> None:
+    def __init__(self, app: Any, nursery: trio.Nursery, stopping: Callable[[], bool]) -> None:
         # The app sends at most 3 messages that matter: with room for 10, its
         # send() never waits for long.
-        super().__init__(app, _Channel(1), _Channel(10), trio.Event())
+        super().__init__(app, _Channel(1), _Channel(10), trio.Event(), stopping)
         self._nursery = nursery
         self._scope = trio.CancelScope()
 
@@ -168,6 +168,11 @@ class _TrioLifespan(Lifespan):
     async def _wait_exited(self, timeout: float) -> None:
         with trio.move_on_after(timeout):
             await self._exited.wait()
+
+    async def _next_reply(self, timeout: float) -> Any:
+        with trio.move_on_after(timeout):
+            return await self._from_app.get()
+        return None
 
 
 class _Request(Request):
@@ -525,8 +530,10 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
     async def _run(self, system: trio.Nursery, ready: Callable[[], None] | None) -> None:
         lifespan: Lifespan | None = None
         if self.interface == "asgi":
-            lifespan = _TrioLifespan(self.app, system)
+            lifespan = _TrioLifespan(self.app, system, lambda: self._stopping)
             await lifespan.startup()
+            if lifespan.interrupted:
+                return
             self._state = lifespan.state if lifespan.supported else None
         for sock in self.listeners:
             # The kernel holds a TCP connection until its first bytes arrive.

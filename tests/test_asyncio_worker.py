@@ -333,3 +333,37 @@ def test_a_descriptor_limit_below_max_conns_is_fitted_and_no_connection_vanishes
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+HUNG_STARTUP_SOURCE = """
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()  # lifespan.startup, never answered: the next receive waits for good
+        await receive()
+"""
+
+
+@pytest.mark.parametrize("worker", ["asyncio", "trio"])
+def test_sigterm_stops_a_worker_whose_lifespan_startup_hangs(tmp_path: Path, worker: str) -> None:
+    """An app that never answers lifespan.startup: SIGTERM still stops the process, with exit 0.
+
+    The wait for the app's answer did not look at the stop; only SIGKILL
+    (systemd's, 90 s later) ended it.
+    """
+    sock = tmp_path / "hung.sock"
+    proc = serve_command(
+        tmp_path, "hungapp", HUNG_STARTUP_SOURCE, "--worker", worker, "--bind", f"unix:{sock}"
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # not a bound: lets the startup wait begin
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        err = proc.communicate()[1].decode()
+        assert "stopped before the app's lifespan startup completed" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
