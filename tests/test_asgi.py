@@ -46,6 +46,7 @@ from test_trio_worker import (
     wait_for,
 )
 
+import fcgi.asgi
 from fcgi import records as r
 from fcgi.asgi import LifespanFailure, _encode_head, build_scope
 from fcgi.connection import Limits
@@ -658,6 +659,29 @@ def test_rejected_params_get_an_error_and_the_connection_goes_on(
 
 
 # -- both workers: lifespan ----------------------------------------------------------------------
+
+
+def test_a_lifespan_startup_that_never_answers_is_reported_and_yields_to_a_stop(
+    tmp_path: Path,
+    kind: WorkerKind,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fcgi.asgi, "LIFESPAN_NOTICE", 0.5)  # 10 s in production
+    caplog.set_level(logging.INFO, logger="fcgi.asgi")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # lifespan.startup, never answered
+            await receive()
+
+    with kind.running(app, tmp_path) as w:
+        wait_for(lambda: "still waiting for the app's lifespan startup" in caplog.text,
+                 "the startup notice")  # fmt: skip
+        assert w.thread.is_alive()
+    # Leaving the block stopped the worker: the wait ended, without serving.
+    assert not w.thread.is_alive() and not w.errors, w.errors
+    assert "stopped before the app's lifespan startup completed" in caplog.text
 
 
 def test_lifespan_startup_state_and_shutdown(tmp_path: Path, kind: WorkerKind) -> None:
