@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -189,6 +190,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return EXIT_APP_IMPORT
     except KeyboardInterrupt:
+        # SIGINT, the stop at once: the request in progress, if any, was cut short.
+        logging.getLogger("fcgi.serve").info("stopped (SIGINT: stop at once)")
         return EXIT_OK
     finally:
         unblock_signals()

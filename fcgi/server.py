@@ -266,11 +266,17 @@ def run_single(
     """
     reload_asked = False
     stop_asked = False
+    #: The signal that asked for the graceful stop, named in the last line.
+    stop_signal = 0
     server: Driver
 
     def graceful(signum: int, frame: object) -> None:
-        nonlocal stop_asked
+        # No log line here: a handler that writes to a stream the interrupted
+        # code may be writing to fails (the pool master queues its signals
+        # for the same reason). The last line names the signal.
+        nonlocal stop_asked, stop_signal
         stop_asked = True
+        stop_signal = signum
         server.stop()
         listeners.remove_files()
 
@@ -352,7 +358,10 @@ def run_single(
             signal.signal(sig, handler)
         reexec.unblock_signals()
         _stop_observing(hooks, watcher)
-    log.info("stopped")
+    if stop_signal:
+        log.info("stopped (%s: graceful stop)", signal.Signals(stop_signal).name)
+    else:
+        log.info("stopped")
 
 
 def _observe(

@@ -236,3 +236,22 @@ def _children_titles(pid: int) -> list[str]:
         ["ps", "--ppid", str(pid), "-o", "args="], capture_output=True, text=True, check=False
     )
     return [line.strip() for line in out.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("sig", "line"),
+    [
+        (signal.SIGTERM, "stopped (SIGTERM: graceful stop)"),
+        (signal.SIGQUIT, "stopped (SIGQUIT: graceful stop)"),
+        (signal.SIGINT, "stopped (SIGINT: stop at once)"),
+    ],
+)
+def test_a_single_process_names_the_signal_that_stopped_it(
+    tmp_path: Path, sig: signal.Signals, line: str
+) -> None:
+    """As a pool's master does: the log says which signal ended the process."""
+    with single(tmp_path) as srv:
+        assert srv.get()[0] == "one"
+        srv.proc.send_signal(sig)
+        assert srv.proc.wait(15) == 0
+        assert line in srv.log(), srv.log()
