@@ -19,6 +19,7 @@ from typing import BinaryIO, NoReturn
 
 from fcgi import __version__
 from fcgi.app_loader import AppImportError, load_app
+from fcgi.asgi import LifespanFailure
 from fcgi.client import (
     DEFAULT_TIMEOUT,
     FastCGIClient,
@@ -186,7 +187,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except FastCGIError as exc:  # the app failed to start (ASGI lifespan startup)
+    except LifespanFailure:
+        # The app's startup failed: the worker logged why, once, in the log's
+        # own form (a traceback's lines marked as such); not printed again.
+        return EXIT_APP_IMPORT
+    except FastCGIError as exc:
         print(f"fcgi: error: {exc}", file=sys.stderr)
         return EXIT_APP_IMPORT
     except KeyboardInterrupt:
