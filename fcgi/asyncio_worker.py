@@ -387,6 +387,9 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             and self.broken is None
             and not self.conn.closed_by_peer
             and transport.can_write_eof()
+            # Draining connections hold descriptors max_conns does not count
+            # (it counts live ones): past the fitted limit, no drain (a reset).
+            and len(self.worker.everyone) <= self.worker.limits.max_conns
         ):
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.

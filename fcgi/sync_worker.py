@@ -820,6 +820,10 @@ class SyncWorker(WorkerBase):
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
+            if exc.errno == errno.EMFILE and self._draining:
+                # A drain is a courtesy: it gives way before a new connection.
+                self._end_drain(next(iter(self._draining.values())))
+                return True
             if exc.errno == errno.EMFILE and (self._idle or self._waiting):
                 # RLIMIT_NOFILE (often 1024) is reached before _MAX_PARKED:
                 # the oldest parked connection makes room, as it would there,

@@ -367,3 +367,46 @@ def test_sigterm_stops_a_worker_whose_lifespan_startup_hangs(tmp_path: Path, wor
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_drains_of_refused_uploads_stay_within_the_descriptor_limit(tmp_path: Path) -> None:
+    """300 refused uploads whose peers stay: drains do not take the descriptors others need.
+
+    A connection draining a refused body has left max_conns' count but still
+    holds a descriptor for up to 2 s: with no bound on them the worker ran out
+    (RLIMIT_NOFILE 200) and libuv reset every new connection, unlogged.
+    """
+    sock = str(tmp_path / "drain.sock")
+    (tmp_path / "cliapp.py").write_text(textwrap.dedent(ASGI_SOURCE))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fcgi", "serve", "cliapp:app", "--worker", "asyncio",
+         "--bind", f"unix:{sock}", "--max-body-size", "1000"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=low_limit,
+    )  # fmt: skip
+    refused = []
+    try:
+        connect_when_ready(sock, proc).close()
+        upload = params_for("/up", method="POST", body=b"x" * 100_000)
+        # Not kept, and the body goes on: each answered 413, then drained.
+        head = b"".join(request_records(1, upload, b"x" * 100, keep_conn=False)[:-1])
+        for _ in range(300):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(WAIT)
+            client.connect(sock)
+            client.sendall(head)
+            assert RecordReader(client).reply(1).status == 413
+            refused.append(client)
+        for _ in range(20):
+            good = connect_when_ready(sock, proc)
+            assert good.request(1, params_for("/ok")).body.startswith(b"asgi pid=")
+            good.close()
+    finally:
+        for client in refused:
+            client.close()
+        proc.kill()
+        proc.wait()

@@ -11,12 +11,26 @@ test_trio_limits.py).
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from rawfcgi import RecordReader, connect, get_params, request_bytes, roundtrip, running_server
+from rawfcgi import (
+    ROOT,
+    RecordReader,
+    connect,
+    get_params,
+    request_bytes,
+    roundtrip,
+    running_server,
+    wait_connectable,
+)
 
 from fcgi import events as ev
 from fcgi import records as r
@@ -199,3 +213,44 @@ def test_draining_a_refused_body_does_not_hold_the_worker() -> None:
         # at once). Before, the answer came only once the drain was over.
         refused.send(piece)
         refused.close()
+
+
+def test_out_of_descriptors_a_drain_gives_way_to_a_new_connection(tmp_path: Path) -> None:
+    """RLIMIT_NOFILE 60 and 80 refused uploads draining: new connections are still taken at once.
+
+    A drain is a courtesy to the web server (it reads the 413, not a reset):
+    when accept() runs out of descriptors the oldest drain ends instead of the
+    worker pausing its accepts (100 "accept failed" lines in 3 s before).
+    """
+    sock = tmp_path / "fd.sock"
+    log_path = tmp_path / "log"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (60, 60))
+
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fcgi", "serve", APP, "--bind", f"unix:{sock}",
+             "--max-body-size", "1000"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+            stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=low_limit,
+        )  # fmt: skip
+    draining = []
+    try:
+        wait_connectable(f"unix:{sock}", proc, str(log_path))
+        params = get_params("/echo", method="POST")
+        params["CONTENT_LENGTH"] = "100000"
+        head = request_bytes(1, params, b"x" * 100)[:-8]  # the body goes on
+        for _ in range(80):
+            refused = connect(f"unix:{sock}")
+            refused.sendall(head)
+            assert RecordReader(refused).reply(1).status == 413
+            draining.append(refused)
+        for _ in range(5):
+            assert roundtrip(f"unix:{sock}", get_params("/environ")).status == 200
+        assert "accept failed" not in log_path.read_text(), log_path.read_text()
+    finally:
+        for refused in draining:
+            refused.close()
+        proc.terminate()
+        proc.wait(30)
