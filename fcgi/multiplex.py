@@ -76,7 +76,7 @@ def fit_descriptor_limit(max_conns: int) -> int:
     fitted = max(1, soft - DESCRIPTORS_SPARED)
     log.warning(
         "max_conns %d does not fit the descriptor limit (RLIMIT_NOFILE %d, %d kept for "
-        "other files): serving at most %d connections at once",
+        "other files): max_conns is %d in this process",
         max_conns,
         soft,
         DESCRIPTORS_SPARED,
