@@ -46,6 +46,7 @@ from types import FrameType
 from fcgi import stacks, systemd
 from fcgi.escape import escape
 from fcgi.exit_codes import EXIT_APP_IMPORT, EXIT_OK, EXIT_WORKERS
+from fcgi.handoff import Channel
 from fcgi.listeners import Listeners
 from fcgi.pool import preflight, reexec, reload
 from fcgi.pool.config import MasterConfig, PoolConfig
@@ -705,13 +706,18 @@ class Master:
             len(workers),
         )
         try:
-            channels = [p.handoff.send_end for p in self.pools if p.handoff is not None]
+            channels = {
+                p.name: (p.handoff.send_end, p.handoff.receive_end)
+                for p in self.pools
+                if p.handoff is not None
+            }
             reexec.exec_master(
                 reexec.Handover(
                     dict(self.listeners.by_spec),
                     list(self.listeners.owned_paths),
                     workers,
-                    channels + self.predecessor_channels,
+                    channels,
+                    self.predecessor_channels,
                 )
             )
         except OSError as exc:
@@ -1014,7 +1020,10 @@ class Master:
         handover = reexec.take_handover()
         self.listeners = Listeners.inherit(handover.sockets, handover.owned_paths)
         self.predecessors = set(handover.workers)
+        # A channel no pool of this configuration takes is shut when the
+        # previous workers are told to finish (see _retire_predecessors).
         self.predecessor_channels = handover.channels
+        inherited = handover.pool_channels
         self.resumed = bool(handover.sockets or handover.workers)
         if handover.sockets:
             log.info(
@@ -1025,7 +1034,12 @@ class Master:
             )
         try:
             for cfg in self.config.pools:
-                pool = RunningPool(cfg, [self._listener(cfg, spec) for spec in cfg.listen])
+                listeners = [self._listener(cfg, spec) for spec in cfg.listen]
+                ends = inherited.pop(cfg.name, None)
+                channel = None if ends is None else Channel(*ends)
+                pool = RunningPool(cfg, listeners, channel)
+                if ends is not None and pool.handoff is not channel:
+                    inherited[cfg.name] = ends  # not a pool that passes connections any more
                 self.pools.append(pool)
                 if cfg.status_listen:
                     sock = self._listener(cfg, cfg.status_listen)
@@ -1033,6 +1047,9 @@ class Master:
         except BaseException:
             self._close_sockets()
             raise
+        for send, receive in inherited.values():
+            receive.close()
+            self.predecessor_channels.append(send)
         for address in self.listeners.close_unclaimed():
             log.warning("inherited socket %s matches no pool's listen; closing it", address)
 

@@ -70,9 +70,15 @@ class Handover:
     owned_paths: list[str] = field(default_factory=list)
     #: Workers of the previous generation, still serving until told to finish.
     workers: list[int] = field(default_factory=list)
-    #: The sending ends of their pools' hand-off channels (fcgi.handoff): shut
-    #: before they are told to finish, so that their kept connections are
-    #: closed, not passed into a channel no new worker reads.
+    #: Each sync pool's hand-off channel (fcgi.handoff), both ends, by pool
+    #: name: the new master's pool of that name keeps it, so the kept
+    #: connections the previous workers pass on as they finish reach the new
+    #: workers.
+    pool_channels: dict[str, tuple[socket.socket, socket.socket]] = field(default_factory=dict)
+    #: The sending ends of channels no pool of the new master took (its
+    #: configuration has no such sync pool): shut before the previous workers
+    #: are told to finish, so that their kept connections are closed, not
+    #: passed into a channel no new worker reads.
     channels: list[socket.socket] = field(default_factory=list)
 
 
@@ -108,9 +114,14 @@ def exec_master(handover: Handover) -> NoReturn:
         "sockets": {spec: sock.fileno() for spec, sock in handover.sockets.items()},
         "owned": handover.owned_paths,
         "workers": handover.workers,
+        "pool_channels": {
+            name: [send.fileno(), receive.fileno()]
+            for name, (send, receive) in handover.pool_channels.items()
+        },
         "channels": [sock.fileno() for sock in handover.channels],
     }
-    for sock in [*handover.sockets.values(), *handover.channels]:
+    ends = [end for pair in handover.pool_channels.values() for end in pair]
+    for sock in [*handover.sockets.values(), *ends, *handover.channels]:
         sock.set_inheritable(True)
     os.environ[ENV] = json.dumps(state)
     for stream in (sys.stdout, sys.stderr):
@@ -133,11 +144,19 @@ def take_handover(environ: Mapping[str, str] | None = None) -> Handover:
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         sockets[spec] = sock
-    channels = []
-    for fd in state.get("channels", []):
+    def take(fd: int) -> socket.socket:
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
-        channels.append(sock)
+        return sock
+
+    pool_channels = {
+        name: (take(send), take(receive))
+        for name, (send, receive) in state.get("pool_channels", {}).items()
+    }
     return Handover(
-        sockets, list(state.get("owned", [])), [int(p) for p in state.get("workers", [])], channels
+        sockets,
+        list(state.get("owned", [])),
+        [int(p) for p in state.get("workers", [])],
+        pool_channels,
+        [take(fd) for fd in state.get("channels", [])],
     )

@@ -75,7 +75,12 @@ class Child:
 
 
 class RunningPool:
-    def __init__(self, config: PoolConfig, listeners: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        listeners: list[socket.socket],
+        handoff: Channel | None = None,
+    ) -> None:
         self.config = config
         self.listeners = listeners
         self.n_slots = 2 * config.max_children + 16
@@ -112,9 +117,12 @@ class RunningPool:
         #: for pm = ondemand either: the master starts a worker there only for
         #: connections waiting on a listener, so one passed into the channel
         #: by the last worker (leaving on max_requests, or killed) would wait
-        #: with no worker to read it.
+        #: with no worker to read it. ``handoff``: the channel of the pool of
+        #: this name before a re-exec, whose workers still use it.
         self.handoff = (
-            Channel.create() if config.worker == "sync" and config.pm != "ondemand" else None
+            (handoff or Channel.create())
+            if config.worker == "sync" and config.pm != "ondemand"
+            else None
         )
 
     @property
