@@ -80,6 +80,11 @@ class ServerOptions:
     #: workers (:mod:`fcgi.handoff`); None in a single process, which has no
     #: sibling to pass them to.
     handoff: Channel | None = None
+    #: Whether a worker told to stop passes its idle kept connections on too
+    #: (not only one leaving on its own): not in a pm = ondemand pool, where
+    #: the master stops idle workers to have none, and one started for the
+    #: connections a stopped one passed on would be stopped idle in turn.
+    handoff_on_stop: bool = True
 
 
 def make_options(

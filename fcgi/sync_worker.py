@@ -37,8 +37,10 @@ bytes are already in), and the ready connections of one epoll wakeup are
 served before new ones are accepted. While silent connections keep arriving
 (an attack), that wait is skipped for a while, so a request head that arrives
 in pieces then may wait behind one request of its worker. A single process
-has no sibling, and waits as described; nor does a ``pm = ondemand`` pool
-(see :class:`fcgi.pool.running_pool.RunningPool`). The helper thread needs
+has no sibling, and waits as described. In a ``pm = ondemand`` pool the
+master starts a worker for a connection waiting in the channel when none is
+idle, as it does for one waiting on a listener (see
+:class:`fcgi.pool.running_pool.RunningPool`). The helper thread needs
 the GIL: an app that holds it in one long C call (a huge ``sum()`` of a
 range, a C library that does not release it) delays the hand-off until the
 call returns or lets go.
@@ -772,8 +774,9 @@ class SyncWorker(WorkerBase):
                         budgets[fd] = budget - 1
                 else:
                     budgets[fd] = 0  # empty now: nothing queued before the stop is left
+            passing = not self._stopping or self.options.handoff_on_stop
             for c in list(self._idle.values()):
-                if not self._pass_on(c):
+                if not (passing and self._pass_on(c)):
                     self._unpark(c)
                     self._close(c, False)
             if not accepted and not self._waiting and not self._draining:

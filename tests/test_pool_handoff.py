@@ -326,25 +326,33 @@ def test_read_timeout_still_closes_idle_connections_that_keep_moving(tmp_path: P
         assert m.log().count("closing idle connection") >= len(idle), m.log()
 
 
-def test_an_ondemand_pool_has_no_channel_to_strand_connections_in(tmp_path: Path) -> None:
-    """ondemand starts a worker only for a listener's waiting connections, not a channel's."""
+def test_an_ondemand_pool_starts_a_worker_for_a_connection_waiting_in_the_channel(
+    tmp_path: Path,
+) -> None:
+    """The last worker leaves (max_requests) and passes its kept connections on: none strands.
+
+    An ondemand master starts a worker for a connection waiting on a
+    listener; it watches the channel the same way. Before, these pools had
+    no channel, and a leaving worker closed its kept connections.
+    """
     args = ["--pm", "ondemand", "--max-children", "1", "--max-requests", "3",
             "--max-requests-jitter", "0"]  # fmt: skip
     with PoolMaster(tmp_path, args, status=False) as m:
         socket_path = Path(m.address.removeprefix("unix:"))
         wait_for(socket_path.exists, what="the pool's socket")
         kept = [Kept(m.address) for _ in range(2)]
-        for each in kept:
-            each.ask("/")
+        first = {each.ask("/") for each in kept}
         slow = Kept(m.address)
         slow.send("/sleep?0.5")  # the third request: its worker leaves after it
-        slow.pid()
-        wait_for(lambda: not _children_of(m.pid), what="the worker to leave on max_requests")
-        # A kept connection it held was closed, not stranded in a channel no
-        # one reads: the web server sees the close and opens a new one, which
-        # starts a worker.
-        assert not _still_open(kept[1])
-        assert Kept(m.address).ask("/") > 0
+        assert slow.pid() in first
+        wait_for(lambda: not first & set(_children_of(m.pid)),
+                 what="the worker to leave on max_requests")  # fmt: skip
+        # Its kept connections went into the channel; the master starts a
+        # worker for them as it would for a connection on the listener.
+        assert kept[1].ask("/") not in first
+        assert kept[0].ask("/") not in first
+        for each in [*kept, slow]:
+            each.close()
 
 
 def test_a_worker_draining_an_unread_body_goes_on_serving_its_kept_connections(
@@ -578,3 +586,24 @@ def test_a_reexec_reload_passes_kept_connections_to_the_new_workers(tmp_path: Pa
 def sleeping_workers(m: PoolMaster) -> int:
     processes = m.status()["processes"]
     return sum(p["state"] == "Running" and p["request uri"] == "/sleep" for p in processes)
+
+
+def test_an_idle_ondemand_worker_that_is_stopped_closes_its_kept_connections(
+    tmp_path: Path,
+) -> None:
+    """process_idle_timeout: the pool goes down to no worker, kept connections included.
+
+    Passed on, they would start a worker that is stopped idle in its turn,
+    and so on: a worker stopped by the master in an ondemand pool closes
+    them, as before the channel (one leaving on max_requests passes them on).
+    """
+    args = ["--pm", "ondemand", "--max-children", "2", "--process-idle-timeout", "1s"]
+    with PoolMaster(tmp_path, args, status=False) as m:
+        socket_path = Path(m.address.removeprefix("unix:"))
+        wait_for(socket_path.exists, what="the pool's socket")
+        kept = Kept(m.address)
+        kept.ask("/")
+        wait_for(lambda: not _children_of(m.pid), what="the idle worker stopped")
+        wait_for(lambda: not _still_open(kept), what="the kept connection closed")
+        assert m.log().count("spawned child") == 1, m.log()
+        kept.close()

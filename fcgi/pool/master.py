@@ -216,6 +216,10 @@ class Master:
                 if self._wants_accept_watch(pool):
                     for sock in pool.listeners:
                         watched[sock.fileno()] = pool
+                    if pool.handoff is not None:
+                        # A kept connection a leaving or busy worker passed on
+                        # waits there as on a listener (fcgi.handoff).
+                        watched[pool.handoff.receive_end.fileno()] = pool
         readers += watched
         timeout = max(0.0, self.next_heartbeat - time.monotonic())
         if self._anything_starting():

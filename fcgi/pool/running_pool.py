@@ -113,17 +113,12 @@ class RunningPool:
         #: Sync workers pass idle kept connections to each other through it
         #: (fcgi.handoff). Made here, before any fork, so that every worker,
         #: of every generation this master forks, shares it; the trio and
-        #: asyncio workers serve every connection at once and need none. Not
-        #: for pm = ondemand either: the master starts a worker there only for
-        #: connections waiting on a listener, so one passed into the channel
-        #: by the last worker (leaving on max_requests, or killed) would wait
-        #: with no worker to read it. ``handoff``: the channel of the pool of
-        #: this name before a re-exec, whose workers still use it.
-        self.handoff = (
-            (handoff or Channel.create())
-            if config.worker == "sync" and config.pm != "ondemand"
-            else None
-        )
+        #: asyncio workers serve every connection at once and need none. An
+        #: ondemand pool's master watches it as it watches the listeners: a
+        #: connection passed in by the last worker (leaving on max_requests
+        #: or when idle, or busy) starts a worker. ``handoff``: the channel of
+        #: the pool of this name before a re-exec, whose workers still use it.
+        self.handoff = (handoff or Channel.create()) if config.worker == "sync" else None
 
     @property
     def name(self) -> str:

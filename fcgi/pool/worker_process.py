@@ -366,6 +366,7 @@ def _serve(spec: WorkerSpec) -> int:
     options = config.server_options()
     options.protocols = spec.protocols
     options.handoff = spec.handoff
+    options.handoff_on_stop = config.pm != "ondemand"
     drop_privileges(config.user, config.group)
     # After the privilege drop: changing credentials clears the death signal.
     _follow_master(spec.master_pid, hooks, spec.handoff)
