@@ -115,8 +115,8 @@ class RunningPool:
         #: of every generation this master forks, shares it; the trio and
         #: asyncio workers serve every connection at once and need none. An
         #: ondemand pool's master watches it as it watches the listeners: a
-        #: connection passed in by the last worker (leaving on max_requests
-        #: or when idle, or busy) starts a worker. ``handoff``: the channel of
+        #: connection passed in by the last worker (leaving on max_requests,
+        #: or busy with a slow request) starts a worker. ``handoff``: the channel of
         #: the pool of this name before a re-exec, whose workers still use it.
         self.handoff = (handoff or Channel.create()) if config.worker == "sync" else None
 
