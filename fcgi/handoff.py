@@ -45,7 +45,8 @@ log = logging.getLogger("fcgi.worker")
 SLOW_REQUEST = 0.005
 
 #: What travels with each descriptor: a format version (a re-executed master
-#: makes a new channel, but a mismatch must never be misread), when the
+#: keeps its pools' channels, so an upgrade of fcgi puts workers of two
+#: versions on one channel: a mismatch must never be misread), when the
 #: connection's request head must be whole and when it is closed if nothing
 #: arrives (time.monotonic() values: one clock for every process of the
 #: machine), and whether it was idle between requests (True) or new and still
@@ -64,7 +65,8 @@ class Channel:
     SOCK_SEQPACKET: a message is one connection (no record boundaries to
     keep), and unlike SOCK_DGRAM its queue is bounded by bytes, not by the
     ten datagrams of ``net.unix.max_dgram_qlen``. Both ends are non-blocking
-    and close on exec (a re-executed master makes a channel of its own).
+    and close on exec; a re-executed master inherits them on purpose
+    (:mod:`fcgi.pool.reexec`) and its pool of the same name keeps the channel.
     """
 
     def __init__(self, send_end: socket.socket, receive_end: socket.socket) -> None:
@@ -131,7 +133,14 @@ class Channel:
                 # for good from now on: the caller must stop polling for it.
                 self.ended = True
                 return None
-            for fd in fds:  # not a message of ours: never leak what came with it
+            # Not a message of ours (a worker of another fcgi version, across
+            # a re-exec): never misread, never leak what came with it.
+            log.warning(
+                "closed %d connection(s) passed on in a form this worker does not read "
+                "(another fcgi version?)",
+                len(fds),
+            )
+            for fd in fds:
                 with contextlib.suppress(OSError):
                     socket.close(fd)
 

@@ -607,3 +607,32 @@ def test_an_idle_ondemand_worker_that_is_stopped_closes_its_kept_connections(
         wait_for(lambda: not _still_open(kept), what="the kept connection closed")
         assert m.log().count("spawned child") == 1, m.log()
         kept.close()
+
+
+def test_an_ondemand_pool_at_max_children_does_not_count_passed_connections_as_waiting(
+    tmp_path: Path,
+) -> None:
+    """What a busy worker passes on holds no request yet: no "max_children" warning for it.
+
+    Its worker takes it back once its request ends; before, the master took
+    the channel's readiness for a connection waiting, and logged (and
+    counted) max_children reached on every slow request.
+    """
+    args = ["--pm", "ondemand", "--max-children", "1"]
+    with PoolMaster(tmp_path, args, status=False) as m:
+        socket_path = Path(m.address.removeprefix("unix:"))
+        wait_for(socket_path.exists, what="the pool's socket")
+        idle = [Kept(m.address) for _ in range(3)]
+        pid = idle[0].ask("/")
+        for kept in idle[1:]:
+            assert kept.ask("/") == pid
+        start = len(m.log())
+        slow = Kept(m.address)
+        slow.send("/sleep?0.5")
+        wait_for(lambda: handoffs_since(m, start) >= 1, what="the hand-off")
+        assert slow.pid() == pid
+        # The passed connections come back to the one worker, and nothing was "full".
+        assert all(kept.ask("/") == pid for kept in idle)
+        assert "max_children" not in m.log()[start:], m.log()[start:]
+        for kept in [*idle, slow]:
+            kept.close()

@@ -216,9 +216,12 @@ class Master:
                 if self._wants_accept_watch(pool):
                     for sock in pool.listeners:
                         watched[sock.fileno()] = pool
-                    if pool.handoff is not None:
+                    if pool.handoff is not None and pool.census().total < pool.config.max_children:
                         # A kept connection a leaving or busy worker passed on
-                        # waits there as on a listener (fcgi.handoff).
+                        # waits there as on a listener (fcgi.handoff). Not at
+                        # max_children: it holds no request yet, and the busy
+                        # worker takes it back once free, so it is no sign of
+                        # a full pool (nor a reason to poll it in a loop).
                         watched[pool.handoff.receive_end.fileno()] = pool
         readers += watched
         timeout = max(0.0, self.next_heartbeat - time.monotonic())
