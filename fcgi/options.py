@@ -81,9 +81,10 @@ class ServerOptions:
     #: sibling to pass them to.
     handoff: Channel | None = None
     #: Whether a worker told to stop passes its idle kept connections on too
-    #: (not only one leaving on its own): not in a pm = ondemand pool, where
-    #: the master stops idle workers to have none, and one started for the
-    #: connections a stopped one passed on would be stopped idle in turn.
+    #: (not only one leaving on its own). Turned off for a pm = ondemand
+    #: worker the master stops for being idle (its SIGQUIT): the master does
+    #: that to have none, and a worker started for the connections it passed
+    #: on would be stopped idle in its turn.
     handoff_on_stop: bool = True
 
 

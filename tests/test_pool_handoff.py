@@ -636,3 +636,27 @@ def test_an_ondemand_pool_at_max_children_does_not_count_passed_connections_as_w
         assert "max_children" not in m.log()[start:], m.log()[start:]
         for kept in [*idle, slow]:
             kept.close()
+
+
+def test_an_ondemand_pool_passes_kept_connections_on_at_a_reload(tmp_path: Path) -> None:
+    """SIGHUP in an ondemand pool: as in the others, kept connections reach the new workers.
+
+    Only a worker stopped for being idle (the master's SIGQUIT) closes them.
+    """
+    args = ["--pm", "ondemand", "--max-children", "2", "--process-idle-timeout", "60s"]
+    with PoolMaster(tmp_path, args, status=False) as m:
+        socket_path = Path(m.address.removeprefix("unix:"))
+        wait_for(socket_path.exists, what="the pool's socket")
+        kept = [Kept(m.address) for _ in range(4)]
+        old = {k.ask("/") for k in kept}
+        write_app(tmp_path, "2")
+        m.signal(signal.SIGHUP)
+        m.wait_log("generation 1 serving")
+        wait_for(lambda: not old & set(_children_of(m.pid)), what="the old workers gone")
+        for k in kept:
+            k.send("/")
+        for k in kept:
+            reply = k.reader.reply(1)
+            assert b"version=2" in reply.body, reply
+        for k in kept:
+            k.close()

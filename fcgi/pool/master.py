@@ -982,7 +982,7 @@ class Master:
             slot = pool.slot_of(child)
             if slot.state == SlotState.IDLE and now - pool.idle_since(child, slot) > limit:
                 log.debug("[pool %s] child %d idle for %g s: retiring", pool.name, child.pid, limit)
-                pool.retire(child, now, grace)
+                pool.retire(child, now, grace, idle=True)
 
     def _reached_max_children(self, pool: RunningPool) -> None:
         """PHP-FPM's "max children reached": counted and logged once per episode."""

@@ -238,13 +238,17 @@ class RunningPool:
 
     # -- stopping children ---------------------------------------------------------
 
-    def retire(self, child: Child, now: float, grace: float) -> None:
-        """Ask a child to finish its request and exit (SIGTERM is graceful for workers)."""
+    def retire(self, child: Child, now: float, grace: float, idle: bool = False) -> None:
+        """Ask a child to finish its request and exit (SIGTERM is graceful for workers).
+
+        ``idle``: an ondemand worker stopped for being idle, told by SIGQUIT
+        (graceful too) to close its kept connections rather than pass them on.
+        """
         if not child.live:
             return
         child.life = Life.RETIRING
         child.kill_at = now + grace if grace > 0 else None
-        _signal(child.pid, signal.SIGTERM)
+        _signal(child.pid, signal.SIGQUIT if idle else signal.SIGTERM)
 
     def close_channel_for_sending(self) -> None:
         """The pool stops as a whole: its workers' hand-offs fail from now on (fcgi.handoff)."""

@@ -8,6 +8,9 @@ preloaded it), builds its own driver and serves until told to stop.
 Worker signals (sent by the master; not meant for people):
 
 * SIGTERM, SIGQUIT: graceful: stop accepting, finish the current request, exit 0.
+  SIGQUIT says the master stops the worker for being idle (pm = ondemand):
+  its idle kept connections are closed, not passed on (see
+  :attr:`fcgi.options.ServerOptions.handoff_on_stop`).
 * SIGINT: exit now.
 * SIGUSR1: reopen the access log, the error log file and the slowlog (fallback).
 * SIGUSR2: append the running request's Python stack to the slowlog.
@@ -324,12 +327,15 @@ def _serve(spec: WorkerSpec) -> int:
         config, spec.board, spec.index, spec.generation, spec.listeners, access_log
     )
     driver: Driver | None = None
+    options: ServerOptions | None = None
 
     def graceful(signum: int, frame: FrameType | None) -> None:
         if forkguard.parent_gone():
             _orphaned(hooks, spec.handoff)  # the death signal, not a stop asked by the master
         else:
             hooks.request_stop()
+        if signum == signal.SIGQUIT and options is not None:
+            options.handoff_on_stop = False
         if driver is not None:
             driver.stop()
 
@@ -366,7 +372,6 @@ def _serve(spec: WorkerSpec) -> int:
     options = config.server_options()
     options.protocols = spec.protocols
     options.handoff = spec.handoff
-    options.handoff_on_stop = config.pm != "ondemand"
     drop_privileges(config.user, config.group)
     # After the privilege drop: changing credentials clears the death signal.
     _follow_master(spec.master_pid, hooks, spec.handoff)
