@@ -1,20 +1,113 @@
-"""Build configuration that pyproject.toml cannot express: the optional C extension.
+"""Build configuration that pyproject.toml cannot express: the optional compiled code.
 
 All package metadata lives in pyproject.toml; setuptools reads both.
 
-fcgi._speedups (fcgi/_speedups.c) is optional: where no C compiler or Python
-headers exist, the build warns and goes on, and fcgi.records falls back to its
-pure-Python code. Set FCGI_NO_EXTENSIONS=1 in the environment of the build
-(``FCGI_NO_EXTENSIONS=1 pip install .``) to skip the extension altogether and
-get a pure-Python install.
+Two kinds of compiled code, both optional, both with the pure-Python code
+as the reference that ``FCGI_PURE_PYTHON=1`` runs instead:
+
+* ``fcgi._speedups`` (fcgi/_speedups.c): hand-written C for the byte-level
+  work of the protocol (name-value pairs, a whole request head, a response
+  head). Each function has a Python twin that tests hold it to.
+* The modules of the sync worker's request loop, compiled from their own
+  Python source by mypyc (:data:`COMPILED`). There is no second copy of
+  them: the C is generated from the very files that run when they are not
+  compiled, so the rules cannot drift apart.
+
+Where no C compiler, Python headers or mypyc exist, the build warns and goes
+on, and fcgi runs as plain Python. ``FCGI_NO_EXTENSIONS=1`` in the build's
+environment (``FCGI_NO_EXTENSIONS=1 pip install .``) skips all of it.
 """
 
+from __future__ import annotations
+
 import os
+import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+#: The modules mypyc compiles: those a kept-connection request of the sync
+#: worker runs through (the profile of bench's hello route), and what they
+#: import on that path. A module here must type-check under ``mypy --strict``
+#: and keep to what mypyc compiles (no interpreted subclass of its classes
+#: unless the class allows it; no monkeypatching of its functions).
+COMPILED = [
+    "fcgi/events.py",
+    "fcgi/records.py",
+    "fcgi/connection.py",
+    "fcgi/one_request.py",
+    "fcgi/uwsgi.py",
+    "fcgi/scgi.py",
+    "fcgi/wsgi.py",
+    "fcgi/driver.py",
+    "fcgi/sync_worker.py",
+    "fcgi/forkguard.py",
+    "fcgi/pool/worker_hooks.py",
+    "fcgi/pool/scoreboard.py",
+]
+
+#: The name of the library mypyc puts the compiled code of all of them in
+#: (``fcgi/_native__mypyc...so``); each module gets a small shim of its own.
+NATIVE_GROUP = "fcgi._native"
+
+
+class OptionalBuild(build_ext):
+    """build_ext where compiled code may fail to build without failing the install.
+
+    ``fcgi._speedups`` is an optional Extension already. mypyc's modules
+    stand or fall together, since every one of them loads the one library
+    that holds their code: if any fails, the files of those already built
+    are removed, the rest are skipped, and those modules stay plain Python.
+    """
+
+    native_failed = False
+
+    def build_extension(self, ext: Extension) -> None:
+        native = ext.name in NATIVE_MODULES
+        if native and self.native_failed:
+            return
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if not native:
+                raise
+            self.native_failed = True
+            self.warn(f"mypyc's build of {ext.name} failed ({exc}): fcgi runs as plain Python")
+            # Neither copied into place nor left from an earlier build: a
+            # stale compiled module would run instead of the source.
+            self.extensions = [e for e in self.extensions if e.name not in NATIVE_MODULES]
+            here = os.path.dirname(os.path.abspath(__file__))
+            for name in NATIVE_MODULES:
+                for path in (
+                    self.get_ext_fullpath(name),
+                    os.path.join(here, self.get_ext_filename(name)),
+                ):
+                    if os.path.exists(path):
+                        os.remove(path)
+
+
+def native_extensions() -> list[Extension]:
+    """mypyc's extensions for :data:`COMPILED`, or none if mypyc cannot run here."""
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("fcgi: mypyc is not installed; fcgi runs as plain Python", file=sys.stderr)
+        return []
+    try:
+        extensions: list[Extension] = mypycify(COMPILED, group_name=NATIVE_GROUP, opt_level="3")
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error
+        print(f"fcgi: mypyc failed ({exc!r}); fcgi runs as plain Python", file=sys.stderr)
+        return []
+    NATIVE_MODULES.update(ext.name for ext in extensions)
+    return extensions
+
+
+#: The names of the extensions mypyc made: its library and a shim per module.
+NATIVE_MODULES: set[str] = set()
 
 ext_modules: list[Extension] = []
 if os.environ.get("FCGI_NO_EXTENSIONS") != "1":
     ext_modules.append(Extension("fcgi._speedups", ["fcgi/_speedups.c"], optional=True))
+    ext_modules.extend(native_extensions())
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuild})

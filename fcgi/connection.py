@@ -533,7 +533,7 @@ class ServerConnection(OutputQueue):
             self._out.append(encode_end_request(rid, 0, status))
             if not keep_conn and not self._requests:
                 self.should_close = True
-            out.append(ev.RequestRefused(rid, status, role))
+            out.append(ev.RequestRefused(rid, int(status), role))  # a plain int, as declared
             return None
         req = self._requests[rid] = _Request(role, keep_conn)
         out.append(ev.BeginRequest(rid, role, keep_conn))

@@ -22,6 +22,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from fcgi.connection import Limits, ServerConnection
 from fcgi.hooks import NoHooks, WorkerHooks
 from fcgi.options import ServerOptions
@@ -122,6 +124,9 @@ def log_refusal(log: logging.Logger, count: int, message: str, *args: object) ->
         log.debug(message, *args)
 
 
+# Compiled by mypyc (see setup.py); the trio and asyncio workers, which are
+# not, build on it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WorkerBase:
     """What every driver's worker holds, and how the process running it stops it.
 

@@ -257,7 +257,7 @@ def _decode_params_py(data: bytes) -> dict[str, str]:
     raise ProtocolError("malformed name-value pairs")  # pragma: no cover - _pair_spans raises
 
 
-_decode_params_c: Callable[[bytes], dict[str, str] | None] | None
+_decode_params_c: Callable[[bytes | bytearray | memoryview], dict[str, str] | None] | None
 _scan_head_c: Callable[[bytes | bytearray | memoryview], HeadScan | None] | None
 try:
     from fcgi._speedups import decode_params as _decode_params_c
@@ -271,7 +271,7 @@ except ImportError:  # built without the extension (no compiler, FCGI_NO_EXTENSI
 SPEEDUPS: bool = _decode_params_c is not None and os.environ.get("FCGI_PURE_PYTHON") != "1"
 
 
-def _decode_params_fast(data: bytes) -> dict[str, str]:
+def _decode_params_fast(data: bytes | bytearray | memoryview) -> dict[str, str]:
     """Decode a PARAMS block into latin-1 native strings (PEP 3333), last name wins.
 
     The C version of :func:`_decode_params_py`; on malformed input it returns
@@ -280,7 +280,7 @@ def _decode_params_fast(data: bytes) -> dict[str, str]:
     # Bound as decode_params only when _decode_params_c is not None.
     params = _decode_params_c(data)  # type: ignore[misc]
     if params is None:
-        _pair_spans(data)
+        _pair_spans(bytes(data))
         raise ProtocolError("malformed name-value pairs")  # pragma: no cover - _pair_spans raises
     return params
 

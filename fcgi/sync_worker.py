@@ -64,6 +64,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
+from mypy_extensions import mypyc_attr
+
 from fcgi import events as ev
 from fcgi import forkguard
 from fcgi.connection import Limits
@@ -158,6 +160,9 @@ class SendBudget:
 _UNASKED = SendBudget(0.0)
 
 
+# A plain Python class even when this module is compiled (setup.py): mypyc's
+# native classes cannot derive from OSError.
+@mypyc_attr(native_class=False)
 class SendTimeout(TimeoutError):
     """The answer used up its :class:`SendBudget`."""
 
@@ -1008,14 +1013,16 @@ class SyncWorker(WorkerBase):
                         arrived = c.read_now()
                     else:
                         self._impatient_until = now + _IMPATIENT_FOR
-        except _PeerClosed as exc:
+        except _PeerClosed as closed:
             if c.in_head:
-                log.info("connection from %s closed before its request head ended: %s", c.peer, exc)
+                log.info(
+                    "connection from %s closed before its request head ended: %s", c.peer, closed
+                )
             self._unpark(c)
             self._close(c, False)
             return
-        except ProtocolError as exc:
-            log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
+        except ProtocolError as bad:
+            log.warning("closing connection from %s: protocol error: %s", c.peer, bad)
             self._unpark(c)
             self._close(c, False)
             return
@@ -1228,15 +1235,15 @@ class SyncWorker(WorkerBase):
             if c.conn.has_output:
                 c.flush()
             keep = not pending and not c.conn.should_close
-        except ProtocolError as exc:
-            log.warning("closing connection from %s: protocol error: %s", c.peer, exc)
+        except ProtocolError as bad:
+            log.warning("closing connection from %s: protocol error: %s", c.peer, bad)
             unread_body = False
         except _Timeout:
             self._log_silence(c, mid_request=bool(c.conn.active_requests) or c.conn.mid_record)
             unread_body = False
-        except _PeerClosed as exc:
+        except _PeerClosed as closed:
             if c.conn.active_requests:
-                log.info("connection from %s closed mid-request: %s", c.peer, exc)
+                log.info("connection from %s closed mid-request: %s", c.peer, closed)
             unread_body = False
         except BodyCutOff:
             unread_body = False  # the peer left mid-body: _Exchange._pump logged it

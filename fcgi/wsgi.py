@@ -30,7 +30,7 @@ class StartResponse(Protocol):
         self,
         status: str,
         headers: list[tuple[str, str]],
-        exc_info: OptExcInfo | None = ...,
+        exc_info: OptExcInfo | None = None,
         /,
     ) -> Callable[[bytes], object]: ...
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import mypy_extensions
 from webservers import (
     DEPLOY_DIR,
     HTTP_TIMEOUT,
@@ -148,6 +149,9 @@ def deploy_app(app_dir: Path) -> Path:
         ignore=shutil.ignore_patterns("__pycache__"),
         dirs_exist_ok=True,
     )
+    # fcgi's one dependency that the sync worker imports (fcgi.driver: its
+    # mypyc class attributes); the interpreter the web server runs may not have it.
+    shutil.copyfile(mypy_extensions.__file__, app_dir / "mypy_extensions.py")
     for root, dirs, files in os.walk(app_dir):
         os.chmod(root, 0o755)
         for name in files:

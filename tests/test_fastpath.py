@@ -12,6 +12,8 @@ between, truncations, bit flips).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,7 +93,7 @@ def run(data: bytes, splits: list[int], lim: Limits, fast: bool) -> list[object]
     saved = connection._scan_head
     connection._scan_head = r.scan_head if fast else None
     try:
-        conn = ServerConnection(Limits(**{f: getattr(lim, f) for f in lim.__slots__}))
+        conn = ServerConnection(dataclasses.replace(lim))
         trace: list[object] = []
         try:
             for a, b in zip([0, *splits], [*splits, len(data)], strict=True):

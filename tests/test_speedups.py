@@ -58,8 +58,8 @@ def assert_same(c_decode: Callable[[bytes], dict[str, str]], data: bytes) -> Out
     expected = outcome(r._decode_params_py, data)
     assert outcome(c_decode, data) == expected
     # Any bytes-like object, at any offset in its buffer. The pure version
-    # needs .decode(), so bytes is its input for the memoryview cases.
-    assert outcome(c_decode, bytearray(data)) == outcome(r._decode_params_py, bytearray(data))
+    # takes bytes (it needs .decode()), so its answer for them is the one.
+    assert outcome(c_decode, bytearray(data)) == expected
     assert outcome(c_decode, memoryview(data)) == expected
     view = memoryview(b"\xff\x80" + data + b"\x01")[2:-1]
     assert outcome(c_decode, view) == expected

@@ -494,7 +494,8 @@ class SingleProcessHooks(ScoreboardHooks):
     """
 
     _set_title = staticmethod(_keep_title)
-    process_manager = SINGLE
+    # Annotated as in the base class: mypyc (setup.py) needs the same type.
+    process_manager: str | None = SINGLE
 
     @classmethod
     def open(cls, config: PoolConfig, listeners: Sequence[socket.socket]) -> SingleProcessHooks:
@@ -576,20 +577,22 @@ class SlowRequestWatcher:
         #: As often as the master looks: a quarter of the timeout, not under 50 ms.
         self.period = max(0.05, timeout / 4)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fcgi-slowlog", daemon=True)
+        # Not "_thread": compiled by mypyc (setup.py), that attribute becomes a
+        # C struct field named __thread, a keyword of the C compiler.
+        self._runner = threading.Thread(target=self._run, name="fcgi-slowlog", daemon=True)
 
     def start(self) -> None:
         # The thread inherits the mask in force when it is created.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
         try:
-            self._thread.start()
+            self._runner.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(self.period + 1.0)
+        if self._runner.is_alive():
+            self._runner.join(self.period + 1.0)
 
     def _run(self) -> None:
         board = self.hooks.board

@@ -1,0 +1,104 @@
+"""Everything observable of the protocol core and the WSGI adapter, as text.
+
+tests/test_compiled.py runs these twice on the same generated input: in its
+own process, on the modules setup.py compiled with mypyc, and in a child
+started with ``FCGI_PURE_PYTHON=1``, on their source. The two traces must be
+the same string: same events, same bytes for the web server, same errors.
+
+Run as a script (``python core_trace.py``), this is that child: it reads one
+JSON case per line and writes its trace back as one line of JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from fcgi import wsgi
+from fcgi.connection import Limits, ServerConnection
+from fcgi.errors import FastCGIError
+
+
+def trace_connection(case: dict[str, Any]) -> str:
+    """Feed ``case["data"]`` in pieces, answering each request; the whole trace."""
+    data = bytes.fromhex(case["data"])
+    splits: list[int] = case["splits"]
+    body = bytes.fromhex(case["body"])
+    fields = dict(case["limits"])
+    fields["roles"] = tuple(fields["roles"])
+    conn = ServerConnection(Limits(**fields))
+    trace: list[object] = []
+    try:
+        for a, b in zip([0, *splits], [*splits, len(data)], strict=True):
+            trace.append(conn.feed(memoryview(data)[a:b]))
+            trace.append(conn.data_to_send())
+            trace.append(conn.should_close)
+            # Answer every request that got its PARAMS, as a driver would.
+            for rid in list(conn.active_requests):
+                conn.send_stdout(rid, b"Status: 200 OK\r\n\r\n" + body)
+                conn.send_stderr(rid, body[:100])
+                conn.end_request(rid, case["app_status"])
+            trace.append(conn.data_to_send())
+        conn.feed_eof()
+    except FastCGIError as exc:
+        trace.append((type(exc).__name__, str(exc)))
+    return repr(trace)
+
+
+def _app(spec: dict[str, Any]) -> wsgi.WSGIApp:
+    """A WSGI app that does what ``spec`` says, in the order a real one could."""
+    chunks = [bytes.fromhex(c) for c in spec["chunks"]]
+
+    def app(environ: wsgi.WSGIEnviron, start_response: wsgi.StartResponse) -> Any:
+        if spec["fail"] == "before":
+            raise RuntimeError("the app failed before start_response")
+        write = start_response(spec["status"], [tuple(h) for h in spec["headers"]])
+        if spec["write"]:
+            write(chunks[0] if chunks else b"")
+        if spec["fail"] == "after":
+            raise RuntimeError("the app failed after start_response")
+        if spec["shape"] == "list":
+            return list(chunks)
+
+        def gen() -> Iterator[bytes]:
+            yield from chunks
+            if spec["fail"] == "streaming":
+                raise RuntimeError("the app failed while streaming")
+
+        return gen()
+
+    return app
+
+
+def trace_respond(case: dict[str, Any]) -> str:
+    """Run a generated app through :func:`fcgi.wsgi.respond`; what it sent and returned."""
+    sent: list[tuple[bytes, bool]] = []
+    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/", "wsgi.errors": wsgi.ErrorStream()}
+
+    def send(data: bytes, flush: bool) -> None:
+        sent.append((bytes(data), flush))
+
+    try:
+        outcome: object = wsgi.respond(_app(case), environ, send, None)
+    except Exception as exc:
+        outcome = (type(exc).__name__, str(exc))
+    return repr((outcome, sent))
+
+
+TRACES = {"connection": trace_connection, "respond": trace_respond}
+
+
+def main() -> None:
+    import logging
+
+    # respond() logs app failures; the trace is what it returns and sends.
+    logging.disable(logging.CRITICAL)
+    for line in sys.stdin:
+        kind, case = json.loads(line)
+        print(json.dumps(TRACES[kind](case)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
