@@ -280,8 +280,12 @@ def build_environ(
     multithread: bool = False,
     multiprocess: bool = False,
 ) -> WSGIEnviron:
-    environ: WSGIEnviron = dict(_BASE_ENVIRON)
-    environ.update(params)
+    # A copy of the PARAMS dict is one block copy; the few defaults go in
+    # after it (a PARAMS value of the same name wins, as the web server's).
+    environ: WSGIEnviron = dict(params)
+    for name, value in _BASE_ENVIRON.items():
+        if name not in environ:
+            environ[name] = value
     environ["wsgi.input"] = wsgi_input
     environ["wsgi.errors"] = errors
     environ["wsgi.multithread"] = multithread

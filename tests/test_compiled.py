@@ -124,6 +124,22 @@ def test_no_except_name_is_bound_to_two_exception_types() -> None:
     assert not clashes, clashes
 
 
+def test_no_compiled_module_reads_its_frame() -> None:
+    """locals(), vars(), globals() and sys._getframe() see other things when compiled.
+
+    A compiled function has no frame of its own: ``dict(locals())`` of a
+    keyword-only function, for one, misses arguments under mypyc.
+    """
+    found = []
+    for path in compiled_sources():
+        for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                if name in ("locals", "vars", "globals", "sys._getframe"):
+                    found.append(f"{path}:{node.lineno} {name}()")
+    assert not found, found
+
+
 # -- the same output from both ------------------------------------------------------------------
 
 SETTINGS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -309,6 +309,23 @@ def worker_requests(status: dict[str, Any]) -> dict[int, int]:
     return {p["pid"]: p["requests"] for p in status["processes"]}
 
 
+def wait_workers_idle(master: int, count: int, explain: Callable[[], str]) -> None:
+    """Wait until ``master`` has ``count`` workers whose process title says idle."""
+    deadline = time.monotonic() + START_TIMEOUT
+    titles: list[str] = []
+    while True:
+        titles = []
+        children = Path(f"/proc/{master}/task/{master}/children")
+        with contextlib.suppress(OSError):
+            for pid in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    titles.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+        if sum("fcgi worker" in t and "idle" in t for t in titles) == count:
+            return
+        assert time.monotonic() < deadline, f"workers not all idle: {titles}\n{explain()}"
+        time.sleep(0.05)
+
+
 def serving_status(status: dict[str, Any]) -> int:
     """Pid of the worker that answered this status page."""
     # The page shows URIs without their query (status_full_query is off).
@@ -338,6 +355,11 @@ def test_pools_status_accounts_for_every_request(cluster: Cluster, site: str) ->
     pool = ["--workers", str(POOL_WORKERS), "--user", "root", "--status-path", "/status"]
     for name in ("a", "b"):
         cluster.start_host(name, pool)
+    # Every worker up and waiting first: the master is ready with its first
+    # worker, and a worker still starting shows in the status page without a
+    # pid. Watched from outside (ps), since a request would be counted.
+    for name in ("a", "b"):
+        wait_workers_idle(cluster.hosts[name].pid, POOL_WORKERS, cluster.explain)
     # Readiness is the status page itself (a plain connect would be counted
     # as an accepted connection too, which would muddle the books).
     base = {name: cluster.status(name) for name in ("a", "b")}
