@@ -20,6 +20,7 @@ environment (``FCGI_NO_EXTENSIONS=1 pip install .``) skips all of it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -99,15 +100,50 @@ def native_extensions() -> list[Extension]:
         print(f"fcgi: mypyc failed ({exc!r}); fcgi runs as plain Python", file=sys.stderr)
         return []
     NATIVE_MODULES.update(ext.name for ext in extensions)
+    record_sources()
     return extensions
+
+
+#: What the compiled code was made from: tests/test_compiled.py compares it
+#: with the source, so that an edit left unbuilt fails there instead of the
+#: old compiled code running unnoticed.
+SOURCES_RECORD = "fcgi/_native__mypyc.sources"
+
+
+def record_sources() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, SOURCES_RECORD), "w") as out:
+        for path in COMPILED:
+            with open(os.path.join(here, path), "rb") as source:
+                out.write(f"{hashlib.sha256(source.read()).hexdigest()}  {path}\n")
 
 
 #: The names of the extensions mypyc made: its library and a shim per module.
 NATIVE_MODULES: set[str] = set()
 
+def remove_stale_native() -> None:
+    """Delete compiled modules an earlier in-place build left beside the source.
+
+    When this build compiles none (FCGI_NO_EXTENSIONS=1, no mypyc), a
+    leftover ``.so`` would still be imported in place of the edited ``.py``.
+    """
+    import glob
+    import sysconfig
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    names = [path[:-3] for path in COMPILED] + ["fcgi/_native__mypyc"]
+    paths = [os.path.join(here, name + suffix) for name in names]
+    for path in [*paths, os.path.join(here, SOURCES_RECORD)]:
+        for found in glob.glob(path):
+            os.remove(found)
+
+
 ext_modules: list[Extension] = []
 if os.environ.get("FCGI_NO_EXTENSIONS") != "1":
     ext_modules.append(Extension("fcgi._speedups", ["fcgi/_speedups.c"], optional=True))
     ext_modules.extend(native_extensions())
+if not NATIVE_MODULES:
+    remove_stale_native()
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuild})

@@ -12,11 +12,12 @@ import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from fcgi.errors import FastCGIError, RequestBodyIncomplete, RequestBodyTooLarge
 from fcgi.escape import Lines
+from fcgi.file_wrapper import FileWrapper
 from fcgi.records import SPEEDUPS
 
 log = logging.getLogger("fcgi.wsgi")
@@ -146,7 +147,9 @@ class InputStream:
                 left -= end - pos
         return b"".join(parts)
 
-    def readlines(self, hint: int = -1) -> list[bytes]:
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        if hint is None:
+            hint = -1
         lines = []
         total = 0
         while line := self.readline():
@@ -199,21 +202,6 @@ class ErrorStream:
             log.warning("app: %s", line)
         if self._sink is not None:
             self._sink(text.encode("utf-8", "backslashreplace"))
-
-
-class FileWrapper:
-    """``wsgi.file_wrapper``: iterate a file in record-sized blocks, then close it."""
-
-    def __init__(self, filelike: IO[bytes], blksize: int = 0xFFF8) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-        if hasattr(filelike, "close"):
-            self.close = filelike.close
-
-    def __iter__(self) -> Iterator[bytes]:
-        read = self.filelike.read
-        while block := read(self.blksize):
-            yield block
 
 
 # -- environ ----------------------------------------------------------------------
@@ -379,11 +367,14 @@ class _Response:
         self.has_length = False
         self.headers_sent = False
 
+    # Declared Any: the app's arguments are checked below and by _encode_head,
+    # in the same words whether this module is compiled or not (a compiled
+    # signature would raise its own TypeError first, and refuse a list exc_info).
     def start_response(
         self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: OptExcInfo | None = None,
+        status: Any,
+        headers: Any,
+        exc_info: Any = None,
     ) -> Callable[[bytes], None]:
         if exc_info is not None and exc_info[0] is not None:
             try:
@@ -397,7 +388,7 @@ class _Response:
         self.status = int(status[:3])
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         """The legacy ``write()`` callable: data goes out before it returns."""
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
@@ -529,14 +520,21 @@ def respond(
     an access log that prints a header (``%{NAME}o``) ever reads it.
     """
     response = _Response(send)
-    result: Iterable[bytes] | None = None
+    result: Iterable[object] | None = None
     try:
         result = app(environ, response.start_response)
         if type(result) is list or type(result) is tuple:
             _send_sequence(response, result)
         else:
             emit = response.emit
-            for chunk in result:
+            # Declared object, and checked below: compiled (setup.py), a chunk
+            # typed bytes would be checked by mypyc's own cast, in other words
+            # than a list response's, and a bytes-like one let through by
+            # accident when not compiled. The same rule either way.
+            pieces: Iterable[object] = result
+            for chunk in pieces:
+                if not isinstance(chunk, bytes):
+                    raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
                 if chunk:
                     emit(chunk, True)
             if not response.headers_sent:

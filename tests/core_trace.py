@@ -49,11 +49,19 @@ def trace_connection(case: dict[str, Any]) -> str:
 
 def _app(spec: dict[str, Any]) -> wsgi.WSGIApp:
     """A WSGI app that does what ``spec`` says, in the order a real one could."""
-    chunks = [bytes.fromhex(c) for c in spec["chunks"]]
+    make = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}[spec["chunk_type"]]
+    chunks: list[Any] = [make(bytes.fromhex(c)) for c in spec["chunks"]]
 
     def app(environ: wsgi.WSGIEnviron, start_response: wsgi.StartResponse) -> Any:
         if spec["fail"] == "before":
             raise RuntimeError("the app failed before start_response")
+        if spec["fail"] == "handled":
+            # An app's own error page, with exc_info as a list (as some pass it).
+            try:
+                raise RuntimeError("the app's own error")
+            except RuntimeError:
+                start_response("500 Oops", [("Content-Type", "text/plain")], list(sys.exc_info()))
+            return [b"handled"]
         write = start_response(spec["status"], [tuple(h) for h in spec["headers"]])
         if spec["write"]:
             write(chunks[0] if chunks else b"")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -79,6 +80,27 @@ def test_the_compiled_modules_are_in_use_where_built() -> None:
         f"{missing} run from source: `pip install -e .` compiles them with mypyc "
         "(it needs gcc and the Python headers)"
     )
+
+
+def test_the_compiled_code_was_made_from_the_source_here() -> None:
+    """An edited module runs compiled only once rebuilt: a stale build fails here.
+
+    In a work tree (``pip install -e .``) the compiled modules sit beside the
+    ``.py`` files; after an edit, the old compiled code still runs until
+    ``pip install -e .`` (or ``python setup.py build_ext --inplace``) again.
+    setup.py records a hash of each source it compiled.
+    """
+    record = ROOT / "fcgi" / "_native__mypyc.sources"
+    if fcgi.PURE_PYTHON or NO_EXTENSIONS or not is_compiled("fcgi.connection"):
+        return  # nothing compiled runs here (the test above says whether it should)
+    assert record.exists(), "no record of the compiled sources: run `pip install -e .` again"
+    built = dict(reversed(line.split("  ", 1)) for line in record.read_text().splitlines())
+    changed = [
+        path
+        for path in compiled_sources()
+        if built.get(path) != hashlib.sha256((ROOT / path).read_bytes()).hexdigest()
+    ]
+    assert not changed, f"{changed} changed since the build: run `pip install -e .` again"
 
 
 def test_pure_python_runs_every_module_from_source() -> None:
@@ -223,8 +245,9 @@ apps = st.fixed_dictionaries(
             st.sampled_from([b"", b"hi", b"z" * 9000, b"w" * 70000]).map(bytes.hex), max_size=4
         ),
         "shape": st.sampled_from(["list", "generator"]),
+        "chunk_type": st.sampled_from(["bytes", "bytes", "bytearray", "memoryview"]),
         "write": st.booleans(),
-        "fail": st.sampled_from([None, None, "before", "after", "streaming"]),
+        "fail": st.sampled_from([None, None, "before", "after", "streaming", "handled"]),
     }
 )
 
@@ -258,6 +281,7 @@ def test_the_traces_are_not_vacuous(oracle: subprocess.Popen[str]) -> None:
     assert compiled == source
     assert "Params(" in compiled and "hello" in compiled
     app = {"status": "200 OK", "headers": [], "chunks": [b"hi".hex()], "shape": "list"}
-    compiled, source = both(oracle, "respond", {**app, "write": False, "fail": None})
+    app = {**app, "chunk_type": "bytes", "write": False, "fail": None}
+    compiled, source = both(oracle, "respond", app)
     assert compiled == source
     assert "Content-Length: 2" in compiled

@@ -319,3 +319,69 @@ def test_input_stream_reads_like_a_file(
         assert type(got) is bytes
         assert got == getattr(reference, name)(size), (name, size)
     assert stream.read() == reference.read()
+
+
+# -- what apps pass, the same compiled or not (tests/test_compiled.py) --------------
+# The compiled wsgi.py (setup.py) turned declared argument types into checks
+# of its own: these apps got a different answer from it than from the source.
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_generator_yielding_other_than_bytes_is_refused_as_a_list_is(
+    kind: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: Any, start_response: Any) -> Iterator[Any]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield kind(b"one ")
+
+    status, sink = run(app, validate=False)
+    assert status == 500
+    assert b"one" not in sink.data
+    assert f"the app yielded {kind.__name__}, not bytes" in caplog.text
+
+
+def test_a_chunk_other_than_bytes_after_the_head_ends_the_answer_early() -> None:
+    def app(environ: Any, start_response: Any) -> Iterator[Any]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"one "
+        yield bytearray(b"two")
+
+    sink = Sink()
+    status, app_status = run_app(app, environ_for({}), sink)
+    assert (status, app_status) == (200, 1)
+    assert sink.data.endswith(b"one ")
+
+
+def test_exc_info_may_be_a_list() -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        try:
+            raise RuntimeError("the app's own error")
+        except RuntimeError:
+            import sys
+
+            start_response("500 Oops", [("Content-Type", "text/plain")], list(sys.exc_info()))
+        return [b"handled"]
+
+    status, sink = run(app, validate=False)
+    assert status == 500
+    assert sink.data.startswith(b"Status: 500 Oops\r\n") and sink.data.endswith(b"handled")
+
+
+def test_the_file_wrapper_is_a_plain_class_apps_may_subclass() -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        class Wrapper(environ["wsgi.file_wrapper"]):  # type: ignore[misc]
+            pass
+
+        wrapper = Wrapper(io.BytesIO(b"subclassed"))
+        wrapper.extra = 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return wrapper
+
+    status, sink = run(app, validate=False)
+    assert status == 200
+    assert sink.data.endswith(b"subclassed")
+
+
+def test_readlines_takes_none_as_no_hint() -> None:
+    stream = InputStream(chunks(b"a\nb\n"), 4)
+    assert stream.readlines(None) == [b"a\n", b"b\n"]
