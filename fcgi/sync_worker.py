@@ -58,6 +58,7 @@ import math
 import os
 import random
 import select
+import signal
 import socket
 import time
 from collections import deque
@@ -67,7 +68,7 @@ from dataclasses import replace
 from mypy_extensions import mypyc_attr
 
 from fcgi import events as ev
-from fcgi import forkguard
+from fcgi import forkguard, signal_turn
 from fcgi.connection import Limits
 from fcgi.driver import (
     ACCEPT_PAUSE,
@@ -126,6 +127,19 @@ _HEAP_SLACK = 4
 _JOIN_LIMIT = 16 * 1024
 _IOV_MAX = 1024
 _DONTWAIT = socket.MSG_DONTWAIT
+
+
+def _watch_signals(wake: int) -> int | None:
+    """Have every signal write to ``wake`` while the worker serves (see fcgi.signal_turn).
+
+    Returns the descriptor signals wrote to before, to put back; None where
+    this cannot be done: outside the main thread (a test that runs a worker
+    in a thread), where no signal handler runs anyway.
+    """
+    try:
+        return signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    except ValueError:
+        return None
 
 
 def wait_ready(sock: _socket.socket, events: int, timeout: float) -> bool:
@@ -631,7 +645,9 @@ class SyncWorker(WorkerBase):
             self._watch = SlowRequestWatch(self._give_away)
             self._watch.start()
             self._reserve_fd()
+        previous_wakeup: int | None = None
         try:
+            previous_wakeup = _watch_signals(self._wake_w)
             if ready is not None:
                 ready()
             self._serve(listeners)
@@ -640,6 +656,8 @@ class SyncWorker(WorkerBase):
             # connections this one already accepted are still its own.
             self._drain(listeners, accept=self._stopping)
         finally:
+            if previous_wakeup is not None:
+                signal.set_wakeup_fd(previous_wakeup)
             if self._watch is not None:
                 self._watch.close()
             if self._spare >= 0:
@@ -685,6 +703,7 @@ class SyncWorker(WorkerBase):
                 if fd == wake_r:
                     with contextlib.suppress(OSError):
                         os.read(wake_r, 64)
+                    signal_turn.run_pending()  # see fcgi.signal_turn
                 elif fd in listeners:
                     ready_listeners.append(fd)
                 elif fd == channel:
@@ -800,6 +819,7 @@ class SyncWorker(WorkerBase):
             if fd == self._wake_r:
                 with contextlib.suppress(OSError):
                     os.read(self._wake_r, 64)
+                signal_turn.run_pending()  # see fcgi.signal_turn
                 continue
             c = self._idle.get(fd) or self._waiting.get(fd)
             if c is not None:
