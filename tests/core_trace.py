@@ -18,33 +18,44 @@ from typing import Any
 
 from fcgi import wsgi
 from fcgi.connection import Limits, ServerConnection
-from fcgi.errors import FastCGIError
+from fcgi.errors import ProtocolError
 
 
-def trace_connection(case: dict[str, Any]) -> str:
-    """Feed ``case["data"]`` in pieces, answering each request; the whole trace."""
-    data = bytes.fromhex(case["data"])
-    splits: list[int] = case["splits"]
-    body = bytes.fromhex(case["body"])
-    fields = dict(case["limits"])
-    fields["roles"] = tuple(fields["roles"])
-    conn = ServerConnection(Limits(**fields))
+def feed_and_answer(
+    conn: ServerConnection, data: bytes, splits: list[int], body: bytes = b"", app_status: int = 0
+) -> list[object]:
+    """Feed ``data`` in pieces, answering each request as a driver would; the trace.
+
+    Everything observable goes in: the events, the bytes for the web server,
+    ``should_close``, and the error the stream ends in, if any. Answering
+    every request that got its PARAMS lets the next head on the connection
+    be read with none active.
+    """
     trace: list[object] = []
     try:
         for a, b in zip([0, *splits], [*splits, len(data)], strict=True):
             trace.append(conn.feed(memoryview(data)[a:b]))
             trace.append(conn.data_to_send())
             trace.append(conn.should_close)
-            # Answer every request that got its PARAMS, as a driver would.
             for rid in list(conn.active_requests):
                 conn.send_stdout(rid, b"Status: 200 OK\r\n\r\n" + body)
                 conn.send_stderr(rid, body[:100])
-                conn.end_request(rid, case["app_status"])
+                conn.end_request(rid, app_status)
             trace.append(conn.data_to_send())
         conn.feed_eof()
-    except FastCGIError as exc:
+    except ProtocolError as exc:  # the peer's fault; any other error fails the test
         trace.append((type(exc).__name__, str(exc)))
-    return repr(trace)
+    return trace
+
+
+def trace_connection(case: dict[str, Any]) -> str:
+    """:func:`feed_and_answer` on a generated case, as text."""
+    fields = dict(case["limits"])
+    fields["roles"] = tuple(fields["roles"])
+    conn = ServerConnection(Limits(**fields))
+    data = bytes.fromhex(case["data"])
+    body = bytes.fromhex(case["body"])
+    return repr(feed_and_answer(conn, data, case["splits"], body, case["app_status"]))
 
 
 def _app(spec: dict[str, Any]) -> wsgi.WSGIApp:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from core_trace import feed_and_answer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fcgi import connection
 from fcgi import records as r
 from fcgi.connection import Limits, ServerConnection
-from fcgi.errors import ProtocolError
 
 pytestmark = pytest.mark.skipif(
     r.scan_head is None, reason="the C extension is not in use (FCGI_PURE_PYTHON=1 or not built)"
@@ -93,23 +93,7 @@ def run(data: bytes, splits: list[int], lim: Limits, fast: bool) -> list[object]
     saved = connection._scan_head
     connection._scan_head = r.scan_head if fast else None
     try:
-        conn = ServerConnection(dataclasses.replace(lim))
-        trace: list[object] = []
-        try:
-            for a, b in zip([0, *splits], [*splits, len(data)], strict=True):
-                trace.append(conn.feed(memoryview(data)[a:b]))
-                trace.append(conn.data_to_send())
-                trace.append(conn.should_close)
-                # Answer every request that got its PARAMS, as a driver would,
-                # so the next head on the connection is read with none active.
-                for rid in list(conn.active_requests):
-                    conn.send_stdout(rid, b"Status: 200 OK\r\n\r\n")
-                    conn.end_request(rid)
-                trace.append(conn.data_to_send())
-            conn.feed_eof()
-        except ProtocolError as exc:
-            trace.append(("ProtocolError", str(exc)))
-        return trace
+        return feed_and_answer(ServerConnection(dataclasses.replace(lim)), data, splits)
     finally:
         connection._scan_head = saved
 
