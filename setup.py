@@ -20,9 +20,11 @@ environment (``FCGI_NO_EXTENSIONS=1 pip install .``) skips all of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -51,6 +53,30 @@ COMPILED = [
 #: (``fcgi/_native__mypyc...so``); each module gets a small shim of its own.
 NATIVE_GROUP = "fcgi._native"
 
+#: The names of the extensions mypyc made: its library and a shim per module.
+NATIVE_MODULES: set[str] = set()
+
+#: What the compiled code was made from: tests/test_compiled.py compares it
+#: with the source, so that an edit left unbuilt fails there instead of the
+#: old compiled code running unnoticed.
+SOURCES_RECORD = "fcgi/_native__mypyc.sources"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def remove_native_in_place() -> None:
+    """Delete the compiled modules (and their record) that sit beside the source.
+
+    Called when this build leaves them out (FCGI_NO_EXTENSIONS=1, no mypyc, a
+    failed compile): one left from an earlier in-place build would still be
+    imported in place of the ``.py`` file.
+    """
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    names = [path.removesuffix(".py") for path in COMPILED] + ["fcgi/_native__mypyc"]
+    for path in [*(name + suffix for name in names), SOURCES_RECORD]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(HERE, path))
+
 
 class OptionalBuild(build_ext):
     """build_ext where compiled code may fail to build without failing the install.
@@ -74,17 +100,12 @@ class OptionalBuild(build_ext):
                 raise
             self.native_failed = True
             self.warn(f"mypyc's build of {ext.name} failed ({exc}): fcgi runs as plain Python")
-            # Neither copied into place nor left from an earlier build: a
-            # stale compiled module would run instead of the source.
+            # Not copied into place, and none left from before in either place.
             self.extensions = [e for e in self.extensions if e.name not in NATIVE_MODULES]
-            here = os.path.dirname(os.path.abspath(__file__))
             for name in NATIVE_MODULES:
-                for path in (
-                    self.get_ext_fullpath(name),
-                    os.path.join(here, self.get_ext_filename(name)),
-                ):
-                    if os.path.exists(path):
-                        os.remove(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.get_ext_fullpath(name))
+            remove_native_in_place()
 
 
 def native_extensions() -> list[Extension]:
@@ -100,43 +121,11 @@ def native_extensions() -> list[Extension]:
         print(f"fcgi: mypyc failed ({exc!r}); fcgi runs as plain Python", file=sys.stderr)
         return []
     NATIVE_MODULES.update(ext.name for ext in extensions)
-    record_sources()
-    return extensions
-
-
-#: What the compiled code was made from: tests/test_compiled.py compares it
-#: with the source, so that an edit left unbuilt fails there instead of the
-#: old compiled code running unnoticed.
-SOURCES_RECORD = "fcgi/_native__mypyc.sources"
-
-
-def record_sources() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, SOURCES_RECORD), "w") as out:
+    with open(os.path.join(HERE, SOURCES_RECORD), "w") as record:
         for path in COMPILED:
-            with open(os.path.join(here, path), "rb") as source:
-                out.write(f"{hashlib.sha256(source.read()).hexdigest()}  {path}\n")
-
-
-#: The names of the extensions mypyc made: its library and a shim per module.
-NATIVE_MODULES: set[str] = set()
-
-def remove_stale_native() -> None:
-    """Delete compiled modules an earlier in-place build left beside the source.
-
-    When this build compiles none (FCGI_NO_EXTENSIONS=1, no mypyc), a
-    leftover ``.so`` would still be imported in place of the edited ``.py``.
-    """
-    import glob
-    import sysconfig
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    names = [path[:-3] for path in COMPILED] + ["fcgi/_native__mypyc"]
-    paths = [os.path.join(here, name + suffix) for name in names]
-    for path in [*paths, os.path.join(here, SOURCES_RECORD)]:
-        for found in glob.glob(path):
-            os.remove(found)
+            with open(os.path.join(HERE, path), "rb") as source:
+                record.write(f"{hashlib.sha256(source.read()).hexdigest()}  {path}\n")
+    return extensions
 
 
 ext_modules: list[Extension] = []
@@ -144,6 +133,6 @@ if os.environ.get("FCGI_NO_EXTENSIONS") != "1":
     ext_modules.append(Extension("fcgi._speedups", ["fcgi/_speedups.c"], optional=True))
     ext_modules.extend(native_extensions())
 if not NATIVE_MODULES:
-    remove_stale_native()
+    remove_native_in_place()
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuild})

@@ -527,14 +527,9 @@ def respond(
             _send_sequence(response, result)
         else:
             emit = response.emit
-            # Declared object, and checked below: compiled (setup.py), a chunk
-            # typed bytes would be checked by mypyc's own cast, in other words
-            # than a list response's, and a bytes-like one let through by
-            # accident when not compiled. The same rule either way.
-            pieces: Iterable[object] = result
-            for chunk in pieces:
-                if not isinstance(chunk, bytes):
-                    raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
+            pieces: Iterable[object] = result  # see _app_bytes
+            for piece in pieces:
+                chunk = _app_bytes(piece)
                 if chunk:
                     emit(chunk, True)
             if not response.headers_sent:
@@ -567,12 +562,24 @@ def respond(
     return response.status, 0, response.head
 
 
-def _send_sequence(response: _Response, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+def _app_bytes(piece: object) -> bytes:
+    """``piece`` of the app's iterable, if it is bytes (PEP 3333); else the TypeError of a 500.
+
+    The iterable's items are declared ``object`` and checked here: compiled
+    (setup.py), items declared bytes would meet mypyc's own check first, in
+    other words, and the plain code would let a bytearray through by accident.
+    """
+    if isinstance(piece, bytes):
+        return piece
+    raise TypeError(f"the app yielded {type(piece).__name__}, not bytes")
+
+
+def _send_sequence(response: _Response, pieces: list[object] | tuple[object, ...]) -> None:
     """A list response is known whole: send it in one piece with a Content-Length."""
-    for chunk in chunks:
-        if type(chunk) is not bytes:
-            raise TypeError(f"the app yielded {type(chunk).__name__}, not bytes")
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(pieces) == 1:  # the usual case: no list made, no join
+        body = _app_bytes(pieces[0])
+    else:
+        body = b"".join([_app_bytes(piece) for piece in pieces])
     if response.headers_sent:  # the app used write() before returning
         if body:
             response.send(body, False)

@@ -12,6 +12,7 @@ JSON case per line and writes its trace back as one line of JSON.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -99,21 +100,38 @@ def trace_respond(case: dict[str, Any]) -> str:
     def send(data: bytes, flush: bool) -> None:
         sent.append((bytes(data), flush))
 
+    logged = _Logged()
+    log = logging.getLogger("fcgi.wsgi")
+    log.addHandler(logged)
     try:
         outcome: object = wsgi.respond(_app(case), environ, send, None)
     except Exception as exc:
         outcome = (type(exc).__name__, str(exc))
-    return repr((outcome, sent))
+    finally:
+        log.removeHandler(logged)
+    return repr((outcome, sent, logged.errors))
+
+
+class _Logged(logging.Handler):
+    """The last line of each line respond() logs: for an app's failure, its exception.
+
+    The frames above it differ (compiled code shows fewer); that line may not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.errors.append(str(record.getMessage()).rstrip().rsplit("\n", 1)[-1])
 
 
 TRACES = {"connection": trace_connection, "respond": trace_respond}
 
 
 def main() -> None:
-    import logging
-
-    # respond() logs app failures; the trace is what it returns and sends.
-    logging.disable(logging.CRITICAL)
+    # respond() logs app failures to its own handler (see _Logged); no output.
+    logging.getLogger("fcgi").propagate = False
     for line in sys.stdin:
         kind, case = json.loads(line)
         print(json.dumps(TRACES[kind](case)), flush=True)

@@ -326,13 +326,14 @@ def test_input_stream_reads_like_a_file(
 # of its own: these apps got a different answer from it than from the source.
 
 
+@pytest.mark.parametrize("shape", [list, iter])
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
-def test_a_generator_yielding_other_than_bytes_is_refused_as_a_list_is(
-    kind: Any, caplog: pytest.LogCaptureFixture
+def test_an_iterable_yielding_other_than_bytes_is_refused(
+    kind: Any, shape: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def app(environ: Any, start_response: Any) -> Iterator[Any]:
+    def app(environ: Any, start_response: Any) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain")])
-        yield kind(b"one ")
+        return shape([kind(b"one ")])
 
     status, sink = run(app, validate=False)
     assert status == 500
