@@ -11,23 +11,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Each event writes its own __init__ (``init=False``): compiled by mypyc
+# (setup.py), a dataclass would get the __init__ the dataclasses module
+# generates, which runs as interpreted code, and a request makes three or
+# more events. The dataclass still gives them __eq__ and __repr__.
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Event:
     """What every event carries: the request it belongs to."""
 
     request_id: int
 
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class BeginRequest(Event):
     """BEGIN_REQUEST accepted: the id is now active."""
 
     role: int
     keep_conn: bool
 
+    def __init__(self, request_id: int, role: int, keep_conn: bool) -> None:
+        self.request_id = request_id
+        self.role = role
+        self.keep_conn = keep_conn
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Params(Event):
     """The PARAMS stream is complete.
 
@@ -38,37 +51,58 @@ class Params(Event):
 
     params: dict[str, str]
 
+    def __init__(self, request_id: int, params: dict[str, str]) -> None:
+        self.request_id = request_id
+        self.params = params
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class StdinData(Event):
     """Part of the request body (FCGI_STDIN); never empty."""
 
     data: bytes
 
+    def __init__(self, request_id: int, data: bytes) -> None:
+        self.request_id = request_id
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class StdinEnd(Event):
     """The body is whole: the web server sent the empty FCGI_STDIN record."""
 
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class DataChunk(Event):
     """Part of the FCGI_DATA stream (FILTER role only)."""
 
     data: bytes
 
+    def __init__(self, request_id: int, data: bytes) -> None:
+        self.request_id = request_id
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class DataEnd(Event):
     """The FCGI_DATA stream is whole (its empty record arrived)."""
 
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class AbortRequest(Event):
     """The web server gave up on this request; answer with end_request() soon."""
 
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RequestRejected(Event):
     """The request broke a per-request rule (limits, stream order).
 
@@ -83,8 +117,13 @@ class RequestRejected(Event):
     reason: str
     http_status: int
 
+    def __init__(self, request_id: int, reason: str, http_status: int) -> None:
+        self.request_id = request_id
+        self.reason = reason
+        self.http_status = http_status
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RequestRefused(Event):
     """A BEGIN_REQUEST the connection answered itself with END_REQUEST.
 
@@ -94,3 +133,9 @@ class RequestRefused(Event):
 
     protocol_status: int
     role: int
+
+
+    def __init__(self, request_id: int, protocol_status: int, role: int) -> None:
+        self.request_id = request_id
+        self.protocol_status = protocol_status
+        self.role = role
