@@ -134,7 +134,6 @@ class RequestRefused(Event):
     protocol_status: int
     role: int
 
-
     def __init__(self, request_id: int, protocol_status: int, role: int) -> None:
         self.request_id = request_id
         self.protocol_status = protocol_status
