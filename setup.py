@@ -33,7 +33,8 @@ from setuptools.command.build_ext import build_ext
 #: worker runs through (the profile of bench's hello route), and what they
 #: import on that path. A module here must type-check under ``mypy --strict``
 #: and keep to what mypyc compiles (no interpreted subclass of its classes
-#: unless the class allows it; no monkeypatching of its functions).
+#: unless the class allows it; no monkeypatching of its functions), and
+#: declares its module constants ``Final`` (tests/test_compiled.py checks it).
 COMPILED = [
     "fcgi/events.py",
     "fcgi/records.py",

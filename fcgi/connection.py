@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Final
 
 from fcgi import events as ev
 from fcgi.errors import LocalProtocolError, ProtocolError
@@ -89,16 +90,16 @@ _pack_header = HEADER.pack
 
 # A request's stages: what it waits for. Named after what they wait for, not
 # after the record types (PARAMS, STDIN, DATA), which are plain ints too.
-_READING_PARAMS = 0
-_READING_STDIN = 1
-_READING_DATA = 2
-_INPUT_DONE = 3
-_REJECTED = 4
+_READING_PARAMS: Final = 0
+_READING_STDIN: Final = 1
+_READING_DATA: Final = 2
+_INPUT_DONE: Final = 3
+_REJECTED: Final = 4
 
 #: The records that close a plain successful response (empty STDOUT, then
 #: END_REQUEST with appStatus 0), by request id: built once per id, not per request.
-_COMPLETE_TAILS: dict[int, bytes] = {}
-_TAIL_CACHE_IDS = 256
+_COMPLETE_TAILS: Final[dict[int, bytes]] = {}
+_TAIL_CACHE_IDS: Final = 256
 
 
 def _complete_tail(request_id: int) -> bytes:
@@ -111,7 +112,7 @@ def _complete_tail(request_id: int) -> bytes:
 
 
 #: Pieces of a split record smaller than this are copied together rather than kept.
-_SMALL_PIECE = 4096
+_SMALL_PIECE: Final = 4096
 
 
 def _join_span(parts: list[bytes | bytearray | memoryview], start: int, stop: int) -> bytes:
@@ -130,7 +131,7 @@ def _join_span(parts: list[bytes | bytearray | memoryview], start: int, stop: in
     return b"".join(views)
 
 
-_OUTGOING_TYPES = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE))
+_OUTGOING_TYPES: Final = frozenset((END_REQUEST, STDOUT, STDERR, GET_VALUES_RESULT, UNKNOWN_TYPE))
 
 
 @dataclass(slots=True)
@@ -192,8 +193,8 @@ class _Request:
 #: More significant digits than any body can have: such a CONTENT_LENGTH is
 #: taken as this many bytes (larger than any limit) rather than given to int(),
 #: which refuses strings of more than 4300 digits (a ValueError out of feed()).
-_MAX_LENGTH_DIGITS = 19
-_HUGE_LENGTH = 10**_MAX_LENGTH_DIGITS
+_MAX_LENGTH_DIGITS: Final = 19
+_HUGE_LENGTH: Final = 10**_MAX_LENGTH_DIGITS
 
 
 def decimal_length(value: str) -> int:

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -37,7 +37,7 @@ from fcgi.wsgi import ErrorStream, InputStream, build_environ, content_length
 #: while queued, the network under it failed, a firewall rule refused it:
 #: Linux reports errors pending on the new connection this way, and accept(2)
 #: says to go on with the next one).
-ACCEPT_RETRY = frozenset(
+ACCEPT_RETRY: Final = frozenset(
     (
         errno.ECONNABORTED,
         errno.EINTR,
@@ -56,17 +56,17 @@ ACCEPT_RETRY = frozenset(
 #: accept() errors from lack of resources (out of file descriptors, memory):
 #: the connection stays queued and the listener stays ready, so retrying at
 #: once would spin (and log) as fast as the CPU allows until a descriptor frees.
-ACCEPT_STARVED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_STARVED: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 #: Seconds a driver waits before trying accept() again after one of those.
-ACCEPT_PAUSE = 0.1
+ACCEPT_PAUSE: Final = 0.1
 
 #: Most bytes read and thrown away while closing a connection whose request
 #: body was not read to the end (so the web server sees our answer, not a reset).
-MAX_DRAIN = 64 * 1024 * 1024
+MAX_DRAIN: Final = 64 * 1024 * 1024
 #: Longest that drain may take, in seconds: a peer trickling the rest of a
 #: body must not hold the worker (a sync worker's reads still wait up to
 #: read_timeout each).
-DRAIN_SECONDS = 2.0
+DRAIN_SECONDS: Final = 2.0
 
 
 #: The sans-IO core of a connection, whichever protocol its listener speaks:
@@ -75,7 +75,7 @@ CoreConnection = ServerConnection | UwsgiConnection | ScgiConnection
 #: What makes a new connection's core from the driver's limits.
 CoreFactory = Callable[[Limits], CoreConnection]
 #: The core for each protocol a bind spec can name (fcgi.sockets.PROTOCOLS).
-CORES: dict[str, CoreFactory] = {
+CORES: Final[dict[str, CoreFactory]] = {
     FASTCGI: ServerConnection,
     UWSGI: UwsgiConnection,
     SCGI: ScgiConnection,
@@ -111,7 +111,7 @@ class Driver(Protocol):
 #: OVERLOADED) logged as warnings; the rest go to the debug level. Each
 #: refusal is a line, and a peer can send thousands of BEGIN_REQUESTs in one
 #: packet: unbounded, a single connection would fill the log.
-REFUSALS_WARNED = 3
+REFUSALS_WARNED: Final = 3
 
 
 def log_refusal(log: logging.Logger, count: int, message: str, *args: object) -> None:
@@ -189,7 +189,7 @@ class WorkerBase:
 
 
 #: Role names by number, for ``fcgi.role``: a dict lookup per request, not an enum call.
-ROLE_NAMES = {role.value: role.name for role in Role}
+ROLE_NAMES: Final = {role.value: role.name for role in Role}
 
 
 def wsgi_environ(

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import NoReturn
+from typing import Final, NoReturn
 
 #: Exit status of a process forked by the app that returned into fcgi. 0: the
 #: child did run the app's code to its end, and whoever forked it (the app)
 #: may wait for it and treat a failure as its own; the mistake is reported on
 #: stderr instead.
-STRAY_EXIT = 0
+STRAY_EXIT: Final = 0
 
 #: The pid of the process that serves; 0 until :func:`arm` (no check then).
 _serving_pid = 0

@@ -15,6 +15,7 @@ FastCGI.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Final
 
 from fcgi import events as ev
 from fcgi.connection import Limits, OutputQueue
@@ -24,35 +25,35 @@ from fcgi.records import ProtocolStatus, Role
 #: The request id every event of these one-request protocols carries: the
 #: same as the first FastCGI request of a connection, so code that logs ids
 #: reads the same.
-REQUEST_ID = 1
-_RESPONDER = int(Role.RESPONDER)
+REQUEST_ID: Final = 1
+_RESPONDER: Final = int(Role.RESPONDER)
 #: The protocol status of a request the app answered itself (end_request's default).
-_COMPLETE = int(ProtocolStatus.REQUEST_COMPLETE)
-_ACTIVE: Collection[int] = (REQUEST_ID,)
-_IDLE: Collection[int] = ()
+_COMPLETE: Final = int(ProtocolStatus.REQUEST_COMPLETE)
+_ACTIVE: Final[Collection[int]] = (REQUEST_ID,)
+_IDLE: Final[Collection[int]] = ()
 
 # Stages of the one request.
 #: Reading its head.
-_HEAD = 0
+_HEAD: Final = 0
 #: The head is in and the app may run; reading CONTENT_LENGTH bytes of body.
-_BODY = 1
+_BODY: Final = 1
 #: All of its input is in: more bytes break the protocol.
-_DONE = 2
+_DONE: Final = 2
 #: Rejected, or answered before its body was read: input is taken and dropped.
-_DROP = 3
+_DROP: Final = 3
 
 #: What the app would have said had it run: sent for a request ended with a
 #: FastCGI protocol status (a driver over its max_reqs ends the request with
 #: OVERLOADED). These protocols have no such status, and an empty answer reads
 #: as a crash to the web server (502).
-_UNAVAILABLE_BODY = b"503 Service Unavailable\n"
-_UNAVAILABLE = (
+_UNAVAILABLE_BODY: Final = b"503 Service Unavailable\n"
+_UNAVAILABLE: Final = (
     b"Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(_UNAVAILABLE_BODY), _UNAVAILABLE_BODY)
 )
 
 #: How much of a bad request head goes into an error message (see quote_head).
-HEAD_QUOTE = 16
+HEAD_QUOTE: Final = 16
 
 
 def quote_head(data: bytes) -> str:

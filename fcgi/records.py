@@ -11,17 +11,18 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
+from typing import Final
 
 from fcgi.errors import ProtocolError
 
-VERSION_1 = 1
-HEADER_LEN = 8
-MAX_CONTENT_LEN = 0xFFFF
+VERSION_1: Final = 1
+HEADER_LEN: Final = 8
+MAX_CONTENT_LEN: Final = 0xFFFF
 #: Largest payload that still needs no padding to stay 8-byte aligned.
-MAX_ALIGNED_CONTENT_LEN = 0xFFF8
+MAX_ALIGNED_CONTENT_LEN: Final = 0xFFF8
 #: The descriptor on which a web server hands the app its listening socket (spec 2.2).
-LISTENSOCK_FILENO = 0
-KEEP_CONN = 1
+LISTENSOCK_FILENO: Final = 0
+KEEP_CONN: Final = 1
 
 
 class RecordType(IntEnum):
@@ -53,25 +54,25 @@ class ProtocolStatus(IntEnum):
 
 # Plain ints for the hot path: comparing against an IntEnum member costs an
 # attribute lookup on the enum class every time.
-BEGIN_REQUEST = 1
-ABORT_REQUEST = 2
-END_REQUEST = 3
-PARAMS = 4
-STDIN = 5
-STDOUT = 6
-STDERR = 7
-DATA = 8
-GET_VALUES = 9
-GET_VALUES_RESULT = 10
-UNKNOWN_TYPE = 11
+BEGIN_REQUEST: Final = 1
+ABORT_REQUEST: Final = 2
+END_REQUEST: Final = 3
+PARAMS: Final = 4
+STDIN: Final = 5
+STDOUT: Final = 6
+STDERR: Final = 7
+DATA: Final = 8
+GET_VALUES: Final = 9
+GET_VALUES_RESULT: Final = 10
+UNKNOWN_TYPE: Final = 11
 
-HEADER = struct.Struct("!BBHHBx")
-BEGIN_REQUEST_BODY = struct.Struct("!HB5x")
-END_REQUEST_BODY = struct.Struct("!LB3x")
-UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
-_LEN4 = struct.Struct("!L")
+HEADER: Final = struct.Struct("!BBHHBx")
+BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
+END_REQUEST_BODY: Final = struct.Struct("!LB3x")
+UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
+_LEN4: Final = struct.Struct("!L")
 
-_PADDING = bytes(8)
+_PADDING: Final = bytes(8)
 
 HeadScan = tuple[int, int, int, dict[str, str], int, int]
 
@@ -268,7 +269,7 @@ except ImportError:  # built without the extension (no compiler, FCGI_NO_EXTENSI
 #: Whether :func:`decode_params` runs the C version (``fcgi._speedups``). It is
 #: False where the extension was not built, or with ``FCGI_PURE_PYTHON=1`` in the
 #: environment when this module is first imported.
-SPEEDUPS: bool = _decode_params_c is not None and os.environ.get("FCGI_PURE_PYTHON") != "1"
+SPEEDUPS: Final[bool] = _decode_params_c is not None and os.environ.get("FCGI_PURE_PYTHON") != "1"
 
 
 def _decode_params_fast(data: bytes | bytearray | memoryview) -> dict[str, str]:

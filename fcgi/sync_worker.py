@@ -64,6 +64,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -94,39 +95,39 @@ log = logging.getLogger("fcgi.worker")
 
 #: One buffer of this size per worker takes every read (recv_into): a large
 #: request body arrives in few reads, and no read allocates.
-_RECV_SIZE = 256 * 1024
+_RECV_SIZE: Final = 256 * 1024
 #: Connections one worker holds parked (waiting for a request head, or kept
 #: alive between requests). Past this the oldest idle kept connection is
 #: closed (the web server opens a new one when it needs it), else the oldest
 #: one still waiting for its head.
-_MAX_PARKED = 1024
+_MAX_PARKED: Final = 1024
 #: Connections one worker drains at once: closing, their answer sent, the
 #: rest of a body they will not be asked for read and thrown away (see
 #: SyncWorker._start_drain). Past this the oldest is closed at once: each holds
 #: a descriptor, and a peer opening them by the hundred does not get to keep
 #: them for DRAIN_SECONDS each.
-_MAX_DRAINING = 64
+_MAX_DRAINING: Final = 64
 #: Seconds a worker waits, right after accept(), for the first bytes of a
 #: connection that has sent none yet. A web server writes its request right
 #: after connecting, so this is almost always enough; and a connection
 #: served at once cannot end up parked in a worker that then starts a long
 #: request while other workers sit idle (see the module docstring).
-_FIRST_BYTES_WAIT = 0.05
+_FIRST_BYTES_WAIT: Final = 0.05
 #: After such a wait ran out (a silent peer: likely an attack), the next
 #: this many seconds of new connections are parked without waiting, so a
 #: flood of silent connections costs one wait per period, not one each.
-_IMPATIENT_FOR = 1.0
+_IMPATIENT_FOR: Final = 1.0
 #: The deadline heap is rebuilt from the parked connections once it holds
 #: more than this many entries per parked connection (stale entries pile up
 #: as kept connections come and go; the rebuild keeps its size bounded).
-_HEAP_SLACK = 4
+_HEAP_SLACK: Final = 4
 
 
 #: Below this many bytes a response is joined and sent with one send(); above
 #: it the buffers go to sendmsg() as they are, so a large body is never copied.
-_JOIN_LIMIT = 16 * 1024
-_IOV_MAX = 1024
-_DONTWAIT = socket.MSG_DONTWAIT
+_JOIN_LIMIT: Final = 16 * 1024
+_IOV_MAX: Final = 1024
+_DONTWAIT: Final = socket.MSG_DONTWAIT
 
 
 def _watch_signals(wake: int) -> int | None:
@@ -171,7 +172,7 @@ class SendBudget:
 #: The budget of what a connection answers by itself (GET_VALUES results,
 #: refusals): nothing. One shared object, not one per request: it only ever
 #: goes further below zero, which means the same.
-_UNASKED = SendBudget(0.0)
+_UNASKED: Final = SendBudget(0.0)
 
 
 # A plain Python class even when this module is compiled (setup.py): mypyc's
@@ -253,12 +254,12 @@ class _PeerClosed(Exception):
     pass
 
 
-_BEGIN = ev.BeginRequest
+_BEGIN: Final = ev.BeginRequest
 #: The FastCGI core: only its connections are passed to other workers (a
 #: uwsgi or SCGI connection carries one request and is never kept).
-_FASTCGI = CORES[FASTCGI]
-_AUTHORIZER = int(Role.AUTHORIZER)
-_FILTER = int(Role.FILTER)
+_FASTCGI: Final = CORES[FASTCGI]
+_AUTHORIZER: Final = int(Role.AUTHORIZER)
+_FILTER: Final = int(Role.FILTER)
 
 
 class _Peer:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Final
 
 from fcgi.connection import Limits, decimal_length
 from fcgi.errors import LocalProtocolError, ProtocolError
@@ -53,17 +54,17 @@ from fcgi.one_request import OneRequestConnection, wrong_protocol_hint
 from fcgi.records import SPEEDUPS
 
 #: The size of the packet header: modifier1, datasize (2 bytes), modifier2.
-HEADER_LEN = 4
+HEADER_LEN: Final = 4
 #: The packet type of a WSGI request (the only one served).
-MODIFIER1_WSGI = 0
+MODIFIER1_WSGI: Final = 0
 #: The HTTP version of the status line. uWSGI writes the request's own
 #: SERVER_PROTOCOL; a fixed HTTP/1.1 is one that both nginx and Apache parse
 #: whatever the client spoke (an HTTP/2 request's SERVER_PROTOCOL is
 #: "HTTP/2.0"), and neither passes it on: each writes its own status line.
-_HTTP_VERSION = b"HTTP/1.1"
+_HTTP_VERSION: Final = b"HTTP/1.1"
 #: The start of the head the adapters write, ``Status: NNN reason``: replacing
 #: its first 7 bytes ("Status:") by the version makes the status line.
-_CGI_STATUS = b"Status: "
+_CGI_STATUS: Final = b"Status: "
 
 
 def _reason(code: bytes) -> bytes:

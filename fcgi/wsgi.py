@@ -12,7 +12,7 @@ import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from fcgi.errors import FastCGIError, RequestBodyIncomplete, RequestBodyTooLarge
@@ -249,7 +249,7 @@ def _request_path(environ: Mapping[str, Any]) -> str:
     return unquote_to_bytes(path.encode("latin-1")).decode("latin-1")
 
 
-_BASE_ENVIRON: dict[str, Any] = {
+_BASE_ENVIRON: Final[dict[str, Any]] = {
     "wsgi.version": (1, 0),
     "wsgi.run_once": False,
     "wsgi.file_wrapper": FileWrapper,
@@ -311,9 +311,9 @@ def content_length(params: Mapping[str, str]) -> int | None:
 
 # -- the response ------------------------------------------------------------------
 
-_STATUS_RE = re.compile(r"[1-9][0-9][0-9] [^\r\n\0]*\Z")
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_HOP_BY_HOP = frozenset(
+_STATUS_RE: Final = re.compile(r"[1-9][0-9][0-9] [^\r\n\0]*\Z")
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HOP_BY_HOP: Final = frozenset(
     (
         "connection",
         "keep-alive",
@@ -326,8 +326,8 @@ _HOP_BY_HOP = frozenset(
     )
 )
 
-_ERROR_BODY = b"<h1>500 Internal Server Error</h1>\n"
-_ERROR_RESPONSE = (
+_ERROR_BODY: Final = b"<h1>500 Internal Server Error</h1>\n"
+_ERROR_RESPONSE: Final = (
     b"Status: 500 Internal Server Error\r\nContent-Type: text/html\r\n"
     b"Content-Length: " + str(len(_ERROR_BODY)).encode() + b"\r\n\r\n" + _ERROR_BODY
 )
@@ -335,7 +335,7 @@ _ERROR_RESPONSE = (
 
 #: Reason phrases of the errors fcgi answers by itself (rejected requests,
 #: bodies too large or cut off), written once for every driver.
-ERROR_REASONS = {
+ERROR_REASONS: Final = {
     400: "Bad Request",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
@@ -413,9 +413,9 @@ class _Response:
 #: expressions run once per distinct name rather than once per response. Each
 #: name maps to whether it is Content-Length. Bounded: an app that makes up
 #: names per request just stops being cached.
-_GOOD_NAMES: dict[str, bool] = {}
-_GOOD_STATUSES: set[str] = set()
-_CACHE_LIMIT = 512
+_GOOD_NAMES: Final[dict[str, bool]] = {}
+_GOOD_STATUSES: Final[set[str]] = set()
+_CACHE_LIMIT: Final = 512
 
 
 def _check_name(name: object) -> bool:

@@ -19,8 +19,9 @@ import mmap
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
-MAGIC = 0x46434750  # "FCGP"
+MAGIC: Final = 0x46434750  # "FCGP"
 
 
 class SlotState(IntEnum):
@@ -35,7 +36,7 @@ class SlotState(IntEnum):
     STOPPING = 4
 
 
-STATE_NAMES = {
+STATE_NAMES: Final = {
     SlotState.FREE: "Free",
     SlotState.STARTING: "Starting",
     SlotState.IDLE: "Idle",
@@ -43,8 +44,8 @@ STATE_NAMES = {
     SlotState.STOPPING: "Finishing",
 }
 
-METHOD_LEN = 16
-URI_LEN = 480
+METHOD_LEN: Final = 16
+URI_LEN: Final = 480
 
 
 @dataclass(slots=True)
@@ -81,23 +82,23 @@ class Slot:
 # contiguous pack: the end of a request writes from ``requests`` through
 # ``active``, its start from ``accepted`` through ``uri``. ``accepted``,
 # ``state`` and ``active`` sit where the two groups overlap, so both carry them.
-_FIXED = struct.Struct("<IiI4xd")  # seq, pid, generation, started
-_END = struct.Struct("<QddQIQII")  # requests .. last_status, accepted, state, active
-_START = struct.Struct("<QIIQddq")  # accepted, state, active, request_seq .. content_length
+_FIXED: Final = struct.Struct("<IiI4xd")  # seq, pid, generation, started
+_END: Final = struct.Struct("<QddQIQII")  # requests .. last_status, accepted, state, active
+_START: Final = struct.Struct("<QIIQddq")  # accepted, state, active, request_seq .. content_length
 #: The route shown (method, URI): written only when it changes, since most
 #: requests of a busy site repeat the one before (500 bytes not packed again).
-_ROUTE = struct.Struct(f"<{METHOD_LEN}s{URI_LEN}s")
-_END_AT = _FIXED.size
-_START_AT = _END_AT + _END.size - 16
-_ROUTE_AT = _START_AT + _START.size
-_SLOT = struct.Struct(f"<IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
+_ROUTE: Final = struct.Struct(f"<{METHOD_LEN}s{URI_LEN}s")
+_END_AT: Final = _FIXED.size
+_START_AT: Final = _END_AT + _END.size - 16
+_ROUTE_AT: Final = _START_AT + _START.size
+_SLOT: Final = struct.Struct(f"<IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
 assert _SLOT.size == _ROUTE_AT + _ROUTE.size
-_SEQ = struct.Struct("<I")
-SLOT_SIZE = (_SLOT.size + 63) // 64 * 64
+_SEQ: Final = struct.Struct("<I")
+SLOT_SIZE: Final = (_SLOT.size + 63) // 64 * 64
 #: Reads of a header or slot that may meet a write in progress before the
 #: last one is taken as it is: a write holds the counter odd for well under a
 #: microsecond, and a torn read only misleads one status page or heartbeat.
-_READ_ATTEMPTS = 1000
+_READ_ATTEMPTS: Final = 1000
 
 
 @dataclass(slots=True)
@@ -124,8 +125,8 @@ class Header:
     start_backoff: float = 0.0
 
 
-_HEADER = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQQd")
-HEADER_SIZE = 128
+_HEADER: Final = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQQd")
+HEADER_SIZE: Final = 128
 assert _HEADER.size <= HEADER_SIZE
 
 

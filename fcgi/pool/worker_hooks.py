@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from fcgi import forkguard, stacks
 from fcgi.errors import ConfigError
@@ -43,12 +43,12 @@ _T = TypeVar("_T")
 
 #: Seconds between two checks, at the end of a request, that the master is
 #: still this worker's parent (the backstop for a missed PR_SET_PDEATHSIG).
-MASTER_CHECK_INTERVAL = 1.0
+MASTER_CHECK_INTERVAL: Final = 1.0
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 # Plain ints: an IntEnum member costs a class attribute lookup on each use.
-_BUSY = int(SlotState.BUSY)
-_IDLE = int(SlotState.IDLE)
+_BUSY: Final = int(SlotState.BUSY)
+_IDLE: Final = int(SlotState.IDLE)
 
 
 def current_rss() -> int:
@@ -102,7 +102,7 @@ _Running = tuple[Mapping[str, str], float, float]
 #: the figures of each request) they are read at most this often, in seconds,
 #: and "last request cpu" covers the requests finished since the last reading:
 #: exactly the last request whenever requests take longer than this.
-CPU_READ_INTERVAL = 0.001
+CPU_READ_INTERVAL: Final = 0.001
 
 
 class ScoreboardHooks:
