@@ -84,6 +84,20 @@ from fcgi.driver import (
     wsgi_environ,
 )
 from fcgi.errors import ProtocolError, RequestBodyIncomplete, RequestBodyTooLarge
+
+# Tested by name, not as ``ev.X``: compiled (setup.py), ``ev.X`` is an
+# attribute lookup on the module every time.
+from fcgi.events import (
+    AbortRequest,
+    BeginRequest,
+    DataChunk,
+    DataEnd,
+    Params,
+    RequestRefused,
+    RequestRejected,
+    StdinData,
+    StdinEnd,
+)
 from fcgi.handoff import SLOW_REQUEST, SlowRequestWatch
 from fcgi.hooks import render_answer
 from fcgi.listen_queue import listen_queue
@@ -195,7 +209,7 @@ def send_buffers(
     """
     if len(buffers) == 1:
         data = buffers[0]
-    elif sum(map(len, buffers)) <= _JOIN_LIMIT:
+    elif _total_size(buffers) <= _JOIN_LIMIT:
         data = b"".join(buffers)
     else:
         _send_vectored(sock, buffers, timeout, budget)
@@ -206,6 +220,17 @@ def send_buffers(
         sent = 0
     if sent < len(data):
         _send_vectored(sock, [memoryview(data)[sent:]], timeout, budget)
+
+
+def _total_size(buffers: list[bytes | memoryview]) -> int:
+    """How many bytes ``buffers`` hold.
+
+    A loop: compiled (setup.py), ``sum(map(len, buffers))`` looks up three builtins.
+    """
+    size = 0
+    for buffer in buffers:
+        size += len(buffer)
+    return size
 
 
 def _wait_writable(sock: _socket.socket, timeout: float, budget: SendBudget | None) -> None:
@@ -254,7 +279,6 @@ class _PeerClosed(Exception):
     pass
 
 
-_BEGIN: Final = ev.BeginRequest
 #: The FastCGI core: only its connections are passed to other workers (a
 #: uwsgi or SCGI connection carries one request and is never kept).
 _FASTCGI: Final = CORES[FASTCGI]
@@ -393,11 +417,11 @@ class _Connection(SendBudget):
         A lone BEGIN_REQUEST does not: its PARAMS may never come.
         """
         pending = self.pending
-        if pending and type(pending[-1]) is not _BEGIN:
+        if pending and type(pending[-1]) is not BeginRequest:
             return True  # the usual case: the head ends with its Params
         if self.conn.has_output or self.conn.should_close:
             return True
-        return any(type(event) is not _BEGIN for event in pending)
+        return any(type(event) is not BeginRequest for event in pending)
 
     @property
     def in_head(self) -> bool:
@@ -475,22 +499,22 @@ class _Exchange:
             if event.request_id != rid:
                 continue  # refused ids: already answered by the connection
             kind = type(event)
-            if kind is ev.StdinData:
+            if kind is StdinData:
                 if self.stdin is None:
                     self.stdin = deque()
                 self.stdin.append(event.data)  # type: ignore[attr-defined]
-            elif kind is ev.StdinEnd:
+            elif kind is StdinEnd:
                 self.stdin_done = True
-            elif kind is ev.DataChunk:
+            elif kind is DataChunk:
                 if self.data is None:
                     self.data = deque()
                 self.data.append(event.data)  # type: ignore[attr-defined]
-            elif kind is ev.DataEnd:
+            elif kind is DataEnd:
                 self.data_done = True
-            elif kind is ev.AbortRequest:
+            elif kind is AbortRequest:
                 log.info("request %d from %s aborted by the web server", rid, self.c.peer)
                 self._end_input()
-            elif kind is ev.RequestRejected:
+            elif kind is RequestRejected:
                 reason = event.reason  # type: ignore[attr-defined]
                 log.warning("request from %s: %s", self.c.peer, reason)
                 if event.http_status == 413:  # type: ignore[attr-defined]
@@ -1048,7 +1072,7 @@ class SyncWorker(WorkerBase):
             self._close(c, False)
             return
         pending = c.pending
-        if (pending and type(pending[-1]) is not _BEGIN) or c.head_ready:
+        if (pending and type(pending[-1]) is not BeginRequest) or c.head_ready:
             # The first test is the usual case (see head_ready), checked here
             # without a call: the whole head came in one read.
             if c.parked:  # _unpark, inlined: once per request on a kept connection
@@ -1211,13 +1235,13 @@ class SyncWorker(WorkerBase):
             while pending:
                 event = pending.popleft()
                 kind = type(event)
-                if kind is ev.Params:
+                if kind is Params:
                     unread_body = self._request(c, event)  # type: ignore[arg-type]
                     c.served += 1
                     completed = True
                     if self._stopping or self.hooks.should_stop():
                         break
-                elif kind is ev.RequestRejected:
+                elif kind is RequestRejected:
                     self._reject(c, event)  # type: ignore[arg-type]
                     c.served += 1
                     completed = True
@@ -1226,7 +1250,7 @@ class SyncWorker(WorkerBase):
                     # closed now is drained first, so the web server reads
                     # the answer rather than a reset.
                     unread_body = True
-                elif kind is ev.AbortRequest:
+                elif kind is AbortRequest:
                     # Aborted before its PARAMS ended: the app never ran, but
                     # the web server still waits for END_REQUEST (section 5.4).
                     if event.request_id in c.conn.active_requests:
@@ -1237,7 +1261,7 @@ class SyncWorker(WorkerBase):
                         c.flush()
                         c.served += 1
                         completed = True
-                elif kind is ev.RequestRefused:
+                elif kind is RequestRefused:
                     c.refusals += 1
                     log_refusal(
                         log,
@@ -1296,7 +1320,7 @@ class SyncWorker(WorkerBase):
             self._start_head(c)
         self._park(c)
 
-    def _request(self, c: _Connection, event: ev.Params) -> bool:
+    def _request(self, c: _Connection, event: Params) -> bool:
         """Serve one request; return True if its body was left unread."""
         rid = event.request_id
         params = event.params
@@ -1351,7 +1375,7 @@ class SyncWorker(WorkerBase):
             hooks.request_finished(token, status, head)
         return not exchange.settle()
 
-    def _reject(self, c: _Connection, event: ev.RequestRejected) -> None:
+    def _reject(self, c: _Connection, event: RequestRejected) -> None:
         log.warning("rejected request from %s: %s", c.peer, event.reason)
         c.conn.send_stdout(event.request_id, error_response(event.http_status))
         c.conn.end_request(event.request_id, 1)
