@@ -170,11 +170,13 @@ def test_module_constants_of_compiled_modules_are_final() -> None:
     inlined, even in the modules that import it). A request reads dozens of
     them: declaring them Final took 6% off a kept hello request's instructions.
     Constants here are names in capitals bound once at the top level (one
-    chosen by a try/except at import is bound twice, and cannot be Final).
+    chosen by a try/except at import is bound twice, and cannot be Final);
+    a line that says ``# not Final: <why>`` is left alone.
     """
     missing = []
     for path in compiled_sources():
-        tree = ast.parse((ROOT / path).read_text())
+        source = (ROOT / path).read_text()
+        tree, lines = ast.parse(source), source.splitlines()
         rebound = {n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names}
         stores: dict[str, int] = {}
         for statement in tree.body:
@@ -197,7 +199,8 @@ def test_module_constants_of_compiled_modules_are_final() -> None:
             if isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "TypeVar":
                 continue
             if annotation is None or "Final" not in ast.unparse(annotation):
-                missing.append(f"{path}:{node.lineno} {name}")
+                if "# not Final:" not in lines[node.lineno - 1]:  # says why it may change
+                    missing.append(f"{path}:{node.lineno} {name}")
     assert not missing, missing
 
 
