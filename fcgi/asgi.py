@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from mypy_extensions import mypyc_attr
+
 from fcgi.errors import FastCGIError, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.spool import SpooledBody
@@ -95,6 +97,8 @@ LIFESPAN_POLL = 0.5
 LIFESPAN_NOTICE = 10.0
 
 
+# A plain class even when compiled: mypyc's classes cannot derive from OSError.
+@mypyc_attr(native_class=False)
 class ClientDisconnected(OSError):
     """Raised by ``send`` once the web server gave up on the request (ASGI spec 2.4)."""
 
@@ -440,6 +444,15 @@ class ASGIResponder:
         await self._finished.wait()
         return dict(_DISCONNECT)
 
+    def _why_gone(self) -> str:
+        """:attr:`gone`, read afresh.
+
+        Not read in :meth:`send` itself: that tested ``gone is not None``
+        before its awaits, and compiled (setup.py) it would take the value
+        for the None that test left it as, though a disconnect set it since.
+        """
+        return self.gone or "the web server went away"
+
     async def send(self, message: Message) -> None:
         if self.gone is not None:
             if self._checkpoints:
@@ -483,7 +496,7 @@ class ASGIResponder:
                     await write(data)
                 except ClientGone as exc:
                     self.disconnect(str(exc) or "the web server went away")
-                    raise ClientDisconnected(self.gone) from None
+                    raise ClientDisconnected(self._why_gone()) from None
             elif self._checkpoints:
                 await self.waits.checkpoint()
         else:
@@ -583,6 +596,8 @@ class ASGIResponder:
 # -- lifespan ------------------------------------------------------------------------
 
 
+# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Lifespan:
     """The ASGI lifespan protocol, run once per worker process, on any event loop.
 

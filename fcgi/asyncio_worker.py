@@ -604,8 +604,6 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     (default: uvloop if installed, see :func:`default_loop_factory`).
     """
 
-    waits = _AsyncioWaits()
-
     def __init__(
         self, *args: Any, loop_factory: LoopFactory | None = None, **kwargs: Any
     ) -> None:
@@ -614,6 +612,9 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         super().__init__(*args, **kwargs)
 
     def _setup(self) -> None:
+        # Set on the instance: the base class may be compiled (setup.py), and
+        # a compiled class reads its attributes from the instance only.
+        self.waits = _AsyncioWaits()
         super()._setup()
         if self.interface != "asgi":
             self.close()

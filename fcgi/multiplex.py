@@ -30,6 +30,8 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from fcgi import events as ev
 from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIResponder, Waits, Write, build_scope
@@ -88,6 +90,8 @@ C = TypeVar("C", bound="MultiplexConnection[Any]")
 R = TypeVar("R", bound="Request")
 
 
+# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Request:
     """One request id being served on a connection."""
 
@@ -163,6 +167,8 @@ class Request:
         self.responder = None
 
 
+# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MultiplexConnection(Generic[R]):
     """One accepted connection's requests: what every event of the core does to them.
 
@@ -533,6 +539,8 @@ class MultiplexConnection(Generic[R]):
         raise NotImplementedError
 
 
+# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MultiplexWorker(WorkerBase, Generic[C, R]):
     """A worker that serves many connections, and every request id on them, at once.
 

@@ -490,11 +490,16 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
     that will serve (after fork); :meth:`serve_forever` starts ``trio.run``.
     """
 
-    waits = _TrioWaits()
     #: Bounds the threads that run WSGI apps (``threads``); made inside trio.run.
     _limiter: trio.CapacityLimiter | None = None
     #: Listeners still being accepted on.
     _accepting = 0
+
+    def _setup(self) -> None:
+        # Set on the instance: the base class may be compiled (setup.py), and
+        # a compiled class reads its attributes from the instance only.
+        self.waits = _TrioWaits()
+        super()._setup()
 
     def now(self) -> float:
         return trio.current_time()
