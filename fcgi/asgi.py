@@ -373,6 +373,10 @@ class ASGIResponder:
         #: HTTP status the app chose (0 before http.response.start).
         self.status = 0
         self.gone: str | None = None
+        #: The app's coroutine once :meth:`run` started it: where the slowlog
+        #: begins the request's stack (fcgi.stacks) when the coroutines that
+        #: await it are compiled (setup.py) and show no frames.
+        self.app_coroutine: Any = None
         self._remaining = content_length(params)
         self._body_done = False
         #: The CGI header block from http.response.start; once _head_sent,
@@ -522,7 +526,8 @@ class ASGIResponder:
     async def run(self) -> tuple[int, int, bytes | None]:
         """Run the app; return (HTTP status, FastCGI appStatus, :attr:`head`)."""
         try:
-            await self.app(self.scope, self.receive, self.send)
+            self.app_coroutine = self.app(self.scope, self.receive, self.send)
+            await self.app_coroutine
         except RequestBodyTooLarge as exc:
             # The client sent too much; the app did nothing wrong: no traceback.
             log.warning("%s: %s", self.where, exc)

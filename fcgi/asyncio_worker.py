@@ -787,13 +787,14 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         self._tasks.add(task)
         return task
 
-    def _track(self, token: object) -> None:
-        if token is not None:  # (None: nobody asks; no object made for it)
-            # The loop given: asked to find it, Python 3.11 makes a getpid()
-            # system call, on every request.
-            task = asyncio.current_task(self._loop)
-            assert task is not None
-            stacks.track(token, _TaskView(task))
+    def _track(self, token: object) -> stacks.Runner | None:
+        if token is None:  # nobody asks: no object made for it
+            return None
+        # The loop given: asked to find it, Python 3.11 makes a getpid()
+        # system call, on every request.
+        task = asyncio.current_task(self._loop)
+        assert task is not None
+        return stacks.track(token, _TaskView(task))
 
     def _request_over(self, req: _Request) -> None:
         if req.task is not None:

@@ -655,7 +655,10 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
                 elif self.interface == "asgi":
                     # Awaited here, not in a helper coroutine: one level less
                     # for every request to go through.
-                    status, app_status, head = await self._responder(c, req).run()
+                    responder = self._responder(c, req)
+                    if runner is not None:
+                        runner.responder = responder  # where its stack starts (fcgi.stacks)
+                    status, app_status, head = await responder.run()
                     forkguard.verify()
                 else:
                     status, app_status, head, tail = await self._run_wsgi(c, req, runner)

@@ -66,11 +66,14 @@ class Runner:
     return would show the next request's stack under this one's name.
     """
 
-    __slots__ = ("task", "thread")
+    __slots__ = ("responder", "task", "thread")
 
     def __init__(self, task: Any) -> None:
         self.task = task
         self.thread: int | None = None
+        #: The ASGI request cycle (fcgi.asgi.ASGIResponder) the task runs, if
+        #: any: its ``app_coroutine`` is where the app's frames begin.
+        self.responder: Any = None
 
 
 #: Runners by the token WorkerHooks.request_started gave, while the request runs.
@@ -150,6 +153,19 @@ def request_frames(runner: Runner | None, interrupted: FrameType | None) -> list
     coro = getattr(runner.task, "coro", None)
     if coro is None:
         return []
+    frames = _coroutine_frames(coro, interrupted)
+    app = getattr(runner.responder, "app_coroutine", None)
+    root = getattr(app, "cr_frame", None)
+    if root is not None and all(frame is not root for frame in frames):
+        # The chain broke at a coroutine of fcgi's that is compiled
+        # (setup.py): those have no frames and do not say what they await.
+        # The app's coroutine does, and its frames are the innermost.
+        frames = _coroutine_frames(app, interrupted) + frames
+    return frames
+
+
+def _coroutine_frames(coro: Any, interrupted: FrameType | None) -> list[FrameType]:
+    """The frames of ``coro``: on the interrupted stack if it runs now, else its await chain."""
     root = getattr(coro, "cr_frame", None)
     if getattr(coro, "cr_running", False) and root is not None:
         frames = _chain(interrupted, stop=root)

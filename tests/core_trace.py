@@ -126,7 +126,18 @@ class _Logged(logging.Handler):
         self.errors.append(str(record.getMessage()).rstrip().rsplit("\n", 1)[-1])
 
 
-TRACES = {"connection": trace_connection, "respond": trace_respond}
+def trace_scope(case: dict[str, Any]) -> str:
+    """The ASGI scope :func:`fcgi.asgi.build_scope` makes of generated PARAMS."""
+    from fcgi.asgi import build_scope
+
+    try:
+        outcome: object = build_scope(case["params"], mount=case["mount"])
+    except Exception as exc:
+        outcome = (type(exc).__name__, str(exc))
+    return repr(outcome)
+
+
+TRACES = {"connection": trace_connection, "respond": trace_respond, "scope": trace_scope}
 
 
 def main() -> None:

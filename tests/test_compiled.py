@@ -303,6 +303,28 @@ def test_respond_gives_the_same_answer_compiled_or_not(
     assert compiled == source
 
 
+cgi_names = st.sampled_from(
+    [
+        "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "REQUEST_URI", "QUERY_STRING",
+        "HTTPS", "REQUEST_SCHEME", "SERVER_NAME", "SERVER_PORT", "REMOTE_ADDR", "REMOTE_PORT",
+        "SERVER_PROTOCOL", "CONTENT_LENGTH", "CONTENT_TYPE", "HTTP_HOST", "HTTP_X_A",
+    ]
+)  # fmt: skip
+cgi_values = st.one_of(
+    st.sampled_from(["", "/", "/app", "/app/x", "a=1&b=%20", "on", "https", "80", "HTTP/1.0"]),
+    st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=20),
+)
+
+
+@SETTINGS
+@given(st.dictionaries(cgi_names, cgi_values, max_size=10), st.sampled_from([None, "", "/app"]))
+def test_the_asgi_scope_is_the_same_compiled_or_not(
+    oracle: subprocess.Popen[str], params: dict[str, str], mount: str | None
+) -> None:
+    compiled, source = both(oracle, "scope", {"params": params, "mount": mount})
+    assert compiled == source
+
+
 def test_the_traces_are_not_vacuous(oracle: subprocess.Popen[str]) -> None:
     """An ordinary request really goes through both and answers."""
     from fcgi import records as r
