@@ -182,7 +182,7 @@ _BODY_HEADERS = (
 
 
 def build_scope(
-    params: Mapping[str, str],
+    params: dict[str, str],
     *,
     mount: str | None = None,
     state: Mapping[str, Any] | None = None,
@@ -193,18 +193,21 @@ def build_scope(
     the WSGI environ (:func:`fcgi.wsgi.fix_script_name`): ``root_path`` is the
     mount point and ``path`` the whole path, mount point included, as ASGI asks.
     """
-    get = params.get
-    script = get("SCRIPT_NAME", "")
-    path_info = get("PATH_INFO", "")
+    script = params.get("SCRIPT_NAME", "")
+    path_info = params.get("PATH_INFO", "")
     if mount is not None or not path_info:
-        cgi = {"SCRIPT_NAME": script, "PATH_INFO": path_info, "REQUEST_URI": get("REQUEST_URI", "")}
+        cgi = {
+            "SCRIPT_NAME": script,
+            "PATH_INFO": path_info,
+            "REQUEST_URI": params.get("REQUEST_URI", ""),
+        }
         fix_script_name(cgi, mount)
         script = cgi["SCRIPT_NAME"]
         path_info = cgi["PATH_INFO"]
     # (_text's ASCII test inline: the usual path is a request of plain ASCII.)
     root_path = script if script.isascii() else _text(script)
     path = root_path + (path_info if path_info.isascii() else _text(path_info))
-    uri = get("REQUEST_URI")
+    uri = params.get("REQUEST_URI")
     if uri:
         query = uri.find("?")
         raw_path = (uri if query < 0 else uri[:query]).encode("latin-1")
@@ -212,7 +215,6 @@ def build_scope(
         raw_path = quote(path, safe="/:@!$&'()*+,;=~").encode("ascii")
 
     headers: list[tuple[bytes, bytes]] = []
-    append = headers.append
     names = _HEADER_NAMES
     for name, value in params.items():
         # HTTP_CONTENT_TYPE / _LENGTH map to None: CONTENT_TYPE / CONTENT_LENGTH
@@ -221,31 +223,31 @@ def build_scope(
         if header is _UNSEEN:
             header = _header_name(name)
         if header is not None:
-            append((header, value.encode("latin-1")))
+            headers.append((header, value.encode("latin-1")))
     for name, http_name, header_name in _BODY_HEADERS:
-        value = get(name) or get(http_name, "")
+        value = params.get(name) or params.get(http_name, "")
         if value:
-            append((header_name, value.encode("latin-1")))
+            headers.append((header_name, value.encode("latin-1")))
 
-    https_flag = get("HTTPS")
+    https_flag = params.get("HTTPS")
     https = https_flag is not None and https_flag.lower() in ("on", "1")
     if not https:
-        https = get("REQUEST_SCHEME") == "https"
-    remote = get("REMOTE_ADDR")
-    server_port = _port(get("SERVER_PORT"))
-    server_host = get("SERVER_ADDR") or get("SERVER_NAME")
+        https = params.get("REQUEST_SCHEME") == "https"
+    remote = params.get("REMOTE_ADDR")
+    server_port = _port(params.get("SERVER_PORT"))
+    server_host = params.get("SERVER_ADDR") or params.get("SERVER_NAME")
     scope: Scope = {
         "type": "http",
         "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
-        "http_version": _http_version(get("SERVER_PROTOCOL", "HTTP/1.1")),
-        "method": (get("REQUEST_METHOD") or "GET").upper(),
+        "http_version": _http_version(params.get("SERVER_PROTOCOL", "HTTP/1.1")),
+        "method": (params.get("REQUEST_METHOD") or "GET").upper(),
         "scheme": "https" if https else "http",
         "path": path,
         "raw_path": raw_path,
-        "query_string": get("QUERY_STRING", "").encode("latin-1"),
+        "query_string": params.get("QUERY_STRING", "").encode("latin-1"),
         "root_path": root_path,
         "headers": headers,
-        "client": (remote, _port(get("REMOTE_PORT")) or 0) if remote else None,
+        "client": (remote, _port(params.get("REMOTE_PORT")) or 0) if remote else None,
         "server": (server_host, server_port) if server_host and server_port else None,
         "extensions": {"fastcgi": {"params": params}},
     }
