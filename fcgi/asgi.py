@@ -20,7 +20,7 @@ import logging
 import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from mypy_extensions import mypyc_attr
@@ -84,17 +84,17 @@ class Waits(Protocol):
         """A new :class:`Event` of this loop."""
 
 
-ASGI_VERSION = "3.0"
-HTTP_SPEC_VERSION = "2.4"
-LIFESPAN_SPEC_VERSION = "2.0"
+ASGI_VERSION: Final = "3.0"
+HTTP_SPEC_VERSION: Final = "2.4"
+LIFESPAN_SPEC_VERSION: Final = "2.0"
 #: How long an app may take to return after answering lifespan.shutdown.
-LIFESPAN_EXIT_GRACE = 5.0
+LIFESPAN_EXIT_GRACE: Final = 5.0
 #: Seconds between two looks, while the app's lifespan startup runs, at
 #: whether the worker was told to stop (a signal cannot end that wait itself).
-LIFESPAN_POLL = 0.5
+LIFESPAN_POLL: Final = 0.5
 #: After this many seconds of startup, and as often again, a line says the
 #: worker still waits for it: until then it serves nothing, and says nothing.
-LIFESPAN_NOTICE = 10.0
+LIFESPAN_NOTICE = 10.0  # not Final: tests shorten it
 
 
 # A plain class even when compiled: mypyc's classes cannot derive from OSError.
@@ -119,12 +119,12 @@ def _text(native: str) -> str:
 
 #: Most distinct names the caches below keep: an app or a peer that makes up
 #: names per request just stops being cached.
-_CACHE_LIMIT = 512
+_CACHE_LIMIT: Final = 512
 
 #: CGI variable name -> the ASGI header name it carries (``HTTP_USER_AGENT``
 #: -> ``b"user-agent"``), or None for a variable that is not a header. The
 #: same twenty-odd names come with every request, so each is worked out once.
-_HEADER_NAMES: dict[str, bytes | None] = {}
+_HEADER_NAMES: Final[dict[str, bytes | None]] = {}
 
 
 def _header_name(variable: str) -> bytes | None:
@@ -139,7 +139,7 @@ def _header_name(variable: str) -> bytes | None:
 
 
 #: SERVER_PROTOCOL -> the scope's ``http_version``: the same one or two come with every request.
-_HTTP_VERSIONS: dict[str, str] = {}
+_HTTP_VERSIONS: Final[dict[str, str]] = {}
 
 
 def _http_version(protocol: str) -> str:
@@ -171,11 +171,11 @@ def _port(value: str | None) -> int | None:
 
 #: Marks a CGI variable not seen yet in :data:`_HEADER_NAMES`, told by identity:
 #: this object is never a header name the cache holds (those are made anew).
-_UNSEEN = b"\0not seen"
+_UNSEEN: Final = b"\0not seen"
 
 #: The body's headers, from their own CGI variables (or the HTTP_ ones some
 #: web servers send instead), and their ASGI names.
-_BODY_HEADERS = (
+_BODY_HEADERS: Final = (
     ("CONTENT_TYPE", "HTTP_CONTENT_TYPE", b"content-type"),
     ("CONTENT_LENGTH", "HTTP_CONTENT_LENGTH", b"content-length"),
 )
@@ -258,27 +258,29 @@ def build_scope(
 
 # -- one request ---------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-_ERROR_BODY = b"<h1>500 Internal Server Error</h1>\n"
-_ERROR_RESPONSE = (
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_ERROR_BODY: Final = b"<h1>500 Internal Server Error</h1>\n"
+_ERROR_RESPONSE: Final = (
     b"Status: 500 Internal Server Error\r\nContent-Type: text/html\r\n"
     b"Content-Length: " + str(len(_ERROR_BODY)).encode() + b"\r\n\r\n" + _ERROR_BODY
 )
-_DISCONNECT: Message = {"type": "http.disconnect"}
+_DISCONNECT: Final[Message] = {"type": "http.disconnect"}
 
 
 #: The status line of each status code Python knows a reason phrase for.
-_STATUS_LINES = {
+_STATUS_LINES: Final = {
     code.value: b"Status: %d %s\r\n" % (code.value, code.phrase.encode("latin-1"))
     for code in http.HTTPStatus
 }
 
 #: The bytes a header value must not hold, as the ints ``in`` finds fastest.
-_CR, _LF, _NUL = 13, 10, 0
+_CR: Final = 13
+_LF: Final = 10
+_NUL: Final = 0
 
 #: Header names already found valid, each mapped to whether it is
 #: Content-Length: the regular expression runs once per distinct name.
-_GOOD_NAMES: dict[bytes, bool] = {}
+_GOOD_NAMES: Final[dict[bytes, bool]] = {}
 
 
 def _check_name(name: bytes | bytearray) -> bool:

@@ -28,7 +28,7 @@ import resource
 import select
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from mypy_extensions import mypyc_attr
 
@@ -37,6 +37,20 @@ from fcgi import forkguard, stacks
 from fcgi.asgi import ASGIResponder, Waits, Write, build_scope
 from fcgi.driver import CoreFactory, WorkerBase, log_refusal
 from fcgi.errors import ProtocolError, RequestBodyTooLarge
+
+# Tested by name, not as ``ev.X``: compiled (setup.py), ``ev.X`` is an
+# attribute lookup on the module every time.
+from fcgi.events import (
+    AbortRequest,
+    BeginRequest,
+    DataChunk,
+    DataEnd,
+    Params,
+    RequestRefused,
+    RequestRejected,
+    StdinData,
+    StdinEnd,
+)
 from fcgi.hooks import render_answer
 from fcgi.interface import resolve_interface
 from fcgi.records import ProtocolStatus, Role
@@ -49,7 +63,7 @@ log = logging.getLogger("fcgi.worker")
 #: Descriptors a worker keeps for what is not a connection: its listeners,
 #: the event loop's own (epoll, wake-up pipes), log files, request bodies
 #: spooled to temporary files, and the app's files and sockets.
-DESCRIPTORS_SPARED = 64
+DESCRIPTORS_SPARED: Final = 64
 
 
 def fit_descriptor_limit(max_conns: int) -> int:
@@ -402,37 +416,37 @@ class MultiplexConnection(Generic[R]):
         kind = type(event)
         rid = event.request_id
         req = self.requests.get(rid)
-        if kind is ev.StdinData:
+        if kind is StdinData:
             if req is not None:
                 self._push(req, req.body, event.data)  # type: ignore[attr-defined]
-        elif kind is ev.StdinEnd:
+        elif kind is StdinEnd:
             if req is not None:
                 req.input_done = True
                 req.body.end()
-        elif kind is ev.DataChunk:
+        elif kind is DataChunk:
             if req is not None and req.data is not None:
                 self._push(req, req.data, event.data)  # type: ignore[attr-defined]
-        elif kind is ev.DataEnd:
+        elif kind is DataEnd:
             if req is not None and req.data is not None:
                 req.data.end()
-        elif kind is ev.BeginRequest:
+        elif kind is BeginRequest:
             self._begin(event)  # type: ignore[arg-type]
-        elif kind is ev.Params:
+        elif kind is Params:
             if req is not None:
                 req.params = event.params  # type: ignore[attr-defined]
                 req.started = True
                 self.running += 1
                 self._start(req)
-        elif kind is ev.AbortRequest:
+        elif kind is AbortRequest:
             if req is not None and req.gone is None:
                 # (Once gone, the request is being answered already.)
                 log.info("request %d from %s aborted by the web server", rid, self.peer)
                 req.abort("aborted by the web server")
                 if not req.started:
                     self._answer_unstarted(req, b"")
-        elif kind is ev.RequestRejected:
+        elif kind is RequestRejected:
             self._rejected(req, event)  # type: ignore[arg-type]
-        elif kind is ev.RequestRefused:
+        elif kind is RequestRefused:
             self._refused()
             self.refusals += 1
             log_refusal(

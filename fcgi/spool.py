@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
 #: Largest piece :meth:`SpooledBody.receive` returns from the spill file.
-READ_SIZE = 64 * 1024
+READ_SIZE: Final = 64 * 1024
 
 
 class Parking(Protocol):
