@@ -30,8 +30,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 #: The modules mypyc compiles: those a kept-connection request of the sync
-#: worker runs through (the profile of bench's hello route), and what they
-#: import on that path. A module here must type-check under ``mypy --strict``
+#: worker runs through (the profile of bench's hello route), what they import
+#: on that path, and the ASGI request path the asyncio and trio workers share
+#: (``asgi``, ``multiplex``, ``spool``; the workers themselves stay plain
+#: Python: they subclass ``multiplex``'s classes and run on their loops). A module here must type-check under ``mypy --strict``
 #: and keep to what mypyc compiles (no interpreted subclass of its classes
 #: unless the class allows it; no monkeypatching of its functions), and
 #: declares its module constants ``Final`` (tests/test_compiled.py checks it).

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import http
+import inspect
 import logging
 import re
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from types import CoroutineType
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
@@ -302,7 +304,11 @@ def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
     has_length = False
     good = _GOOD_NAMES
     for item in headers or ():  # type: ignore[attr-defined]
-        name, value = item
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            # Said here: compiled (setup.py) and not, Python's own words differ.
+            raise TypeError(f"header {item!r}: an ASGI header is a [name, value] pair") from None
         if type(name) is bytes and type(value) is bytes:
             is_length = good.get(name)
         elif isinstance(name, bytes | bytearray) and isinstance(value, bytes | bytearray):
@@ -321,6 +327,18 @@ def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), has_length
+
+
+def _awaitable(result: Any) -> Awaitable[Any]:
+    """What the app's call returned, if it can be awaited; else the TypeError CPython gives.
+
+    Said here: compiled (setup.py), ``await`` of something else says
+    "'NoneType' object is not iterable", which misleads (a sync app, or a
+    WSGI one served as ASGI, is the usual cause).
+    """
+    if type(result) is not CoroutineType and not inspect.isawaitable(result):
+        raise TypeError(f"object {type(result).__name__} can't be used in 'await' expression")
+    return result
 
 
 class ASGIResponder:
@@ -425,7 +443,7 @@ class ASGIResponder:
                 # docstring): one more wait, so a driver that does not is
                 # no reason to hang.
                 chunk = await self.waits.next_piece(body, self.body_timeout)
-            if self.gone is not None:
+            if self._is_gone():  # not ``self.gone``: see _is_gone
                 return dict(_DISCONNECT)
             if chunk is None:
                 log.warning(
@@ -452,6 +470,16 @@ class ASGIResponder:
         await self._finished.wait()
         return dict(_DISCONNECT)
 
+    def _is_gone(self) -> bool:
+        """True once :meth:`disconnect` ran, read afresh.
+
+        For :meth:`receive` after its awaits: it tested ``gone is not None``
+        first, and compiled (setup.py) a second ``self.gone`` there is taken
+        for the None that test left it as: a disconnect during the wait
+        raised ``TypeError: None object expected; got str`` in the app.
+        """
+        return self.gone is not None
+
     def _why_gone(self) -> str:
         """:attr:`gone`, read afresh.
 
@@ -470,10 +498,12 @@ class ASGIResponder:
         if kind == "http.response.start":
             if self._head is not None:
                 raise RuntimeError("http.response.start sent twice")
-            self._head, self._head_has_length = _encode_head(
-                message.get("status"), message.get("headers", ())
-            )
-            self.status = message["status"]
+            status: Any = message.get("status")
+            self._head, self._head_has_length = _encode_head(status, message.get("headers", ()))
+            # The value _encode_head checked (an int), not message["status"]
+            # read again: a mapping may answer otherwise the second time,
+            # and compiled (setup.py) the attribute's int type is enforced.
+            self.status = status
             if self._checkpoints:
                 await self.waits.checkpoint()
         elif kind == "http.response.body":
@@ -530,7 +560,7 @@ class ASGIResponder:
     async def run(self) -> tuple[int, int, bytes | None]:
         """Run the app; return (HTTP status, FastCGI appStatus, :attr:`head`)."""
         try:
-            self.app_coroutine = self.app(self.scope, self.receive, self.send)
+            self.app_coroutine = _awaitable(self.app(self.scope, self.receive, self.send))
             await self.app_coroutine
         except RequestBodyTooLarge as exc:
             # The client sent too much; the app did nothing wrong: no traceback.
@@ -682,7 +712,7 @@ class Lifespan:
         }
         outcome: Message = {"type": "fcgi.app_exited", "error": None}
         try:
-            await self.app(scope, self._receive, self._send)
+            await _awaitable(self.app(scope, self._receive, self._send))
         except Exception as exc:
             outcome["error"] = exc
             outcome["trace"] = traceback.format_exc()
@@ -712,7 +742,8 @@ class Lifespan:
         if kind == "lifespan.startup.failed":
             await self._cancel()
             message = reply.get("message") or "(no message)"
-            raise LifespanFailure(f"the app's lifespan startup failed: {message}")
+            # !s: compiled (setup.py), a plain {message} is str(), not format().
+            raise LifespanFailure(f"the app's lifespan startup failed: {message!s}")
         if kind == "fcgi.app_exited":
             error = reply.get("error")
             if error is None:

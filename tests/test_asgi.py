@@ -292,6 +292,45 @@ def test_abort_request_gives_the_app_http_disconnect_and_ends_the_request(
         assert w.worker.active_requests == 0
 
 
+def test_abort_request_while_the_app_waits_for_its_body_gives_http_disconnect(
+    tmp_path: Path, kind: WorkerKind
+) -> None:
+    """ABORT_REQUEST in the middle of the body: the waiting receive() says http.disconnect.
+
+    Compiled (setup.py), receive() once took the disconnect for the None its
+    first test saw and raised TypeError in the app instead.
+    """
+    seen: list[str] = []
+    first = threading.Event()
+    done = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            while True:
+                message = await receive()
+                seen.append(message["type"])
+                first.set()
+                if message["type"] != "http.request" or not message["more_body"]:
+                    break
+        except Exception as exc:
+            seen.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            done.set()
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        records = request_records(1, params_for("/up", method="POST", body=b"x" * 10), b"xxxx")
+        client.send(b"".join(records[:-1]))  # 4 of the 10 bytes: the app waits for more
+        assert first.wait(WAIT)
+        client.send(r.encode_record(r.ABORT_REQUEST, 1))
+        aborted = client.reply(1)
+        assert aborted.app_status == 1 and aborted.stdout == b""
+        assert done.wait(WAIT)
+    assert seen == ["http.request", "http.disconnect"], seen
+
+
 def test_abort_request_cancels_a_sleeping_app(tmp_path: Path, kind: WorkerKind) -> None:
     log: list[str] = []
     sleeping = threading.Event()
