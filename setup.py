@@ -31,9 +31,9 @@ from setuptools.command.build_ext import build_ext
 
 #: The modules mypyc compiles: those a kept-connection request of the sync
 #: worker runs through (the profile of bench's hello route), what they import
-#: on that path, and the ASGI request path the asyncio and trio workers share
-#: (``asgi``, ``multiplex``, ``spool``; the workers themselves stay plain
-#: Python: they subclass ``multiplex``'s classes and run on their loops). A module here must type-check under ``mypy --strict``
+#: on that path, the ASGI request path the asyncio and trio workers share
+#: (``asgi``, ``multiplex``, ``spool``), and the asyncio worker (the default
+#: for ASGI apps; the trio worker stays plain Python). A module here must type-check under ``mypy --strict``
 #: and keep to what mypyc compiles (no interpreted subclass of its classes
 #: unless the class allows it; no monkeypatching of its functions), and
 #: declares its module constants ``Final`` (tests/test_compiled.py checks it).
@@ -48,6 +48,7 @@ COMPILED = [
     "fcgi/spool.py",
     "fcgi/asgi.py",
     "fcgi/multiplex.py",
+    "fcgi/asyncio_worker.py",
     "fcgi/driver.py",
     "fcgi/sync_worker.py",
     "fcgi/forkguard.py",

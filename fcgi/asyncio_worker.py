@@ -46,7 +46,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -56,8 +56,10 @@ from fcgi.asgi import Lifespan, LifespanFailure, Write
 from fcgi.driver import DRAIN_SECONDS, MAX_DRAIN, CoreFactory
 from fcgi.errors import ConfigError
 from fcgi.escape import Lines
+from fcgi.hooks import WorkerHooks
 from fcgi.listen_queue import listen_queue
 from fcgi.multiplex import MultiplexConnection, MultiplexWorker, Request
+from fcgi.options import ServerOptions
 from fcgi.sockets import defer_accept, describe_peer
 from fcgi.spool import SpooledBody
 from fcgi.wsgi import ClientGone
@@ -242,7 +244,8 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         """``unix_name``: how a unix-socket listener's peers are named (None: TCP)."""
         super().__init__(worker, "unix socket", -1, core)
         self._unix_name = unix_name
-        self.worker: AsyncioWorker = worker
+        #: The worker as its own class (the base's ``worker`` has the base's type).
+        self.aworker = worker
         self.loop = worker.loop
         self.transport: asyncio.Transport | None = None
         #: True once it is being closed (a drain may still run).
@@ -266,7 +269,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     # -- life cycle -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        worker = self.worker
+        worker = self.aworker
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer: object
@@ -295,7 +298,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        worker = self.worker
+        worker = self.aworker
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -347,7 +350,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         if (
             self.conn.should_close
             or self.conn.closed_by_peer
-            or (self.worker.stopping and self.head_since is None and not self._input_waiting())
+            or (self.aworker.stopping and self.head_since is None and not self._input_waiting())
         ):
             self._close()
 
@@ -356,14 +359,14 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         self.head_since = None
         now = self.loop.time()
         self.quiet_since = self.read_since = now
-        if self.worker.stopping or self.conn.should_close or self.conn.closed_by_peer:
+        if self.aworker.stopping or self.conn.should_close or self.conn.closed_by_peer:
             self.wake()
 
     def _end(self, reason: str) -> None:
         """Close now, nothing more written; requests in progress are aborted."""
         self.broken = reason
         self.closing = True
-        self.worker.live.discard(self)
+        self.aworker.live.discard(self)
         self._abort_all(reason)
         assert self.transport is not None
         if self.paused:
@@ -376,7 +379,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
-        self.worker.live.discard(self)
+        self.aworker.live.discard(self)
         transport = self.transport
         assert transport is not None
         if self.paused:
@@ -389,7 +392,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             and transport.can_write_eof()
             # Draining connections hold descriptors max_conns does not count
             # (it counts live ones): past the fitted limit, no drain (a reset).
-            and len(self.worker.everyone) <= self.worker.limits.max_conns
+            and len(self.aworker.everyone) <= self.aworker.limits.max_conns
         ):
             # Closing with unread input makes the kernel send a reset, which
             # can destroy the answer in flight. Half-close, then drain.
@@ -402,7 +405,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
 
     def _deadline(self) -> float:
         """When the timer must fire: the next deadline, and within read_timeout at most."""
-        timeout = self.worker.options.read_timeout
+        timeout = self.aworker.options.read_timeout
         at = min(self._head_deadline(), self.loop.time() + timeout)
         if self.running == 0 or self.conn.mid_record:
             at = min(at, self.read_since + timeout)
@@ -423,7 +426,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
             else:
-                self.worker.unwatch(self)
+                self.aworker.unwatch(self)
         self._timer_at = at
         self._timer = self.loop.call_at(at, self._on_timer)
 
@@ -432,7 +435,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         self._timer_at = math.inf
         if self.closing:
             return
-        options = self.worker.options
+        options = self.aworker.options
         now = self.loop.time()
         if self._head_deadline() <= now:
             self._end(self._head_timed_out())
@@ -475,11 +478,11 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     # -- requests (see fcgi.multiplex.MultiplexConnection) ---------------------------
 
     def _new_request(self, event: ev.BeginRequest) -> _Request:
-        threshold = self.worker.options.spool_threshold
+        threshold = self.aworker.options.spool_threshold
         return _Request(event.request_id, event.role, event.keep_conn, threshold)
 
     def _start(self, req: _Request) -> None:
-        req.task = self.worker.start_request(self, req)
+        req.task = self.aworker.start_request(self, req)
 
     def _answer_unstarted(self, req: _Request, answer: bytes) -> None:
         with contextlib.suppress(ClientGone):
@@ -605,11 +608,21 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     """
 
     def __init__(
-        self, *args: Any, loop_factory: LoopFactory | None = None, **kwargs: Any
+        self,
+        listeners: Sequence[socket.socket],
+        app: Any,
+        options: ServerOptions | None = None,
+        hooks: WorkerHooks | None = None,
+        *,
+        loop_factory: LoopFactory | None = None,
     ) -> None:
-        """:class:`~fcgi.driver.WorkerBase`'s arguments, and ``loop_factory``."""
+        """:class:`~fcgi.driver.WorkerBase`'s arguments, and ``loop_factory``.
+
+        Spelled out, not passed on as ``*args``: compiled (setup.py), the
+        arguments reached the base class packed in one tuple.
+        """
         self.loop_factory = loop_factory or default_loop_factory()
-        super().__init__(*args, **kwargs)
+        super().__init__(listeners, app, options, hooks)
 
     def _setup(self) -> None:
         # Set on the instance: the base class may be compiled (setup.py), and
@@ -639,7 +652,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         return self._loop
 
     def now(self) -> float:
-        return self.loop.time()  # (replaced by the loop's own clock once it runs: see _main)
+        return self.loop.time()
 
     # -- main ---------------------------------------------------------------------
 
@@ -655,9 +668,6 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
 
     async def _main(self, ready: Callable[[], None] | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        # The loop's clock itself, called a few times per request: no Python
-        # frame of ours around it.
-        self.now = loop.time  # type: ignore[method-assign]
         self._done = loop.create_future()
         lifespan = _AsyncioLifespan(self.app, lambda: self._stopping)
         try:
