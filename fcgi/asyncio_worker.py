@@ -48,7 +48,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from fcgi import events as ev
 from fcgi import forkguard, stacks
@@ -72,12 +72,12 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 #: for backpressure: bounds what one request adds to the transport's buffer
 #: beyond its high-water mark. Also the most a request writes before it lets
 #: the other tasks run: the grain of turn-taking between ids.
-_SLICE = 256 * 1024
+_SLICE: Final = 256 * 1024
 #: The listen backlog used if the kernel cannot tell a listener's own:
 #: asyncio's servers call listen() again, and this is fcgi's default.
-_FALLBACK_BACKLOG = 511
+_FALLBACK_BACKLOG: Final = 511
 
-WSGI_REFUSED = (
+WSGI_REFUSED: Final = (
     "the asyncio worker runs ASGI apps only and {app!r} is a WSGI app: "
     "use --worker sync or --worker trio for it"
 )
