@@ -635,7 +635,7 @@ class ASGIResponder:
 # -- lifespan ------------------------------------------------------------------------
 
 
-# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+# Compiled by mypyc (setup.py); the trio worker, plain Python, subclasses it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Lifespan:
     """The ASGI lifespan protocol, run once per worker process, on any event loop.

@@ -124,8 +124,7 @@ def log_refusal(log: logging.Logger, count: int, message: str, *args: object) ->
         log.debug(message, *args)
 
 
-# Compiled by mypyc (see setup.py); the trio and asyncio workers, which are
-# not, build on it.
+# Compiled by mypyc (see setup.py); the trio worker, which is not, builds on it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class WorkerBase:
     """What every driver's worker holds, and how the process running it stops it.

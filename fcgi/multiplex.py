@@ -104,7 +104,7 @@ C = TypeVar("C", bound="MultiplexConnection[Any]")
 R = TypeVar("R", bound="Request")
 
 
-# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+# Compiled by mypyc (setup.py); the trio worker, plain Python, subclasses it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Request:
     """One request id being served on a connection."""
@@ -181,7 +181,7 @@ class Request:
         self.responder = None
 
 
-# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+# Compiled by mypyc (setup.py); the trio worker, plain Python, subclasses it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class MultiplexConnection(Generic[R]):
     """One accepted connection's requests: what every event of the core does to them.
@@ -553,7 +553,7 @@ class MultiplexConnection(Generic[R]):
         raise NotImplementedError
 
 
-# Compiled by mypyc (setup.py); the trio and asyncio workers build on it.
+# Compiled by mypyc (setup.py); the trio worker, plain Python, subclasses it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class MultiplexWorker(WorkerBase, Generic[C, R]):
     """A worker that serves many connections, and every request id on them, at once.
