@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from fcgi.pool import (
 from fcgi.pool.access_log import AccessLog
 from fcgi.pool.config import PoolConfig
 from fcgi.pool.scaling import Census, dynamic_decision
-from fcgi.pool.scoreboard import Header, Scoreboard, Slot, SlotState
+from fcgi.pool.scoreboard import HEADER_SIZE, Header, Scoreboard, Slot, SlotState
 from fcgi.pool.status import collect, render
 from fcgi.systemd import notify
 
@@ -185,6 +186,29 @@ def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
     # The sequence counter is even (no write in progress) after each write.
     writer.sync()
     assert board.read_slot(1).state == SlotState.BUSY
+
+
+def test_slot_writer_counter_stays_even_and_wraps_around() -> None:
+    """A worker's counter is even between writes, and goes on past 2**32 - 1 by wrapping."""
+    board = Scoreboard(1)
+    board.write_slot(0, Slot(state=SlotState.IDLE, pid=42))
+    seq_of = lambda: struct.unpack_from("=I", board._map, HEADER_SIZE)[0]  # noqa: E731
+    writer = board.writer(0)
+    before = seq_of()
+    writer.request_started(1, SlotState.BUSY, 1, 1, 1.0, 1.0, 0, (b"GET", b"/"))
+    writer.request_finished(1, 1, 0.1, 0.0, 0, 200, SlotState.IDLE, 0)
+    assert seq_of() == before + 4 and seq_of() % 2 == 0
+    # Nearly four billion writes later (a long-lived worker), the counter wraps to 0.
+    board.write_slot(0, Slot(state=SlotState.IDLE, pid=42))
+    struct.pack_into("=I", board._map, HEADER_SIZE, 0xFFFFFFFE)
+    writer.sync()
+    writer.request_started(2, SlotState.BUSY, 1, 2, 2.0, 2.0, 0, None)
+    assert seq_of() == 0
+    assert board.read_slot(0).request_seq == 2
+    writer.request_finished(2, 2, 0.1, 0.0, 0, 200, SlotState.IDLE, 0)
+    assert seq_of() == 2 and board.read_slot(0).requests == 2
+    # The view the writer writes through does not keep the mapping from closing.
+    board.close()
 
 
 def _count_cpu_readings(monkeypatch: pytest.MonkeyPatch) -> list[int]:

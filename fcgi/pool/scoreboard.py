@@ -78,22 +78,29 @@ class Slot:
     uri: str = ""
 
 
+# Byte order and sizes: "=" (the machine's own order, standard sizes, no
+# padding). The mapping never leaves the machine, and native order lets a
+# worker write its counter through a memoryview of 32-bit words (SlotWriter).
+#
 # A slot's bytes, grouped so that each of a request's two writes is one
 # contiguous pack: the end of a request writes from ``requests`` through
 # ``active``, its start from ``accepted`` through ``uri``. ``accepted``,
 # ``state`` and ``active`` sit where the two groups overlap, so both carry them.
-_FIXED: Final = struct.Struct("<IiI4xd")  # seq, pid, generation, started
-_END: Final = struct.Struct("<QddQIQII")  # requests .. last_status, accepted, state, active
-_START: Final = struct.Struct("<QIIQddq")  # accepted, state, active, request_seq .. content_length
+_FIXED: Final = struct.Struct("=IiI4xd")  # seq, pid, generation, started
+_END: Final = struct.Struct("=QddQIQII")  # requests .. last_status, accepted, state, active
+_START: Final = struct.Struct("=QIIQddq")  # accepted, state, active, request_seq .. content_length
 #: The route shown (method, URI): written only when it changes, since most
 #: requests of a busy site repeat the one before (500 bytes not packed again).
-_ROUTE: Final = struct.Struct(f"<{METHOD_LEN}s{URI_LEN}s")
+_ROUTE: Final = struct.Struct(f"={METHOD_LEN}s{URI_LEN}s")
 _END_AT: Final = _FIXED.size
 _START_AT: Final = _END_AT + _END.size - 16
 _ROUTE_AT: Final = _START_AT + _START.size
-_SLOT: Final = struct.Struct(f"<IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
+_SLOT: Final = struct.Struct(f"=IiI4xdQddQIQIIQddq{METHOD_LEN}s{URI_LEN}s")
 assert _SLOT.size == _ROUTE_AT + _ROUTE.size
-_SEQ: Final = struct.Struct("<I")
+_SEQ: Final = struct.Struct("=I")
+#: The largest value of a sequence counter; it wraps to 0 after it (an even
+#: number, as a counter at rest must be).
+_SEQ_MASK: Final = 0xFFFFFFFF
 SLOT_SIZE: Final = (_SLOT.size + 63) // 64 * 64
 #: Reads of a header or slot that may meet a write in progress before the
 #: last one is taken as it is: a write holds the counter odd for well under a
@@ -125,7 +132,7 @@ class Header:
     start_backoff: float = 0.0
 
 
-_HEADER: Final = struct.Struct("<IIIxxxxdQQIIIIQQIxxxxQQd")
+_HEADER: Final = struct.Struct("=IIIxxxxdQQIIIIQQIxxxxQQd")
 HEADER_SIZE: Final = 128
 assert _HEADER.size <= HEADER_SIZE
 
@@ -136,16 +143,23 @@ class Scoreboard:
     def __init__(self, n_slots: int) -> None:
         self.n_slots = n_slots
         self._map = mmap.mmap(-1, HEADER_SIZE + n_slots * SLOT_SIZE, flags=mmap.MAP_SHARED)
+        #: The mapping as 32-bit words, made for the first SlotWriter (only a
+        #: worker makes one, after the fork).
+        self._words: memoryview | None = None
         self.write_header(Header())
 
     def close(self) -> None:
+        if self._words is not None:
+            # The mapping cannot close while a view of it exists.
+            self._words.release()
+            self._words = None
         self._map.close()
 
     # -- header -----------------------------------------------------------
 
     def write_header(self, header: Header) -> None:
-        seq = struct.unpack_from("<I", self._map, 8)[0]
-        struct.pack_into("<I", self._map, 8, seq + 1)
+        seq = _SEQ.unpack_from(self._map, 8)[0]
+        _SEQ.pack_into(self._map, 8, seq + 1)
         _HEADER.pack_into(
             self._map,
             0,
@@ -166,13 +180,13 @@ class Scoreboard:
             header.start_failures,
             header.start_backoff,
         )
-        struct.pack_into("<I", self._map, 8, seq + 2)
+        _SEQ.pack_into(self._map, 8, seq + 2)
 
     def read_header(self) -> Header:
         for _ in range(_READ_ATTEMPTS):
             values = _HEADER.unpack_from(self._map, 0)
             seq = values[2]
-            if seq & 1 == 0 and struct.unpack_from("<I", self._map, 8)[0] == seq:
+            if seq & 1 == 0 and _SEQ.unpack_from(self._map, 8)[0] == seq:
                 break
         return Header(*values[3:])
 
@@ -210,7 +224,7 @@ class Scoreboard:
             slot.method.encode("latin-1", "replace")[:METHOD_LEN],
             slot.uri.encode("latin-1", "replace")[:URI_LEN],
         )
-        _SEQ.pack_into(m, off, seq + 1)
+        _SEQ.pack_into(m, off, (seq + 1) & _SEQ_MASK)
 
     def read_slot(self, index: int) -> Slot:
         off = self._offset(index)
@@ -262,7 +276,9 @@ class Scoreboard:
 
     def writer(self, index: int) -> SlotWriter:
         """The fast writer for slot ``index``, for the one process that owns it."""
-        return SlotWriter(self._map, self._offset(index))
+        if self._words is None:
+            self._words = memoryview(self._map).cast("I")
+        return SlotWriter(self._map, self._words, self._offset(index))
 
     def slots(self) -> list[tuple[int, Slot]]:
         """Every slot in use, with its index."""
@@ -284,14 +300,24 @@ class SlotWriter:
     """A worker's two per-request writes to its own slot, one pack each.
 
     The owner is the slot's only writer, so it keeps the sequence counter
-    itself instead of reading it back from shared memory on every write.
+    itself instead of reading it back from shared memory on every write. The
+    counter is stored as one item of a memoryview of 32-bit words: the same
+    four bytes ``_SEQ.pack_into`` would write, for a fifth of its cost (an
+    item store instead of a method lookup, a buffer export and a format
+    parse), twice per write. The packs of the fields are bound once.
     """
 
-    __slots__ = ("_map", "_off", "_seq")
+    __slots__ = ("_at", "_map", "_off", "_pack_end", "_pack_route", "_pack_start", "_seq", "_words")
 
-    def __init__(self, shared: mmap.mmap, offset: int) -> None:
+    def __init__(self, shared: mmap.mmap, words: memoryview, offset: int) -> None:
         self._map = shared
         self._off = offset
+        self._words = words
+        #: The counter's index in ``words`` (slots start on 64-byte boundaries).
+        self._at = offset // _SEQ.size
+        self._pack_start = _START.pack_into
+        self._pack_end = _END.pack_into
+        self._pack_route = _ROUTE.pack_into
         self._seq = _SEQ.unpack_from(shared, offset)[0] & ~1
 
     def request_started(
@@ -309,10 +335,10 @@ class SlotWriter:
         # The seqlock is written out here and in request_finished rather than
         # shared through a helper: these two run on every request, and a call
         # with *args costs 3% of a hello request's instructions (callgrind).
-        m, off, seq = self._map, self._off, self._seq
-        _SEQ.pack_into(m, off, seq + 1)
-        _START.pack_into(
-            m,
+        words, at, seq, off = self._words, self._at, self._seq, self._off
+        words[at] = seq + 1
+        self._pack_start(
+            self._map,
             off + _START_AT,
             accepted,
             state,
@@ -323,9 +349,9 @@ class SlotWriter:
             content_length,
         )
         if route is not None:
-            _ROUTE.pack_into(m, off + _ROUTE_AT, *route)
-        self._seq = seq = seq + 2
-        _SEQ.pack_into(m, off, seq)
+            self._pack_route(self._map, off + _ROUTE_AT, route[0], route[1])
+        self._seq = seq = (seq + 2) & _SEQ_MASK
+        words[at] = seq
 
     def request_finished(
         self,
@@ -338,13 +364,22 @@ class SlotWriter:
         state: int,
         active: int,
     ) -> None:
-        m, off, seq = self._map, self._off, self._seq
-        _SEQ.pack_into(m, off, seq + 1)
-        _END.pack_into(
-            m, off + _END_AT, requests, duration, cpu, memory, status, accepted, state, active
+        words, at, seq = self._words, self._at, self._seq
+        words[at] = seq + 1
+        self._pack_end(
+            self._map,
+            self._off + _END_AT,
+            requests,
+            duration,
+            cpu,
+            memory,
+            status,
+            accepted,
+            state,
+            active,
         )
-        self._seq = seq = seq + 2
-        _SEQ.pack_into(m, off, seq)
+        self._seq = seq = (seq + 2) & _SEQ_MASK
+        words[at] = seq
 
     def sync(self) -> None:
         """Take up the counter after a whole-slot write by :meth:`Scoreboard.write_slot`."""
