@@ -635,6 +635,8 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         #: Every connection not yet lost, closing ones too: a stop waits for them.
         self.everyone: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Requests running, by the token the hooks gave (see _track).
+        self._by_token: dict[object, _Request] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -663,8 +665,13 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         lifespan startup succeeded.
         """
         forkguard.arm()
-        with asyncio.Runner(loop_factory=self.loop_factory) as runner:
-            runner.run(self._main(ready))
+        finder = self._runner_of
+        stacks.add_finder(finder)
+        try:
+            with asyncio.Runner(loop_factory=self.loop_factory) as runner:
+                runner.run(self._main(ready))
+        finally:
+            stacks.remove_finder(finder)
 
     async def _main(self, ready: Callable[[], None] | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -797,14 +804,25 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         self._tasks.add(task)
         return task
 
-    def _track(self, token: object) -> stacks.Runner | None:
-        if token is None:  # nobody asks: no object made for it
+    def _track(self, token: object, req: _Request) -> stacks.Runner | None:
+        # Nothing is made per request: the request is kept by its token, and
+        # the slowlog (rare) has _runner_of make its runner when it asks.
+        if token is not None:  # None: nobody will ask (no hooks)
+            self._by_token[token] = req
+        return None
+
+    def _untrack(self, token: object) -> None:
+        if token is not None:
+            self._by_token.pop(token, None)
+
+    def _runner_of(self, token: object) -> stacks.Runner | None:
+        """The runner of a request of this worker's, for :func:`fcgi.stacks.runner_of`."""
+        req = self._by_token.get(token)
+        if req is None or req.task is None:
             return None
-        # The loop given: asked to find it, Python 3.11 makes a getpid()
-        # system call, on every request.
-        task = asyncio.current_task(self._loop)
-        assert task is not None
-        return stacks.track(token, _TaskView(task))
+        runner = stacks.Runner(_TaskView(req.task))
+        runner.responder = req.responder
+        return runner
 
     def _request_over(self, req: _Request) -> None:
         if req.task is not None:

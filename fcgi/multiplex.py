@@ -640,9 +640,17 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
 
     # -- one request ----------------------------------------------------------------
 
-    def _track(self, token: object) -> stacks.Runner | None:
-        """Record what runs this request's app, for its stack in the slowlog."""
+    def _track(self, token: object, req: R) -> stacks.Runner | None:
+        """Record what runs this request's app, for its stack in the slowlog.
+
+        Returns the runner, if the driver made one now, for the request's
+        responder (and WSGI thread) to be noted in it.
+        """
         raise NotImplementedError
+
+    def _untrack(self, token: object) -> None:
+        """The request of ``token`` is over: forget what :meth:`_track` recorded."""
+        stacks.untrack(token)
 
     def _request_over(self, req: R) -> None:
         """Called last when a request's task ends (after the hooks heard of it)."""
@@ -657,7 +665,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         status = 0
         head: bytes | None = None
         token = hooks.request_started(req.params)
-        runner = self._track(token)
+        runner = self._track(token, req)
         try:
             app_status = 0
             tail = b""
@@ -686,7 +694,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         finally:
             c.finished(req)
             hooks.request_finished(token, status, head)
-            stacks.untrack(token)
+            self._untrack(token)
             if not c.requests:
                 c.became_idle()
             if hooks.should_stop() and not self._stopping:

@@ -35,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -78,6 +78,11 @@ class Runner:
 
 #: Runners by the token WorkerHooks.request_started gave, while the request runs.
 _runners: dict[object, Runner] = {}
+#: Functions that make the runner of a token not in ``_runners``, on demand: a
+#: driver that keeps its requests by token anyway registers one instead of
+#: making a Runner for every request (the asyncio worker; a slowlog dump is
+#: rare, requests are not).
+_finders: list[Callable[[object], Runner | None]] = []
 
 
 def track(token: object, task: Any) -> Runner:
@@ -92,9 +97,25 @@ def untrack(token: object) -> None:
     _runners.pop(token, None)
 
 
+def add_finder(finder: Callable[[object], Runner | None]) -> None:
+    """Ask ``finder`` for the runners of tokens :func:`track` was not told of."""
+    _finders.append(finder)
+
+
+def remove_finder(finder: Callable[[object], Runner | None]) -> None:
+    with contextlib.suppress(ValueError):
+        _finders.remove(finder)
+
+
 def runner_of(token: object) -> Runner | None:
     """The runner of ``token``; None: the main thread runs it (the sync worker)."""
-    return _runners.get(token)
+    runner = _runners.get(token)
+    if runner is None:
+        for finder in _finders:
+            runner = finder(token)
+            if runner is not None:
+                break
+    return runner
 
 
 # -- finding the frames ----------------------------------------------------------

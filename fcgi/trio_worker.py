@@ -650,7 +650,7 @@ class TrioWorker(MultiplexWorker[_Connection, _Request]):
 
     # -- one request ---------------------------------------------------------------
 
-    def _track(self, token: object) -> stacks.Runner:
+    def _track(self, token: object, req: _Request) -> stacks.Runner:
         return stacks.track(token, trio.lowlevel.current_task())
 
     async def _run_wsgi(
