@@ -304,11 +304,20 @@ def _encode_head(status: object, headers: object) -> tuple[bytes, bool]:
     has_length = False
     good = _GOOD_NAMES
     for item in headers or ():  # type: ignore[attr-defined]
-        try:
-            name, value = item
-        except (TypeError, ValueError):
-            # Said here: compiled (setup.py) and not, Python's own words differ.
-            raise TypeError(f"header {item!r}: an ASGI header is a [name, value] pair") from None
+        kind = type(item)
+        if (kind is list or kind is tuple) and len(item) == 2:
+            # Indexed, not unpacked: unpacking makes an iterator, and with it
+            # a share of the garbage collector's work, for every header.
+            name = item[0]
+            value = item[1]
+        else:
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                # Said here: compiled (setup.py) and not, Python's own words differ.
+                raise TypeError(
+                    f"header {item!r}: an ASGI header is a [name, value] pair"
+                ) from None
         if type(name) is bytes and type(value) is bytes:
             is_length = good.get(name)
         elif isinstance(name, bytes | bytearray) and isinstance(value, bytes | bytearray):
