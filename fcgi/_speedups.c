@@ -1,7 +1,7 @@
 /*
  * fcgi._speedups: optional C versions of hot pure functions of fcgi.records,
- * fcgi.connection (the request head), fcgi.wsgi (the response head) and
- * fcgi.uwsgi (the vars block).
+ * fcgi.connection (the request head), fcgi.wsgi (the response head),
+ * fcgi.uwsgi (the vars block) and fcgi.asgi (the scope).
  *
  * The pure-Python code stays the reference and the fallback: each function
  * here names its Python twin (or, for scan_head, the record loop that checks
@@ -92,9 +92,27 @@ value_max(const unsigned char *name, size_t n)
     return n >= 5 && memcmp(name, "HTTP_", 5) == 0 ? 0 : CACHE_VALUE_MAX;
 }
 
+/* The strings asgi_scope() looks up and writes, made once per module (see
+   scope_strings()); in the order of scope_string_text below. */
+enum {
+    S_SCRIPT_NAME, S_PATH_INFO, S_REQUEST_URI, S_CONTENT_TYPE, S_HTTP_CONTENT_TYPE,
+    S_CONTENT_LENGTH, S_HTTP_CONTENT_LENGTH, S_HTTPS, S_REQUEST_SCHEME, S_REMOTE_ADDR,
+    S_REMOTE_PORT, S_SERVER_PORT, S_SERVER_ADDR, S_SERVER_NAME, S_SERVER_PROTOCOL,
+    S_REQUEST_METHOD, S_QUERY_STRING,
+    S_type, S_asgi, S_http_version, S_method, S_scheme, S_path, S_raw_path, S_query_string,
+    S_root_path, S_headers, S_client, S_server, S_extensions, S_fastcgi, S_params,
+    S_http, S_https,
+    S_COUNT
+};
+
 typedef struct {
     PyObject *names[CACHE_SLOTS];
     PyObject *values[CACHE_SLOTS];
+    /* Interned, for asgi_scope(); NULL until its first call. */
+    PyObject *strings[S_COUNT];
+    /* b"content-type", b"content-length": the body's ASGI header names. */
+    PyObject *content_type;
+    PyObject *content_length;
 } speedups_state;
 
 /* FNV-1a over the bytes (at most CACHE_NAME_MAX of them) and the length. */
@@ -570,12 +588,369 @@ done:
     return result;
 }
 
+/* -- the ASGI scope (fcgi.asgi._build_scope_py) ------------------------------ */
+
+PyDoc_STRVAR(asgi_scope_doc,
+"asgi_scope(params, header_names, http_versions, asgi_info, /)\n"
+"--\n"
+"\n"
+"The ASGI http scope of a request's params (a dict of str), as\n"
+"fcgi.asgi._build_scope_py makes it with no mount point and no state.\n"
+"header_names and http_versions are that module's caches (read here, never\n"
+"written); asgi_info is the scope's \"asgi\" dict, copied.\n"
+"\n"
+"Returns None for anything it does not vouch for: a name not in the header\n"
+"cache yet, a path or method that needs more than ASCII rules, a port that\n"
+"is not plain digits, a missing REQUEST_URI or PATH_INFO, a str that is not\n"
+"latin-1. The caller then runs the reference.");
+
+static const char *const scope_string_text[S_COUNT] = {
+    "SCRIPT_NAME", "PATH_INFO", "REQUEST_URI", "CONTENT_TYPE", "HTTP_CONTENT_TYPE",
+    "CONTENT_LENGTH", "HTTP_CONTENT_LENGTH", "HTTPS", "REQUEST_SCHEME", "REMOTE_ADDR",
+    "REMOTE_PORT", "SERVER_PORT", "SERVER_ADDR", "SERVER_NAME", "SERVER_PROTOCOL",
+    "REQUEST_METHOD", "QUERY_STRING",
+    "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
+    "root_path", "headers", "client", "server", "extensions", "fastcgi", "params",
+    "http", "https",
+};
+
+/* The state's strings, made on first use; NULL with an exception if memory ran out. */
+static PyObject **
+scope_strings(speedups_state *state)
+{
+    if (state->strings[S_COUNT - 1] == NULL) {
+        for (int i = 0; i < S_COUNT; i++) {
+            if (state->strings[i] == NULL) {
+                state->strings[i] = PyUnicode_InternFromString(scope_string_text[i]);
+                if (state->strings[i] == NULL) {
+                    return NULL;
+                }
+            }
+        }
+    }
+    if (state->content_type == NULL) {
+        state->content_type = PyBytes_FromString("content-type");
+        if (state->content_type == NULL) {
+            return NULL;
+        }
+    }
+    if (state->content_length == NULL) {
+        state->content_length = PyBytes_FromString("content-length");
+        if (state->content_length == NULL) {
+            return NULL;
+        }
+    }
+    return state->strings;
+}
+
+/* Why a lookup gave nothing usable: absent, present, or a value this code
+   does not handle (not an exact str of latin-1 characters). */
+enum { ABSENT, FOUND, UNSUITABLE };
+
+/* params[key] as latin-1 characters: *text borrowed, *chars and *n set when FOUND. */
+static int
+param(PyObject *params, PyObject *key, PyObject **text, const Py_UCS1 **chars, Py_ssize_t *n)
+{
+    PyObject *value = PyDict_GetItemWithError(params, key);
+    if (value == NULL) {
+        return PyErr_Occurred() ? UNSUITABLE : ABSENT;
+    }
+    const Py_UCS1 *c = latin1_chars(value, n);
+    if (c == NULL) {
+        return UNSUITABLE;
+    }
+    *text = value;
+    *chars = c;
+    return FOUND;
+}
+
+static int
+all_ascii(const Py_UCS1 *s, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] >= 0x80) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* fcgi.asgi._port for a value of plain ASCII digits: 1 with *port set; 0 for
+   anything else, which the reference decides (int() accepts more). */
+static int
+plain_port(const Py_UCS1 *s, Py_ssize_t n, long *port)
+{
+    if (n < 1 || n > 9) {
+        return 0;
+    }
+    long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    *port = v;
+    return 1;
+}
+
+/* A new bytes object of a latin-1 str's characters (what .encode("latin-1") gives). */
+static PyObject *
+latin1_bytes(const Py_UCS1 *s, Py_ssize_t n)
+{
+    return PyBytes_FromStringAndSize((const char *)s, n);
+}
+
+/* Append (name, value bytes) to headers; -1 with an exception on failure. */
+static int
+append_header(PyObject *headers, PyObject *name, const Py_UCS1 *value, Py_ssize_t n)
+{
+    PyObject *raw = latin1_bytes(value, n);
+    if (raw == NULL) {
+        return -1;
+    }
+    PyObject *pair = PyTuple_Pack(2, name, raw);
+    Py_DECREF(raw);
+    if (pair == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(headers, pair);
+    Py_DECREF(pair);
+    return failed;
+}
+
+static PyObject *
+asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "asgi_scope() takes exactly 4 arguments");
+        return NULL;
+    }
+    PyObject *params = args[0], *header_names = args[1], *http_versions = args[2];
+    PyObject *asgi_info = args[3];
+    if (!PyDict_CheckExact(params) || !PyDict_CheckExact(header_names)
+        || !PyDict_CheckExact(http_versions) || !PyDict_CheckExact(asgi_info)) {
+        Py_RETURN_NONE;
+    }
+    speedups_state *state = PyModule_GetState(module);
+    PyObject **k = scope_strings(state);
+    if (k == NULL) {
+        return NULL;
+    }
+    PyObject *scope = NULL, *headers = NULL, *item = NULL;
+    PyObject *text;
+    const Py_UCS1 *c;
+    Py_ssize_t n;
+    int found;
+
+    /* The path: SCRIPT_NAME then PATH_INFO, both ASCII (the reference
+       decodes others as UTF-8, and fixes up a request without PATH_INFO). */
+    PyObject *script = NULL;
+    found = param(params, k[S_SCRIPT_NAME], &text, &c, &n);
+    if (found == UNSUITABLE || (found == FOUND && !all_ascii(c, n))) {
+        goto fallback;
+    }
+    if (found == FOUND) {
+        script = text;
+    }
+    PyObject *path_info;
+    if (param(params, k[S_PATH_INFO], &path_info, &c, &n) != FOUND || n == 0
+        || !all_ascii(c, n)) {
+        goto fallback;
+    }
+    /* raw_path: REQUEST_URI up to its '?' (without one, the reference quotes the path). */
+    PyObject *uri;
+    const Py_UCS1 *uri_chars;
+    Py_ssize_t uri_len;
+    if (param(params, k[S_REQUEST_URI], &uri, &uri_chars, &uri_len) != FOUND || uri_len == 0) {
+        goto fallback;
+    }
+    Py_ssize_t raw_len = uri_len;
+    const Py_UCS1 *mark = memchr(uri_chars, '?', (size_t)uri_len);
+    if (mark != NULL) {
+        raw_len = mark - uri_chars;
+    }
+    /* The method, upper case already (the reference upper-cases others). */
+    PyObject *method;
+    if (param(params, k[S_REQUEST_METHOD], &method, &c, &n) != FOUND || n == 0) {
+        goto fallback;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (c[i] >= 0x80 || (c[i] >= 'a' && c[i] <= 'z')) {
+            goto fallback;
+        }
+    }
+    /* The HTTP version, from the reference's cache. */
+    PyObject *protocol;
+    if (param(params, k[S_SERVER_PROTOCOL], &protocol, &c, &n) != FOUND) {
+        goto fallback;
+    }
+    PyObject *http_version = PyDict_GetItemWithError(http_versions, protocol);
+    if (http_version == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        goto fallback;
+    }
+    /* Ports: absent or empty is None; plain digits are read here. */
+    long server_port = 0, remote_port = 0;
+    found = param(params, k[S_SERVER_PORT], &text, &c, &n);
+    if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &server_port))) {
+        goto fallback;
+    }
+    PyObject *remote = NULL;
+    found = param(params, k[S_REMOTE_ADDR], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND && n > 0) {
+        remote = text;
+        found = param(params, k[S_REMOTE_PORT], &text, &c, &n);
+        if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &remote_port))) {
+            goto fallback;
+        }
+    }
+    /* The server's host: SERVER_ADDR, or SERVER_NAME if that is empty. */
+    PyObject *server_host = NULL;
+    found = param(params, k[S_SERVER_ADDR], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND && n > 0) {
+        server_host = text;
+    }
+    else {
+        found = param(params, k[S_SERVER_NAME], &text, &c, &n);
+        if (found == UNSUITABLE) {
+            goto fallback;
+        }
+        if (found == FOUND && n > 0) {
+            server_host = text;
+        }
+    }
+    /* https: HTTPS is "on" or "1" in any case, else REQUEST_SCHEME is "https". */
+    int https = 0;
+    found = param(params, k[S_HTTPS], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND) {
+        /* ASCII case folding is all .lower() can do here: no latin-1
+           character other than 'O', 'N' lowers to 'o' or 'n'. */
+        https = (n == 2 && (c[0] | 0x20) == 'o' && (c[1] | 0x20) == 'n') || (n == 1 && c[0] == '1');
+    }
+    if (!https) {
+        found = param(params, k[S_REQUEST_SCHEME], &text, &c, &n);
+        if (found == UNSUITABLE) {
+            goto fallback;
+        }
+        https = found == FOUND && n == 5 && memcmp(c, "https", 5) == 0;
+    }
+
+    /* Headers: each HTTP_ variable the header cache names, in params' order;
+       then the body's two, from their CGI variables or the HTTP_ ones. */
+    headers = PyList_New(0);
+    if (headers == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(params, &pos, &name, &value)) {
+        PyObject *header = PyDict_GetItemWithError(header_names, name);
+        if (header == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            goto fallback; /* not seen yet: the reference names it and caches it */
+        }
+        if (header == Py_None) {
+            continue;
+        }
+        if (!PyBytes_CheckExact(header) || (c = latin1_chars(value, &n)) == NULL) {
+            goto fallback;
+        }
+        if (append_header(headers, header, c, n) < 0) {
+            goto error;
+        }
+    }
+    static const int body[2][2] = {
+        {S_CONTENT_TYPE, S_HTTP_CONTENT_TYPE},
+        {S_CONTENT_LENGTH, S_HTTP_CONTENT_LENGTH},
+    };
+    for (int i = 0; i < 2; i++) {
+        found = param(params, k[body[i][0]], &text, &c, &n);
+        if (found == UNSUITABLE) {
+            goto fallback;
+        }
+        if (found == ABSENT || n == 0) {
+            found = param(params, k[body[i][1]], &text, &c, &n);
+            if (found == UNSUITABLE) {
+                goto fallback;
+            }
+        }
+        if (found == FOUND && n > 0) {
+            PyObject *header_name = i == 0 ? state->content_type : state->content_length;
+            if (append_header(headers, header_name, c, n) < 0) {
+                goto error;
+            }
+        }
+    }
+
+    /* The scope, its keys in the reference's order. */
+    scope = PyDict_New();
+    if (scope == NULL) {
+        goto error;
+    }
+#define PUT(key, made)                                          \
+    do {                                                        \
+        item = (made);                                          \
+        if (item == NULL || PyDict_SetItem(scope, k[key], item) < 0) { \
+            goto error;                                         \
+        }                                                       \
+        Py_CLEAR(item);                                         \
+    } while (0)
+    PUT(S_type, Py_NewRef(k[S_http]));
+    PUT(S_asgi, PyDict_Copy(asgi_info));
+    PUT(S_http_version, Py_NewRef(http_version));
+    PUT(S_method, Py_NewRef(method));
+    PUT(S_scheme, Py_NewRef(https ? k[S_https] : k[S_http]));
+    PUT(S_path, script != NULL ? PyUnicode_Concat(script, path_info) : Py_NewRef(path_info));
+    PUT(S_raw_path, latin1_bytes(uri_chars, raw_len));
+    found = param(params, k[S_QUERY_STRING], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    PUT(S_query_string, found == FOUND ? latin1_bytes(c, n) : PyBytes_FromStringAndSize(NULL, 0));
+    PUT(S_root_path, script != NULL ? Py_NewRef(script) : PyUnicode_New(0, 0));
+    PUT(S_headers, Py_NewRef(headers));
+    PUT(S_client, remote != NULL ? Py_BuildValue("(Ol)", remote, remote_port) : Py_NewRef(Py_None));
+    PUT(S_server, server_host != NULL && server_port != 0
+                      ? Py_BuildValue("(Ol)", server_host, server_port)
+                      : Py_NewRef(Py_None));
+    PUT(S_extensions, Py_BuildValue("{O{OO}}", k[S_fastcgi], k[S_params], params));
+#undef PUT
+    Py_DECREF(headers);
+    return scope;
+
+fallback:
+    Py_XDECREF(scope);
+    Py_XDECREF(headers);
+    Py_RETURN_NONE;
+
+error:
+    Py_XDECREF(item);
+    Py_XDECREF(scope);
+    Py_XDECREF(headers);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"decode_params", decode_params, METH_O, decode_params_doc},
     {"scan_head", scan_head, METH_O, scan_head_doc},
     {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL, encode_head_doc},
     {"decode_uwsgi_vars", (PyCFunction)(void (*)(void))decode_uwsgi_vars, METH_FASTCALL,
      decode_uwsgi_vars_doc},
+    {"asgi_scope", (PyCFunction)(void (*)(void))asgi_scope, METH_FASTCALL, asgi_scope_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -588,6 +963,11 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
             Py_VISIT(state->names[i]);
             Py_VISIT(state->values[i]);
         }
+        for (int i = 0; i < S_COUNT; i++) {
+            Py_VISIT(state->strings[i]);
+        }
+        Py_VISIT(state->content_type);
+        Py_VISIT(state->content_length);
     }
     return 0;
 }
@@ -601,6 +981,11 @@ speedups_clear(PyObject *module)
             Py_CLEAR(state->names[i]);
             Py_CLEAR(state->values[i]);
         }
+        for (int i = 0; i < S_COUNT; i++) {
+            Py_CLEAR(state->strings[i]);
+        }
+        Py_CLEAR(state->content_type);
+        Py_CLEAR(state->content_length);
     }
     return 0;
 }
@@ -620,7 +1005,7 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fcgi._speedups",
-    .m_doc = "Optional C versions of hot functions of fcgi.records, fcgi.connection and fcgi.wsgi.",
+    .m_doc = "Optional C versions of hot functions of fcgi.records, fcgi.connection, fcgi.wsgi, fcgi.uwsgi and fcgi.asgi.",
     .m_size = sizeof(speedups_state),
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

@@ -29,6 +29,7 @@ from mypy_extensions import mypyc_attr
 
 from fcgi.errors import FastCGIError, RequestBodyTooLarge
 from fcgi.escape import Lines
+from fcgi.records import SPEEDUPS
 from fcgi.spool import SpooledBody
 from fcgi.wsgi import ClientGone, content_length, error_response, fix_script_name
 
@@ -183,6 +184,14 @@ _BODY_HEADERS: Final = (
 )
 
 
+#: The scope's ``asgi`` item; each scope gets a copy (an app may change its own).
+_ASGI_INFO: Final[dict[str, str]] = {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION}
+
+_scope_c: Callable[[object, object, object, object], Scope | None] | None = None
+if SPEEDUPS:
+    from fcgi._speedups import asgi_scope as _scope_c
+
+
 def build_scope(
     params: dict[str, str],
     *,
@@ -194,7 +203,28 @@ def build_scope(
     ``root_path`` and ``path`` follow the same SCRIPT_NAME / PATH_INFO rules as
     the WSGI environ (:func:`fcgi.wsgi.fix_script_name`): ``root_path`` is the
     mount point and ``path`` the whole path, mount point included, as ASGI asks.
+
+    :func:`_build_scope_py` is the reference. Where the C extension is built,
+    the usual request (no mount point, ASCII path, names seen before) is made
+    by ``_speedups.asgi_scope``, which returns None for whatever it does not
+    vouch for; tests/test_speedups.py holds the two to the same scope.
     """
+    if _scope_c is not None and mount is None:
+        scope = _scope_c(params, _HEADER_NAMES, _HTTP_VERSIONS, _ASGI_INFO)
+        if scope is not None:
+            if state is not None:
+                scope["state"] = dict(state)
+            return scope
+    return _build_scope_py(params, mount=mount, state=state)
+
+
+def _build_scope_py(
+    params: dict[str, str],
+    *,
+    mount: str | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Scope:
+    """:func:`build_scope` in Python: the rules."""
     script = params.get("SCRIPT_NAME", "")
     path_info = params.get("PATH_INFO", "")
     if mount is not None or not path_info:
@@ -240,7 +270,7 @@ def build_scope(
     server_host = params.get("SERVER_ADDR") or params.get("SERVER_NAME")
     scope: Scope = {
         "type": "http",
-        "asgi": {"version": ASGI_VERSION, "spec_version": HTTP_SPEC_VERSION},
+        "asgi": _ASGI_INFO.copy(),
         "http_version": _http_version(params.get("SERVER_PROTOCOL", "HTTP/1.1")),
         "method": (params.get("REQUEST_METHOD") or "GET").upper(),
         "scheme": "https" if https else "http",

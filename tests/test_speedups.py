@@ -1,6 +1,6 @@
 """The optional C functions (fcgi/_speedups.c) against their pure-Python twins.
 
-``decode_params`` and ``encode_head`` here; ``scan_head``, which has no twin
+``decode_params``, ``encode_head`` and ``asgi_scope`` here; ``scan_head``, which has no twin
 but the connection's record loop, in tests/test_fastpath.py. decode_params is
 compared through :func:`fcgi.records._decode_params_fast`, the wrapper
 that :func:`fcgi.records.decode_params` is bound to when the extension is in
@@ -9,6 +9,7 @@ use: the same dict, or the same :class:`ProtocolError` message, on every input.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fcgi import asgi, uwsgi, wsgi
 from fcgi import records as r
-from fcgi import uwsgi, wsgi
 from fcgi.errors import ProtocolError
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -440,3 +441,137 @@ def test_no_header_value_outlives_its_request(c_decode: Callable[[bytes], dict[s
         assert one is not None and two is not None
         assert one[0]["HTTP_COOKIE"] is not two[0]["HTTP_COOKIE"]
         assert one[0]["REQUEST_METHOD"] is two[0]["REQUEST_METHOD"]
+
+
+# -- the ASGI scope (fcgi.asgi.build_scope) ----------------------------------------
+
+#: What nginx's fastcgi_params sends for ``GET /app/hello?x=1`` with two headers.
+NGINX_LIKE = {
+    "QUERY_STRING": "x=1",
+    "REQUEST_METHOD": "GET",
+    "CONTENT_TYPE": "",
+    "CONTENT_LENGTH": "",
+    "SCRIPT_NAME": "/app",
+    "REQUEST_URI": "/app/hello?x=1",
+    "DOCUMENT_URI": "/app/hello",
+    "DOCUMENT_ROOT": "/srv",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "REQUEST_SCHEME": "http",
+    "GATEWAY_INTERFACE": "CGI/1.1",
+    "SERVER_SOFTWARE": "nginx/1.22.1",
+    "REMOTE_ADDR": "127.0.0.1",
+    "REMOTE_PORT": "40002",
+    "SERVER_ADDR": "127.0.0.1",
+    "SERVER_PORT": "8080",
+    "SERVER_NAME": "localhost",
+    "PATH_INFO": "/hello",
+    "HTTP_HOST": "localhost:8080",
+    "HTTP_USER_AGENT": "wrk",
+}
+
+#: Names the scope reads, the body's HTTP_ twins, and others.
+scope_names = st.sampled_from(
+    [
+        *sorted(NGINX_LIKE),
+        "HTTPS",
+        "HTTP_CONTENT_TYPE",
+        "HTTP_CONTENT_LENGTH",
+        "HTTP_X_FORWARDED_FOR",
+        "HTTP_",
+        "HTTPX",
+        "http_host",
+        "SERVER_PORT",
+    ]
+) | st.text(st.characters(max_codepoint=0xFF), max_size=8)
+#: Values: each rule's edges (empty, case, ports that int() reads and those it
+#: does not, protocols, non-ASCII and non-latin-1 text).
+scope_values = st.sampled_from(
+    [
+        "",
+        "/",
+        "/a b",
+        "/caf\xe9",
+        "/\u20ac",
+        "get",
+        "GET",
+        "G\xe9T",
+        "on",
+        "ON",
+        "oN",
+        "1",
+        "off",
+        "https",
+        "HTTPS",
+        "HTTP/1.0",
+        "HTTP/2.0",
+        "HTTP/3",
+        "HTTP/9",
+        "SPDY",
+        "80",
+        "080",
+        "0",
+        " 80",
+        "8_0",
+        "\xb2",
+        "1234567890",
+        "?",
+        "/p?q=1",
+        "/p?",
+    ]
+) | st.text(st.characters(max_codepoint=0x17F), max_size=12)
+
+
+def scope_outcome(build: Callable[..., object], params: dict[str, str], **kw: object) -> object:
+    try:
+        scope = build(params, **kw)
+    except Exception as exc:  # the two must fail alike too
+        return (type(exc).__name__, str(exc))
+    assert isinstance(scope, dict)
+    # Equal, with the same key order and the same types all the way down.
+    return [(key, type(value).__name__, repr(value)) for key, value in scope.items()]
+
+
+@pytest.mark.skipif(asgi._scope_c is None, reason="the C extension is not in use")
+@SETTINGS
+@given(st.dictionaries(scope_names, scope_values, max_size=12), st.booleans())
+def test_asgi_scope_c_matches_the_reference(params: dict[str, str], warm: bool) -> None:
+    params = dict(NGINX_LIKE, **params) if warm else params
+    if warm:
+        with contextlib.suppress(Exception):  # text that is not latin-1 is refused
+            asgi._build_scope_py(params)  # the caches hold this request's names
+    expected = scope_outcome(asgi._build_scope_py, params)
+    assert asgi._scope_c is not None
+    raw = asgi._scope_c(params, asgi._HEADER_NAMES, asgi._HTTP_VERSIONS, asgi._ASGI_INFO)
+    if raw is not None:
+        assert scope_outcome(lambda p: raw, params) == expected
+    assert scope_outcome(asgi.build_scope, params) == expected
+    state = {"db": "x"}
+    assert scope_outcome(asgi.build_scope, params, state=state) == scope_outcome(
+        asgi._build_scope_py, params, state=state
+    )
+    assert scope_outcome(asgi.build_scope, params, mount="/app") == scope_outcome(
+        asgi._build_scope_py, params, mount="/app"
+    )
+
+
+@pytest.mark.skipif(asgi._scope_c is None, reason="the C extension is not in use")
+def test_asgi_scope_c_makes_a_web_servers_usual_request() -> None:
+    """Not vacuous: what nginx sends is made in C once its names are known, and is its own."""
+    asgi._build_scope_py(NGINX_LIKE)
+    assert asgi._scope_c is not None
+    scope = asgi._scope_c(NGINX_LIKE, asgi._HEADER_NAMES, asgi._HTTP_VERSIONS, asgi._ASGI_INFO)
+    assert scope is not None and scope == asgi._build_scope_py(NGINX_LIKE)
+    assert scope["headers"] == [(b"host", b"localhost:8080"), (b"user-agent", b"wrk")]
+    assert (scope["path"], scope["raw_path"], scope["client"]) == (
+        "/app/hello",
+        b"/app/hello",
+        ("127.0.0.1", 40002),
+    )
+    # Nothing shared between two requests' scopes but the params' own strings.
+    again = asgi.build_scope(NGINX_LIKE)
+    assert again["asgi"] is not scope["asgi"] and again["headers"] is not scope["headers"]
+    assert again["asgi"] is not asgi._ASGI_INFO
+    # Not in the cache yet: the reference makes it (and caches the name).
+    fresh = dict(NGINX_LIKE, HTTP_X_NEVER_SEEN_BEFORE="1")
+    assert asgi._scope_c(fresh, asgi._HEADER_NAMES, asgi._HTTP_VERSIONS, asgi._ASGI_INFO) is None
+    assert (b"x-never-seen-before", b"1") in asgi.build_scope(fresh)["headers"]
