@@ -183,7 +183,7 @@ class _Request(Request):
     __slots__ = ("streak", "task")
 
     def __init__(self, rid: int, role: int, keep_conn: bool, spool_threshold: int) -> None:
-        super().__init__(rid, role, keep_conn, SpooledBody(spool_threshold, _Parking()), None)
+        super().__init__(rid, role, keep_conn, SpooledBody(spool_threshold, _Parking), None)
         #: Bytes written since this request's task last let others run.
         self.streak = 0
         #: The task running the app, once started.

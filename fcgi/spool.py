@@ -8,9 +8,9 @@ the rest to an anonymous temporary file, so memory stays bounded however large
 the body and however slow the reader.
 
 Pushing is synchronous (the reader task never waits here). Pulling waits in a
-:class:`Parking` the driver supplies (trio's ``ParkingLot``, or the asyncio
-worker's future), so this module runs under either event loop and imports
-neither.
+:class:`Parking` that a factory the driver supplies makes (trio's
+``ParkingLot``, or the asyncio worker's future), so this module runs under
+either event loop and imports neither.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from typing import Final, Protocol
 
 #: Largest piece :meth:`SpooledBody.receive` returns from the spill file.
@@ -51,8 +52,11 @@ def _trio_parking() -> Parking:
 class SpooledBody:
     """A one-way byte pipe, memory up to ``threshold``, a temporary file beyond.
 
-    Its reader waits in ``parking`` (see :class:`Parking`); without one, in a
-    trio ParkingLot.
+    Its reader waits in a :class:`Parking` that ``new_parking()`` makes;
+    without it, in a trio ParkingLot. Most bodies are empty (a GET) or there
+    before the app reads them, so the parking and the queue of pieces are
+    made when first needed: a body nobody waits for costs no objects but
+    itself.
     """
 
     __slots__ = (
@@ -62,15 +66,17 @@ class SpooledBody:
         "_lot",
         "_memory",
         "_memory_size",
+        "_new_parking",
         "_parked",
         "_read_pos",
         "_write_pos",
         "threshold",
     )
 
-    def __init__(self, threshold: int, parking: Parking | None = None) -> None:
+    def __init__(self, threshold: int, new_parking: Callable[[], Parking] | None = None) -> None:
         self.threshold = threshold
-        self._memory: deque[bytes] = deque()
+        #: The pieces in memory, oldest first; None until the first one.
+        self._memory: deque[bytes] | None = None
         self._memory_size = 0
         self._fd = -1
         self._read_pos = 0
@@ -78,7 +84,9 @@ class SpooledBody:
         self._ended = False
         #: Raised by receive() once the data before it is read (see fail()).
         self._error: BaseException | None = None
-        self._lot = parking if parking is not None else _trio_parking()
+        self._new_parking = new_parking if new_parking is not None else _trio_parking
+        #: Where a reader waits; None until one must.
+        self._lot: Parking | None = None
         #: Readers waiting in the parking now: with none (most bodies, never
         #: waited for), news need not be told to it.
         self._parked = 0
@@ -93,18 +101,27 @@ class SpooledBody:
             # Part of the body is already on disk: later bytes go after it.
             self._spill(data)
         elif self._memory_size + len(data) <= self.threshold:
-            self._memory.append(data)
+            memory = self._memory
+            if memory is None:
+                memory = self._memory = deque()
+            memory.append(data)
             self._memory_size += len(data)
         else:
             self._spill(data)
         if self._parked:
-            self._lot.unpark_all()
+            self._wake()
 
     def end(self) -> None:
         """No more data will come (end of stream, abort, or connection lost)."""
         self._ended = True
         if self._parked:
-            self._lot.unpark_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Tell the parked reader there is news (a reader parked, so the parking exists)."""
+        lot = self._lot
+        if lot is not None:
+            lot.unpark_all()
 
     def fail(self, error: BaseException) -> None:
         """End the stream with ``error``: the reader gets what came before, then the error.
@@ -157,8 +174,9 @@ class SpooledBody:
 
         Raises the error given to :meth:`fail` once everything before it was read.
         """
-        if self._memory:
-            data = self._memory.popleft()
+        memory = self._memory
+        if memory:
+            data = memory.popleft()
             self._memory_size -= len(data)
             return data
         if self._read_pos < self._write_pos:
@@ -190,23 +208,26 @@ class SpooledBody:
             data = self.receive_nowait()
             if data is not None:
                 return data
+            lot = self._lot
+            if lot is None:
+                lot = self._lot = self._new_parking()
             self._parked += 1
             try:
-                await self._lot.park()
+                await lot.park()
             finally:
                 self._parked -= 1
 
     def close(self) -> None:
         """Drop what is left and free the temporary file."""
         self._ended = True
-        self._memory.clear()
+        self._memory = None
         self._memory_size = 0
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         self._read_pos = self._write_pos = 0
         if self._parked:
-            self._lot.unpark_all()
+            self._wake()
 
 
 def _anonymous_file() -> int:

@@ -183,8 +183,8 @@ class _Request(Request):
     def __init__(self, rid: int, role: int, keep_conn: bool, spool_threshold: int) -> None:
         data = None
         if role == Role.FILTER:
-            data = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot())
-        body = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot())
+            data = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot)
+        body = SpooledBody(spool_threshold, trio.lowlevel.ParkingLot)
         super().__init__(rid, role, keep_conn, body, data)
         #: Cancelled by ABORT_REQUEST: wraps the app's run.
         self.scope = trio.CancelScope()
