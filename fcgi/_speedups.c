@@ -155,11 +155,43 @@ cached_latin1(PyObject **table, size_t max, const unsigned char *s, size_t n)
  * Returns the dict, Py_None (a new reference) if the block is malformed, or
  * NULL with an exception set if memory ran out.
  */
+/* How many pairs the block buf[0:end] holds, counting until it stops making
+   sense (decode_block finds out why). Only a size hint. */
+static Py_ssize_t
+count_pairs(const unsigned char *buf, size_t end)
+{
+    size_t pos = 0, name_len, value_len;
+    Py_ssize_t pairs = 0;
+    while (pos < end && read_length(buf, end, &pos, &name_len)
+           && read_length(buf, end, &pos, &value_len)) {
+        size_t remain = end - pos;
+        if (name_len > remain || value_len > remain - name_len) {
+            break;
+        }
+        pos += name_len + value_len;
+        pairs++;
+    }
+    return pairs;
+}
+
+/* A dict with room for n items. A web server sends twenty-odd params: made
+   at its size, the dict is not grown (and rehashed) three times on the way. */
+static PyObject *
+new_dict(Py_ssize_t n)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    return _PyDict_NewPresized(n);
+#else
+    (void)n; /* not part of the API from 3.13 on */
+    return PyDict_New();
+#endif
+}
+
 static PyObject *
 decode_block(speedups_state *state, const unsigned char *buf, size_t end)
 {
     size_t pos = 0;
-    PyObject *params = PyDict_New();
+    PyObject *params = new_dict(count_pairs(buf, end));
     if (params == NULL) {
         return NULL;
     }
@@ -897,7 +929,7 @@ asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* The scope, its keys in the reference's order. */
-    scope = PyDict_New();
+    scope = new_dict(13);
     if (scope == NULL) {
         goto error;
     }
