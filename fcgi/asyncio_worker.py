@@ -825,8 +825,14 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         return runner
 
     def _request_over(self, req: _Request) -> None:
-        if req.task is not None:
-            self._tasks.discard(req.task)
+        task = req.task
+        if task is not None:
+            self._tasks.discard(task)
+            # The task's coroutine holds the request: without this link
+            # undone, each request would be a cycle (request, task, its
+            # context, the coroutine) that only the garbage collector frees,
+            # and its collections would run every few dozen requests.
+            req.task = None
         if not self.active_requests and not self._idle_check:
             self._idle_check = True
             self.loop.call_soon(self._maybe_idle)

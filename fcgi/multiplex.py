@@ -553,6 +553,36 @@ class MultiplexConnection(Generic[R]):
         raise NotImplementedError
 
 
+class _Stdout:
+    """An ASGIResponder's ``write``: the request's STDOUT.
+
+    An object, not a closure: compiled (setup.py), a nested function and the
+    environment that holds it refer to each other, and such a cycle per
+    request would be left for the garbage collector instead of going with
+    the request.
+    """
+
+    __slots__ = ("c", "req")
+
+    def __init__(self, c: MultiplexConnection[Any], req: Request) -> None:
+        self.c = c
+        self.req = req
+
+    async def __call__(self, data: bytes) -> None:
+        forkguard.check()  # a child the app forked must not answer a second time
+        await self.c.send_stdout(self.req, data)
+
+
+class _Stderr(_Stdout):
+    """An ASGIResponder's ``stderr``: the request's STDERR (see :class:`_Stdout`)."""
+
+    __slots__ = ()
+
+    async def __call__(self, data: bytes) -> None:
+        forkguard.check()
+        await self.c.send_stderr(self.req, data)
+
+
 # Compiled by mypyc (setup.py); the trio worker, plain Python, subclasses it.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class MultiplexWorker(WorkerBase, Generic[C, R]):
@@ -704,26 +734,14 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
     def _responder(self, c: C, req: R) -> ASGIResponder:
         """The ASGI request cycle of ``req``, ready to run (see :meth:`ASGIResponder.run`)."""
         scope = build_scope(req.params, mount=self.options.script_name, state=self._state)
-
-        async def write(data: bytes) -> None:
-            forkguard.check()  # a child the app forked must not answer a second time
-            await c.send_stdout(req, data)
-
-        stderr: Write | None = None
-        if c.tracebacks:
-
-            async def stderr(data: bytes) -> None:
-                forkguard.check()
-                await c.send_stderr(req, data)
-
         responder = ASGIResponder(
             self.app,
             scope,
             req.body,
-            write,
+            _Stdout(c, req),
             waits=self.waits,
             write_last=self._last_writer(c, req),
-            stderr=stderr,
+            stderr=_Stderr(c, req) if c.tracebacks else None,
             body_timeout=self.options.read_timeout,
             silence_timed=lambda: c.conn.mid_record,
         )

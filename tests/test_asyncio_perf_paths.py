@@ -24,6 +24,7 @@ from asgi_cases import LOOPS
 from test_asyncio_worker import running_worker
 from test_trio_worker import WAIT, Reply, params_for, request_records, wait_for
 
+from fcgi import asyncio_worker
 from fcgi.asgi import ASGIResponder
 from fcgi.asyncio_worker import LoopFactory
 
@@ -65,8 +66,10 @@ def test_the_last_piece_is_sent_before_an_app_that_goes_on_returns(
         assert (reply.status, reply.body, reply.app_status) == (200, b"done", 0)
 
 
-def _responders() -> int:
-    return sum(1 for o in gc.get_objects() if isinstance(o, ASGIResponder))
+def _request_objects() -> int:
+    """A request's responder and its request id's object (which holds its task), alive now."""
+    kinds = (ASGIResponder, asyncio_worker._Request)
+    return sum(1 for o in gc.get_objects() if isinstance(o, kinds))
 
 
 def test_a_finished_request_leaves_nothing_for_the_cycle_collector(
@@ -78,7 +81,7 @@ def test_a_finished_request_leaves_nothing_for_the_cycle_collector(
             assert client.request(rid, params_for("/", query=str(rid))).body == b"hello %d" % rid
         # END_REQUEST leaves before the request's task has wound up: wait for
         # that, as long as it takes (a request kept alive by a cycle never goes).
-        wait_for(lambda: _responders() == 0, "the requests' objects to be freed")
+        wait_for(lambda: _request_objects() == 0, "the requests' objects to be freed")
 
 
 def test_a_unix_peer_is_named_after_its_listener_in_log_lines(
