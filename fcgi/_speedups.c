@@ -675,17 +675,17 @@ scope_strings(speedups_state *state)
     return state->strings;
 }
 
-/* Why a lookup gave nothing usable: absent, present, or a value this code
+/* Why a variable gave nothing usable: absent, present, or a value this code
    does not handle (not an exact str of latin-1 characters). */
 enum { ABSENT, FOUND, UNSUITABLE };
 
-/* params[key] as latin-1 characters: *text borrowed, *chars and *n set when FOUND. */
+/* The variable found for a name (or NULL) as latin-1 characters: *text
+   borrowed, *chars and *n set when FOUND. */
 static int
-param(PyObject *params, PyObject *key, PyObject **text, const Py_UCS1 **chars, Py_ssize_t *n)
+param(PyObject *value, PyObject **text, const Py_UCS1 **chars, Py_ssize_t *n)
 {
-    PyObject *value = PyDict_GetItemWithError(params, key);
     if (value == NULL) {
-        return PyErr_Occurred() ? UNSUITABLE : ABSENT;
+        return ABSENT;
     }
     const Py_UCS1 *c = latin1_chars(value, n);
     if (c == NULL) {
@@ -751,6 +751,39 @@ append_header(PyObject *headers, PyObject *name, const Py_UCS1 *value, Py_ssize_
     return failed;
 }
 
+/* (text, port) for the scope's client and server. */
+static PyObject *
+address(PyObject *host, long port)
+{
+    PyObject *number = PyLong_FromLong(port);
+    if (number == NULL) {
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, host, number);
+    Py_DECREF(number);
+    return pair;
+}
+
+/* {"fastcgi": {"params": params}}: the scope's extensions. */
+static PyObject *
+extensions(PyObject **k, PyObject *params)
+{
+    PyObject *inner = PyDict_New(), *outer = NULL;
+    if (inner == NULL || PyDict_SetItem(inner, k[S_params], params) < 0) {
+        goto done;
+    }
+    outer = PyDict_New();
+    if (outer != NULL && PyDict_SetItem(outer, k[S_fastcgi], inner) < 0) {
+        Py_CLEAR(outer);
+    }
+done:
+    Py_XDECREF(inner);
+    return outer;
+}
+
+/* The first CGI_COUNT strings are the variables the scope reads. */
+#define CGI_COUNT (S_QUERY_STRING + 1)
+
 static PyObject *
 asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -775,119 +808,34 @@ asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n;
     int found;
 
-    /* The path: SCRIPT_NAME then PATH_INFO, both ASCII (the reference
-       decodes others as UTF-8, and fixes up a request without PATH_INFO). */
-    PyObject *script = NULL;
-    found = param(params, k[S_SCRIPT_NAME], &text, &c, &n);
-    if (found == UNSUITABLE || (found == FOUND && !all_ascii(c, n))) {
-        goto fallback;
-    }
-    if (found == FOUND) {
-        script = text;
-    }
-    PyObject *path_info;
-    if (param(params, k[S_PATH_INFO], &path_info, &c, &n) != FOUND || n == 0
-        || !all_ascii(c, n)) {
-        goto fallback;
-    }
-    /* raw_path: REQUEST_URI up to its '?' (without one, the reference quotes the path). */
-    PyObject *uri;
-    const Py_UCS1 *uri_chars;
-    Py_ssize_t uri_len;
-    if (param(params, k[S_REQUEST_URI], &uri, &uri_chars, &uri_len) != FOUND || uri_len == 0) {
-        goto fallback;
-    }
-    Py_ssize_t raw_len = uri_len;
-    const Py_UCS1 *mark = memchr(uri_chars, '?', (size_t)uri_len);
-    if (mark != NULL) {
-        raw_len = mark - uri_chars;
-    }
-    /* The method, upper case already (the reference upper-cases others). */
-    PyObject *method;
-    if (param(params, k[S_REQUEST_METHOD], &method, &c, &n) != FOUND || n == 0) {
-        goto fallback;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (c[i] >= 0x80 || (c[i] >= 'a' && c[i] <= 'z')) {
-            goto fallback;
-        }
-    }
-    /* The HTTP version, from the reference's cache. */
-    PyObject *protocol;
-    if (param(params, k[S_SERVER_PROTOCOL], &protocol, &c, &n) != FOUND) {
-        goto fallback;
-    }
-    PyObject *http_version = PyDict_GetItemWithError(http_versions, protocol);
-    if (http_version == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        goto fallback;
-    }
-    /* Ports: absent or empty is None; plain digits are read here. */
-    long server_port = 0, remote_port = 0;
-    found = param(params, k[S_SERVER_PORT], &text, &c, &n);
-    if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &server_port))) {
-        goto fallback;
-    }
-    PyObject *remote = NULL;
-    found = param(params, k[S_REMOTE_ADDR], &text, &c, &n);
-    if (found == UNSUITABLE) {
-        goto fallback;
-    }
-    if (found == FOUND && n > 0) {
-        remote = text;
-        found = param(params, k[S_REMOTE_PORT], &text, &c, &n);
-        if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &remote_port))) {
-            goto fallback;
-        }
-    }
-    /* The server's host: SERVER_ADDR, or SERVER_NAME if that is empty. */
-    PyObject *server_host = NULL;
-    found = param(params, k[S_SERVER_ADDR], &text, &c, &n);
-    if (found == UNSUITABLE) {
-        goto fallback;
-    }
-    if (found == FOUND && n > 0) {
-        server_host = text;
-    }
-    else {
-        found = param(params, k[S_SERVER_NAME], &text, &c, &n);
-        if (found == UNSUITABLE) {
-            goto fallback;
-        }
-        if (found == FOUND && n > 0) {
-            server_host = text;
-        }
-    }
-    /* https: HTTPS is "on" or "1" in any case, else REQUEST_SCHEME is "https". */
-    int https = 0;
-    found = param(params, k[S_HTTPS], &text, &c, &n);
-    if (found == UNSUITABLE) {
-        goto fallback;
-    }
-    if (found == FOUND) {
-        /* ASCII case folding is all .lower() can do here: no latin-1
-           character other than 'O', 'N' lowers to 'o' or 'n'. */
-        https = (n == 2 && (c[0] | 0x20) == 'o' && (c[1] | 0x20) == 'n') || (n == 1 && c[0] == '1');
-    }
-    if (!https) {
-        found = param(params, k[S_REQUEST_SCHEME], &text, &c, &n);
-        if (found == UNSUITABLE) {
-            goto fallback;
-        }
-        https = found == FOUND && n == 5 && memcmp(c, "https", 5) == 0;
-    }
-
-    /* Headers: each HTTP_ variable the header cache names, in params' order;
-       then the body's two, from their CGI variables or the HTTP_ ones. */
+    /* One pass over the variables, in their order: each HTTP_ one the
+       header cache names becomes a header, and the CGI variables the scope
+       reads are noted (a dict has each name once, so this is what looking
+       each of them up would find). */
     headers = PyList_New(0);
     if (headers == NULL) {
         return NULL;
     }
+    PyObject *cgi[CGI_COUNT] = {NULL};
     Py_ssize_t pos = 0;
     PyObject *name, *value;
     while (PyDict_Next(params, &pos, &name, &value)) {
+        Py_ssize_t name_len;
+        const Py_UCS1 *name_chars = latin1_chars(name, &name_len);
+        if (name_chars == NULL) {
+            goto fallback; /* the reference says what is wrong with it */
+        }
+        for (int i = 0; i < CGI_COUNT; i++) {
+            if (PyUnicode_GET_LENGTH(k[i]) == name_len
+                && memcmp(PyUnicode_1BYTE_DATA(k[i]), name_chars, (size_t)name_len) == 0) {
+                cgi[i] = value;
+                break;
+            }
+        }
+        /* Only an HTTP_ variable can be a header (fcgi.asgi._header_name). */
+        if (name_len < 5 || memcmp(name_chars, "HTTP_", 5) != 0) {
+            continue;
+        }
         PyObject *header = PyDict_GetItemWithError(header_names, name);
         if (header == NULL) {
             if (PyErr_Occurred()) {
@@ -905,17 +853,18 @@ asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         }
     }
+    /* The body's two headers, from their CGI variables or the HTTP_ ones. */
     static const int body[2][2] = {
         {S_CONTENT_TYPE, S_HTTP_CONTENT_TYPE},
         {S_CONTENT_LENGTH, S_HTTP_CONTENT_LENGTH},
     };
     for (int i = 0; i < 2; i++) {
-        found = param(params, k[body[i][0]], &text, &c, &n);
+        found = param(cgi[body[i][0]], &text, &c, &n);
         if (found == UNSUITABLE) {
             goto fallback;
         }
         if (found == ABSENT || n == 0) {
-            found = param(params, k[body[i][1]], &text, &c, &n);
+            found = param(cgi[body[i][1]], &text, &c, &n);
             if (found == UNSUITABLE) {
                 goto fallback;
             }
@@ -928,18 +877,128 @@ asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
 
-    /* The scope, its keys in the reference's order. */
+    /* The path: SCRIPT_NAME then PATH_INFO, both ASCII (the reference
+       decodes others as UTF-8, and fixes up a request without PATH_INFO). */
+    PyObject *script = NULL;
+    found = param(cgi[S_SCRIPT_NAME], &text, &c, &n);
+    if (found == UNSUITABLE || (found == FOUND && !all_ascii(c, n))) {
+        goto fallback;
+    }
+    if (found == FOUND) {
+        script = text;
+    }
+    PyObject *path_info;
+    if (param(cgi[S_PATH_INFO], &path_info, &c, &n) != FOUND || n == 0 || !all_ascii(c, n)) {
+        goto fallback;
+    }
+    /* raw_path: REQUEST_URI up to its '?' (without one, the reference quotes the path). */
+    PyObject *uri;
+    const Py_UCS1 *uri_chars;
+    Py_ssize_t uri_len;
+    if (param(cgi[S_REQUEST_URI], &uri, &uri_chars, &uri_len) != FOUND || uri_len == 0) {
+        goto fallback;
+    }
+    Py_ssize_t raw_len = uri_len;
+    const Py_UCS1 *mark = memchr(uri_chars, '?', (size_t)uri_len);
+    if (mark != NULL) {
+        raw_len = mark - uri_chars;
+    }
+    /* The method, upper case already (the reference upper-cases others). */
+    PyObject *method;
+    if (param(cgi[S_REQUEST_METHOD], &method, &c, &n) != FOUND || n == 0) {
+        goto fallback;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (c[i] >= 0x80 || (c[i] >= 'a' && c[i] <= 'z')) {
+            goto fallback;
+        }
+    }
+    /* The HTTP version, from the reference's cache. */
+    PyObject *protocol;
+    if (param(cgi[S_SERVER_PROTOCOL], &protocol, &c, &n) != FOUND) {
+        goto fallback;
+    }
+    PyObject *http_version = PyDict_GetItemWithError(http_versions, protocol);
+    if (http_version == NULL) {
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+        goto fallback;
+    }
+    /* Ports: absent or empty is None; plain digits are read here. */
+    long server_port = 0, remote_port = 0;
+    found = param(cgi[S_SERVER_PORT], &text, &c, &n);
+    if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &server_port))) {
+        goto fallback;
+    }
+    PyObject *remote = NULL;
+    found = param(cgi[S_REMOTE_ADDR], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND && n > 0) {
+        remote = text;
+        found = param(cgi[S_REMOTE_PORT], &text, &c, &n);
+        if (found == UNSUITABLE || (found == FOUND && n > 0 && !plain_port(c, n, &remote_port))) {
+            goto fallback;
+        }
+    }
+    /* The server's host: SERVER_ADDR, or SERVER_NAME if that is empty. */
+    PyObject *server_host = NULL;
+    found = param(cgi[S_SERVER_ADDR], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND && n > 0) {
+        server_host = text;
+    }
+    else {
+        found = param(cgi[S_SERVER_NAME], &text, &c, &n);
+        if (found == UNSUITABLE) {
+            goto fallback;
+        }
+        if (found == FOUND && n > 0) {
+            server_host = text;
+        }
+    }
+    /* https: HTTPS is "on" or "1" in any case, else REQUEST_SCHEME is "https". */
+    int https = 0;
+    found = param(cgi[S_HTTPS], &text, &c, &n);
+    if (found == UNSUITABLE) {
+        goto fallback;
+    }
+    if (found == FOUND) {
+        /* ASCII case folding is all .lower() can do here: no latin-1
+           character other than 'O', 'N' lowers to 'o' or 'n'. */
+        https = (n == 2 && (c[0] | 0x20) == 'o' && (c[1] | 0x20) == 'n') || (n == 1 && c[0] == '1');
+    }
+    if (!https) {
+        found = param(cgi[S_REQUEST_SCHEME], &text, &c, &n);
+        if (found == UNSUITABLE) {
+            goto fallback;
+        }
+        https = found == FOUND && n == 5 && memcmp(c, "https", 5) == 0;
+    }
+    PyObject *query = NULL;
+    const Py_UCS1 *query_chars = NULL;
+    Py_ssize_t query_len = 0;
+    if (param(cgi[S_QUERY_STRING], &query, &query_chars, &query_len) == UNSUITABLE) {
+        goto fallback;
+    }
+
+    /* The scope, its keys in the reference's order. Nothing can fail from
+       here on but memory. */
     scope = new_dict(13);
     if (scope == NULL) {
         goto error;
     }
-#define PUT(key, made)                                          \
-    do {                                                        \
-        item = (made);                                          \
-        if (item == NULL || PyDict_SetItem(scope, k[key], item) < 0) { \
-            goto error;                                         \
-        }                                                       \
-        Py_CLEAR(item);                                         \
+#define PUT(key, made)                                                  \
+    do {                                                                \
+        item = (made);                                                  \
+        if (item == NULL || PyDict_SetItem(scope, k[key], item) < 0) {  \
+            goto error;                                                 \
+        }                                                               \
+        Py_CLEAR(item);                                                 \
     } while (0)
     PUT(S_type, Py_NewRef(k[S_http]));
     PUT(S_asgi, PyDict_Copy(asgi_info));
@@ -948,18 +1007,13 @@ asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PUT(S_scheme, Py_NewRef(https ? k[S_https] : k[S_http]));
     PUT(S_path, script != NULL ? PyUnicode_Concat(script, path_info) : Py_NewRef(path_info));
     PUT(S_raw_path, latin1_bytes(uri_chars, raw_len));
-    found = param(params, k[S_QUERY_STRING], &text, &c, &n);
-    if (found == UNSUITABLE) {
-        goto fallback;
-    }
-    PUT(S_query_string, found == FOUND ? latin1_bytes(c, n) : PyBytes_FromStringAndSize(NULL, 0));
+    PUT(S_query_string, latin1_bytes(query_chars, query_len));
     PUT(S_root_path, script != NULL ? Py_NewRef(script) : PyUnicode_New(0, 0));
     PUT(S_headers, Py_NewRef(headers));
-    PUT(S_client, remote != NULL ? Py_BuildValue("(Ol)", remote, remote_port) : Py_NewRef(Py_None));
-    PUT(S_server, server_host != NULL && server_port != 0
-                      ? Py_BuildValue("(Ol)", server_host, server_port)
-                      : Py_NewRef(Py_None));
-    PUT(S_extensions, Py_BuildValue("{O{OO}}", k[S_fastcgi], k[S_params], params));
+    PUT(S_client, remote != NULL ? address(remote, remote_port) : Py_NewRef(Py_None));
+    PUT(S_server, server_host != NULL && server_port != 0 ? address(server_host, server_port)
+                                                          : Py_NewRef(Py_None));
+    PUT(S_extensions, extensions(k, params));
 #undef PUT
     Py_DECREF(headers);
     return scope;
