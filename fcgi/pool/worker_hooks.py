@@ -165,6 +165,10 @@ class ScoreboardHooks:
         #: When request_finished next asks whether the master still lives.
         self._next_master_check = 0.0
         self._busy_prefix = worker_busy_prefix(config.name)
+        # The settings read on every request, read once: the configuration
+        # is a plain-Python object, each of its attributes a dict lookup.
+        self._max_memory = config.max_memory
+        self._no_pages = config.status_path is None and config.ping_path is None
 
     def _write_whole(self) -> None:
         self.board.write_slot(self.index, self._slot)
@@ -333,12 +337,13 @@ class ScoreboardHooks:
         if self._max_requests and slot.requests >= self._max_requests and not self.stop_requested:
             self.stop_requested = True
             self.stop_reason = f"served {slot.requests} requests (max_requests)"
-        if self.config.max_memory and not self.stop_requested:
+        max_memory = self._max_memory
+        if max_memory and not self.stop_requested:
             rss = current_rss()
-            if rss > self.config.max_memory:
+            if rss > max_memory:
                 self.stop_requested = True
                 self.stop_reason = (
-                    f"RSS {rss // 1024} KiB above max_memory {self.config.max_memory // 1024} KiB"
+                    f"RSS {rss // 1024} KiB above max_memory {max_memory // 1024} KiB"
                 )
 
     def waiting(self) -> None:
@@ -352,9 +357,9 @@ class ScoreboardHooks:
         self._set_title(self._idle_title)
 
     def intercept(self, params: Mapping[str, str]) -> Answer | None:
-        cfg = self.config
-        if cfg.status_path is None and cfg.ping_path is None:
+        if self._no_pages:
             return None
+        cfg = self.config
         path = request_path(params)
         script = params.get("SCRIPT_NAME", "")
         if cfg.ping_path is not None and cfg.ping_path in (path, script):
