@@ -31,7 +31,13 @@ from fcgi.errors import FastCGIError, RequestBodyTooLarge
 from fcgi.escape import Lines
 from fcgi.records import SPEEDUPS
 from fcgi.spool import SpooledBody
-from fcgi.wsgi import ClientGone, content_length, error_response, fix_script_name
+from fcgi.wsgi import (
+    HEAD_JOIN_MAX,
+    ClientGone,
+    content_length,
+    error_response,
+    fix_script_name,
+)
 
 log = logging.getLogger("fcgi.asgi")
 
@@ -386,6 +392,9 @@ class ASGIResponder:
     ``waits`` is the driver's (see :class:`Waits`). ``write_last``, if given,
     takes the response's last piece instead of ``write``: the asyncio worker
     sends it with END_REQUEST, in one write, when the app returns at once.
+    ``write_head``, if given, takes the CGI head when the first piece of the
+    body is large, instead of the head being copied in front of the piece:
+    the asyncio worker queues it, to leave in the same write as the piece.
     ``where`` names the request in log lines; by default its method and
     REQUEST_URI (its path if it has none).
 
@@ -406,6 +415,7 @@ class ASGIResponder:
         *,
         waits: Waits,
         write_last: Write | None = None,
+        write_head: Write | None = None,
         stderr: Write | None = None,
         body_timeout: float = 30.0,
         where: str = "",
@@ -416,6 +426,7 @@ class ASGIResponder:
         self.body = body
         self.write = write
         self.write_last = write_last or write
+        self.write_head = write_head
         self.waits = waits
         #: False if the driver's checkpoint() is a no-op (see Waits).
         self._checkpoints: bool = getattr(waits, "needs_checkpoints", True)
@@ -555,12 +566,17 @@ class ASGIResponder:
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise TypeError(f"http.response.body body must be bytes, not {type(body).__name__}")
             data = bytes(body)
+            head_apart: bytes | None = None
+            write_head = self.write_head
             if not self._head_sent:
                 head = self._head
                 if not more and not self._head_has_length and self._may_add_length():
                     head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(data)
                     self._head = head
-                data = head + data
+                if write_head is not None and len(data) > HEAD_JOIN_MAX:
+                    head_apart = head  # not copied in front of a large piece
+                else:
+                    data = head + data
                 self._head_sent = True
             write = self.write
             if not more:
@@ -570,6 +586,8 @@ class ASGIResponder:
                 write = self.write_last
             if data:
                 try:
+                    if head_apart is not None and write_head is not None:
+                        await write_head(head_apart)
                     await write(data)
                 except ClientGone as exc:
                     self.disconnect(str(exc) or "the web server went away")

@@ -839,6 +839,9 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         if self._stopping:
             self.check_done()
 
+    def _head_writer(self, c: _Connection, req: _Request) -> Write:
+        return _QueuedHead(c, req)
+
     def _last_writer(self, c: _Connection, req: _Request) -> Write:
         async def last(data: bytes) -> None:
             # Sent with END_REQUEST if the app returns now, at the loop's next
@@ -852,6 +855,22 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
                 c.queue_last(req, data)
 
         return last
+
+
+class _QueuedHead:
+    """The asyncio worker's ``write_head``: queued, to leave with the body piece that follows.
+
+    An object, not a closure, for the reason :class:`fcgi.multiplex._Stdout` gives.
+    """
+
+    __slots__ = ("c", "req")
+
+    def __init__(self, c: _Connection, req: _Request) -> None:
+        self.c = c
+        self.req = req
+
+    async def __call__(self, data: bytes) -> None:
+        self.c.queue_last(self.req, data)
 
 
 def _timer_at(c: _Connection) -> float:

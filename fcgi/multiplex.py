@@ -689,6 +689,10 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         """How the ASGI response's last piece is sent (None: as the others)."""
         return None
 
+    def _head_writer(self, c: C, req: R) -> Write | None:
+        """How the CGI head goes ahead of a large first piece (None: joined to it)."""
+        return None
+
     async def serve_request(self, c: C, req: R) -> None:
         """Run one request, from the hooks' start to END_REQUEST, whatever happens to it."""
         hooks = self.hooks
@@ -741,6 +745,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
             _Stdout(c, req),
             waits=self.waits,
             write_last=self._last_writer(c, req),
+            write_head=self._head_writer(c, req),
             stderr=_Stderr(c, req) if c.tracebacks else None,
             body_timeout=self.options.read_timeout,
             silence_timed=lambda: c.conn.mid_record,

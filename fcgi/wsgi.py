@@ -400,13 +400,19 @@ class _Response:
             if head is None:
                 raise AssertionError("the app returned body data before calling start_response")
             self.headers_sent = True
-            if len(data) > 8192:
+            if len(data) > HEAD_JOIN_MAX:
                 # A large first chunk is not copied just to put the head in front.
                 self.send(head, False)
             else:
                 data = head + data
         if data:
             self.send(data, flush)
+
+
+#: The largest first body piece the response head is joined to (a copy of the
+#: piece); a larger one is sent after the head, not copied. The ASGI adapter
+#: follows the same line.
+HEAD_JOIN_MAX: Final = 8192
 
 
 #: Header names and status lines already found valid, so the regular
@@ -591,7 +597,7 @@ def _send_sequence(response: _Response, pieces: list[object] | tuple[object, ...
         # Kept as the head sent, for the access log's %{Content-Length}o.
         response.head = head = b"%sContent-Length: %d\r\n\r\n" % (head[:-2], len(body))
     response.headers_sent = True
-    if len(body) > 8192:
+    if len(body) > HEAD_JOIN_MAX:
         # A large body is not copied just to put the head in front.
         response.send(head, False)
         response.send(body, False)

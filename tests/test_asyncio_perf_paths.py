@@ -25,8 +25,10 @@ from test_asyncio_worker import running_worker
 from test_trio_worker import WAIT, Reply, params_for, request_records, wait_for
 
 from fcgi import asyncio_worker
+from fcgi import records as r
 from fcgi.asgi import ASGIResponder
 from fcgi.asyncio_worker import LoopFactory
+from fcgi.wsgi import HEAD_JOIN_MAX
 
 
 @pytest.fixture(params=sorted(LOOPS))
@@ -112,3 +114,29 @@ def test_silent_connections_are_closed_at_their_head_deadline_and_served_ones_ar
         assert kept.request(2, params_for("/", query="again")).body == b"hello again"
         assert w.client().request(1, params_for("/", query="new")).body == b"hello new"
     assert caplog.text.count("(request_header_timeout)") == 3
+
+
+async def sized(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/?N``: N bytes in one piece, without a Content-Length (fcgi adds it)."""
+    if scope["type"] != "http":
+        return
+    size = int(scope["query_string"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"z" * size})
+
+
+def test_a_large_first_piece_is_not_copied_behind_the_head(
+    tmp_path: Path, loop: LoopFactory
+) -> None:
+    """Past HEAD_JOIN_MAX the head is queued as a record of its own; below it, joined."""
+    with running_worker(sized, tmp_path, loop) as w:
+        client = w.client()
+        for rid, size in enumerate((100, HEAD_JOIN_MAX, HEAD_JOIN_MAX + 1, 100_000), start=1):
+            reply = client.request(rid, params_for("/", query=str(size)))
+            assert reply.status == 200 and reply.body == b"z" * size
+            assert reply.header("Content-Length") == str(size)
+            first = next(c for t, r_id, c in client.log if t == r.STDOUT and r_id == rid)
+            if size > HEAD_JOIN_MAX:
+                assert first == reply.head + b"\r\n\r\n"  # the head alone
+            else:
+                assert first.startswith(reply.head + b"\r\n\r\nz")  # one record, joined
