@@ -818,9 +818,10 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     def _runner_of(self, token: object) -> stacks.Runner | None:
         """The runner of a request of this worker's, for :func:`fcgi.stacks.runner_of`."""
         req = self._by_token.get(token)
-        if req is None or req.task is None:
+        task = req.task if req is not None else None
+        if req is None or task is None:
             return None
-        runner = stacks.Runner(_TaskView(req.task))
+        runner = stacks.Runner(_TaskView(task))
         runner.responder = req.responder
         return runner
 

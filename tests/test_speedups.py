@@ -575,3 +575,19 @@ def test_asgi_scope_c_makes_a_web_servers_usual_request() -> None:
     fresh = dict(NGINX_LIKE, HTTP_X_NEVER_SEEN_BEFORE="1")
     assert asgi._scope_c(fresh, asgi._HEADER_NAMES, asgi._HTTP_VERSIONS, asgi._ASGI_INFO) is None
     assert (b"x-never-seen-before", b"1") in asgi.build_scope(fresh)["headers"]
+
+
+def test_a_repeated_name_does_not_make_a_huge_params_dict(
+    c_decode: Callable[[bytes], dict[str, str]],
+) -> None:
+    """The C decoder's dict grows with its entries, not with the pairs sent (hostile review).
+
+    256 KiB of one 1-byte name repeated is one entry: ``max_params`` counts
+    entries, so only the dict's size can tell. Sized to the pair count, as
+    an attempt at presizing had it, it held 2.6 MB for the whole request,
+    where a dict of one entry takes a few hundred bytes.
+    """
+    block = b"\x01\x00A" * (256 * 1024 // 3)
+    params = c_decode(block)
+    assert params == {"A": ""}
+    assert sys.getsizeof(params) < 16 * 1024
