@@ -850,6 +850,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
             # web server is not reading, nor a piece over a slice: that one
             # waits as any other piece does, or a peer that sends requests and
             # reads no answer would have the worker keep every answer.
+            forkguard.check()  # a child the app forked must not answer a second time
             if c.paused or len(data) > _SLICE:
                 await c.send_stdout(req, data)
             else:
@@ -871,6 +872,7 @@ class _QueuedHead:
         self.req = req
 
     async def __call__(self, data: bytes) -> None:
+        forkguard.check()  # as every writer of a request's bytes does
         self.c.queue_last(self.req, data)
 
 

@@ -109,6 +109,8 @@ def child_pid(directory: Path) -> int:
         ("trio", "forkapp:app", "/fork-raise"),
         ("trio", "forkapp:asgi_app", "/fork"),
         ("trio", "forkapp:asgi_app", "/fork-raise"),
+        ("asyncio", "forkapp:asgi_app", "/fork"),
+        ("asyncio", "forkapp:asgi_app", "/fork-raise"),
     ],
 )
 def test_a_forked_child_never_serves_in_a_pool(
