@@ -42,6 +42,11 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 #: driver coalesce it with END_REQUEST into one write.
 Send = Callable[[bytes, bool], None]
 
+#: The largest first body piece the response head is joined to (a copy of the
+#: piece); a larger one is sent after the head, not copied. The ASGI adapter
+#: follows the same line.
+HEAD_JOIN_MAX: Final = 8192
+
 
 class ClientGone(FastCGIError):
     """Raised by a driver's ``send`` when the web server went away mid-response."""
@@ -407,12 +412,6 @@ class _Response:
                 data = head + data
         if data:
             self.send(data, flush)
-
-
-#: The largest first body piece the response head is joined to (a copy of the
-#: piece); a larger one is sent after the head, not copied. The ASGI adapter
-#: follows the same line.
-HEAD_JOIN_MAX: Final = 8192
 
 
 #: Header names and status lines already found valid, so the regular
