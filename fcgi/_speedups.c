@@ -155,21 +155,6 @@ cached_latin1(PyObject **table, size_t max, const unsigned char *s, size_t n)
  * Returns the dict, Py_None (a new reference) if the block is malformed, or
  * NULL with an exception set if memory ran out.
  */
-/* A dict with room for n items, for a dict whose size is known (the ASGI
-   scope): made at its size, it is not grown and rehashed on the way. Not
-   for a params dict: sized from the pair count, one name repeated would
-   make a dict of megabytes holding one entry, and timing showed no gain. */
-static PyObject *
-new_dict(Py_ssize_t n)
-{
-#if PY_VERSION_HEX < 0x030D0000
-    return _PyDict_NewPresized(n);
-#else
-    (void)n; /* not part of the API from 3.13 on */
-    return PyDict_New();
-#endif
-}
-
 static PyObject *
 decode_block(speedups_state *state, const unsigned char *buf, size_t end)
 {
@@ -762,6 +747,21 @@ extensions(PyObject **k, PyObject *params)
 done:
     Py_XDECREF(inner);
     return outer;
+}
+
+/* A dict with room for n items, for a dict whose size is known (the ASGI
+   scope): made at its size, it is not grown and rehashed on the way. Not
+   for a params dict: sized from the pair count, one name repeated would
+   make a dict of megabytes holding one entry, and timing showed no gain. */
+static PyObject *
+new_dict(Py_ssize_t n)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    return _PyDict_NewPresized(n);
+#else
+    (void)n; /* not part of the API from 3.13 on */
+    return PyDict_New();
+#endif
 }
 
 /* The first CGI_COUNT strings are the variables the scope reads. */
