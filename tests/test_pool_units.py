@@ -189,7 +189,7 @@ def test_slot_writer_updates_only_its_groups_and_keeps_the_rest() -> None:
 
 
 def test_slot_writer_counter_stays_even_and_wraps_around() -> None:
-    """A worker's counter is even between writes, and goes on past 2**32 - 1 by wrapping."""
+    """A worker's counter (and the header's) is even between writes, and wraps past 2**32 - 1."""
     board = Scoreboard(1)
     board.write_slot(0, Slot(state=SlotState.IDLE, pid=42))
     seq_of = lambda: struct.unpack_from("=I", board._map, HEADER_SIZE)[0]  # noqa: E731
@@ -207,6 +207,11 @@ def test_slot_writer_counter_stays_even_and_wraps_around() -> None:
     assert board.read_slot(0).request_seq == 2
     writer.request_finished(2, 2, 0.1, 0.0, 0, 200, SlotState.IDLE, 0)
     assert seq_of() == 2 and board.read_slot(0).requests == 2
+    # The master's header counter wraps the same way.
+    struct.pack_into("=I", board._map, 8, 0xFFFFFFFE)
+    board.write_header(Header(start_time=3.0))
+    assert struct.unpack_from("=I", board._map, 8)[0] == 0
+    assert board.read_header().start_time == 3.0
     # The view the writer writes through does not keep the mapping from closing.
     board.close()
 

@@ -159,13 +159,14 @@ class Scoreboard:
 
     def write_header(self, header: Header) -> None:
         seq = _SEQ.unpack_from(self._map, 8)[0]
-        _SEQ.pack_into(self._map, 8, seq + 1)
+        writing = (seq + 1) & _SEQ_MASK
+        _SEQ.pack_into(self._map, 8, writing)
         _HEADER.pack_into(
             self._map,
             0,
             MAGIC,
             self.n_slots,
-            seq + 1,
+            writing,
             header.start_time,
             header.accepted_base,
             header.requests_base,
@@ -180,7 +181,7 @@ class Scoreboard:
             header.start_failures,
             header.start_backoff,
         )
-        _SEQ.pack_into(self._map, 8, seq + 2)
+        _SEQ.pack_into(self._map, 8, (seq + 2) & _SEQ_MASK)
 
     def read_header(self) -> Header:
         for _ in range(_READ_ATTEMPTS):
