@@ -186,8 +186,14 @@ class PoolMaster:
     def __enter__(self) -> PoolMaster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         self.stop()
+        if kind is not None:
+            # The test failed inside the block: its output (shown with the
+            # failure) gets the master's whole log, which pytest's temporary
+            # directories do not keep for long.
+            print(f"--- the master's log ({self.log_path}) ---")
+            print(self.log_path.read_text(errors="replace"))
 
 
 def _children_of(pid: int) -> set[int]:
