@@ -111,8 +111,22 @@ def _complete_tail(request_id: int) -> bytes:
     return tail
 
 
-#: Pieces of a split record smaller than this are copied together rather than kept.
+#: Pieces of a split record smaller than this are copied together rather than
+#: kept; body pieces smaller than this are copied rather than passed on as
+#: views (see _body_piece). A page: below it a copy is cheaper than a view.
 _SMALL_PIECE: Final = 4096
+
+
+def _body_piece(content: bytes | bytearray | memoryview, owned: bool) -> bytes | memoryview:
+    """A piece of body for its event: a view if it is a large one of owned bytes, else a copy.
+
+    A small piece is copied even then: the copy costs less than the view
+    object, and a peer sending one-byte records cannot make a read's worth
+    of bytes into tens of thousands of views (see _SMALL_PIECE).
+    """
+    if owned and len(content) >= _SMALL_PIECE and type(content) is memoryview:
+        return content
+    return bytes(content)
 
 
 def _join_span(parts: list[bytes | bytearray | memoryview], start: int, stop: int) -> bytes:
@@ -315,6 +329,21 @@ class ServerConnection(OutputQueue):
         across reads is put together once, when its last piece arrives, so a
         request body is copied once on its way from the socket to the app.
         """
+        return self._feed(data, False)
+
+    def feed_owned(self, data: bytes) -> list[ev.Event]:
+        """As :meth:`feed`, for bytes the caller hands over: body content is not copied.
+
+        FCGI_STDIN and FCGI_DATA content that lies whole in ``data`` comes
+        out as read-only views of it (only a record split across reads is
+        joined into bytes of its own), so a driver that receives a body into
+        fresh bytes (``socket.recv``) spends no copy on it before the app
+        reads it. The views keep ``data`` alive until their events are
+        consumed. The rules, and so the events, are those of :meth:`feed`.
+        """
+        return self._feed(memoryview(data), True)
+
+    def _feed(self, data: bytes | bytearray | memoryview, owned: bool) -> list[ev.Event]:
         out: list[ev.Event] = []
         if self._partial_len:
             pos = self._finish_partial(data, out)
@@ -334,7 +363,7 @@ class ServerConnection(OutputQueue):
                 break
             content = data[pos + HEADER_LEN : stop]
             pos = stop + plen
-            self._record(rtype, rid, content, out)
+            self._record(rtype, rid, content, out, owned)
         if pos < end:
             self._stash(memoryview(data)[pos:] if pos else data)
         return out
@@ -410,7 +439,7 @@ class ServerConnection(OutputQueue):
         content = _join_span(parts, HEADER_LEN, HEADER_LEN + clen)
         parts.clear()
         self._partial_len = 0
-        self._record(rtype, rid, content, out)
+        self._record(rtype, rid, content, out, False)  # bytes of its own already
         return used + need
 
     def feed_eof(self) -> None:
@@ -422,8 +451,14 @@ class ServerConnection(OutputQueue):
             )
 
     def _record(
-        self, rtype: int, rid: int, content: bytes | bytearray | memoryview, out: list[ev.Event]
+        self,
+        rtype: int,
+        rid: int,
+        content: bytes | bytearray | memoryview,
+        out: list[ev.Event],
+        owned: bool,
     ) -> None:
+        """Apply one whole record; ``owned``: ``content`` is a view of bytes it may keep."""
         req = self._requests.get(rid)
         if req is not None:
             stage = req.stage
@@ -435,7 +470,7 @@ class ServerConnection(OutputQueue):
                             self._body_over_limit(req, rid, content, out)
                             return
                         req.body_size = size
-                        out.append(ev.StdinData(rid, bytes(content)))
+                        out.append(ev.StdinData(rid, _body_piece(content, owned)))
                     else:
                         req.stage = _READING_DATA if req.role == Role.FILTER else _INPUT_DONE
                         out.append(ev.StdinEnd(rid))
@@ -476,7 +511,7 @@ class ServerConnection(OutputQueue):
                             reason = f"FCGI_DATA is larger than max_body_size ({limit} bytes)"
                             self._reject(req, rid, reason, 413, out)
                             return
-                        out.append(ev.DataChunk(rid, bytes(content)))
+                        out.append(ev.DataChunk(rid, _body_piece(content, owned)))
                     else:
                         req.stage = _INPUT_DONE
                         out.append(ev.DataEnd(rid))

@@ -58,11 +58,16 @@ class Params(Event):
 
 @dataclass(slots=True, init=False)
 class StdinData(Event):
-    """Part of the request body (FCGI_STDIN); never empty."""
+    """Part of the request body (FCGI_STDIN); never empty.
 
-    data: bytes
+    ``data`` is bytes, or a read-only memoryview of bytes the driver handed
+    over with :meth:`fcgi.connection.ServerConnection.feed_owned` (a body
+    passed on without a copy of its own).
+    """
 
-    def __init__(self, request_id: int, data: bytes) -> None:
+    data: bytes | memoryview
+
+    def __init__(self, request_id: int, data: bytes | memoryview) -> None:
         self.request_id = request_id
         self.data = data
 
@@ -77,11 +82,11 @@ class StdinEnd(Event):
 
 @dataclass(slots=True, init=False)
 class DataChunk(Event):
-    """Part of the FCGI_DATA stream (FILTER role only)."""
+    """Part of the FCGI_DATA stream (FILTER role only); bytes or a view, as StdinData."""
 
-    data: bytes
+    data: bytes | memoryview
 
-    def __init__(self, request_id: int, data: bytes) -> None:
+    def __init__(self, request_id: int, data: bytes | memoryview) -> None:
         self.request_id = request_id
         self.data = data
 

@@ -185,6 +185,10 @@ class OneRequestConnection(OutputQueue):
                 raise ProtocolError(f"{len(data)} bytes after the end of the request")
         return out
 
+    def feed_owned(self, data: bytes) -> list[ev.Event]:
+        """As :meth:`feed`: a body piece that comes as bytes is passed on uncopied already."""
+        return self.feed(data)
+
     def _take_head(
         self, data: bytes | bytearray | memoryview, out: list[ev.Event]
     ) -> bytes | bytearray | memoryview:

@@ -390,14 +390,24 @@ class _Connection(SendBudget):
                 if not wait_ready(sock, select.POLLIN, self.timeout):
                     raise _Timeout from None
 
-    def read_now(self) -> bool:
+    def read_now(self, body: bool = False) -> bool:
         """Take in what the peer already sent, without waiting; False if nothing was there.
+
+        ``body``: the app is reading a request body. The read then goes into
+        fresh bytes that the core may keep (``feed_owned``), so the body's
+        pieces reach the app as views of them, not as copies out of the
+        shared buffer: an upload is copied once in user space (by the app's
+        read), not twice. Heads, which are small and many, keep the buffer.
 
         Raises :class:`_PeerClosed` at the end of the stream, ProtocolError
         for bytes that are not FastCGI.
         """
         try:
-            size = self.sock.recv_into(self.buffer, 0, _DONTWAIT)
+            if body:
+                data = self.sock.recv(_RECV_SIZE, _DONTWAIT)
+                size = len(data)
+            else:
+                size = self.sock.recv_into(self.buffer, 0, _DONTWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -407,7 +417,10 @@ class _Connection(SendBudget):
             self.eof = True
             self.conn.feed_eof()
             raise _PeerClosed("the web server closed the connection")
-        self.pending.extend(self.conn.feed(self.buffer[:size]))
+        if body:
+            self.pending.extend(self.conn.feed_owned(data))
+        else:
+            self.pending.extend(self.conn.feed(self.buffer[:size]))
         return True
 
     @property
@@ -429,9 +442,9 @@ class _Connection(SendBudget):
         return bool(self.conn.active_requests) or self.conn.mid_record or bool(self.pending)
 
     def pump(self) -> None:
-        """Read once from the peer and queue the events it completes."""
+        """Read once from the peer, for the body the app reads; queue the events it completes."""
         forkguard.check()  # a child the app forked must not read the worker's input
-        while not self.read_now():
+        while not self.read_now(True):
             if not wait_ready(self.sock, select.POLLIN, self.timeout):
                 raise _Timeout
         if self.conn.has_output:
@@ -469,8 +482,8 @@ class _Exchange:
         #: and must not look complete.
         self.error: RequestBodyTooLarge | RequestBodyIncomplete | None = None
         # Made when the first chunk arrives: most requests have no body.
-        self.stdin: deque[bytes] | None = None
-        self.data: deque[bytes] | None = None
+        self.stdin: deque[bytes | memoryview] | None = None
+        self.data: deque[bytes | memoryview] | None = None
         self.stdin_done = role == _AUTHORIZER
         self.data_done = role != _FILTER
 
@@ -530,7 +543,7 @@ class _Exchange:
             self._dispatch()
         return self.stdin_done and self.data_done
 
-    def read_stdin(self) -> bytes:
+    def read_stdin(self) -> bytes | memoryview:
         while not self.stdin:
             if self.stdin_done:
                 if self.error is not None:
@@ -539,7 +552,7 @@ class _Exchange:
             self._pump()
         return self.stdin.popleft()
 
-    def read_data(self) -> bytes:
+    def read_data(self) -> bytes | memoryview:
         while not self.data:
             if self.data_done:
                 if self.error is not None:

@@ -76,20 +76,22 @@ class InputStream:
     declared ends in EOF rather than a hang.
 
     Chunks are never copied into a buffer of our own: the unread part of the
-    current chunk is an offset into it, a read that wants a whole chunk gets
-    that very object, and any other read is one join of views.
+    current chunk is an offset into it, a read that wants a whole chunk that
+    is bytes gets that very object, and any other read is one join of views.
+    A chunk may itself be a read-only view (of bytes the driver received the
+    body into); the app always gets bytes.
     """
 
     __slots__ = ("_chunk", "_eof", "_fill", "_pos", "_remaining")
 
-    def __init__(self, fill: Callable[[], bytes], limit: int | None = None) -> None:
+    def __init__(self, fill: Callable[[], bytes | memoryview], limit: int | None = None) -> None:
         self._fill = fill
-        self._chunk = b""
+        self._chunk: bytes | memoryview = b""
         self._pos = 0
         self._eof = False
         self._remaining = limit if limit is not None else -1
 
-    def _next(self) -> bytes:
+    def _next(self) -> bytes | memoryview:
         """The next chunk from the web server, cut at the limit; b"" at the end."""
         if self._eof:
             return b""
@@ -104,7 +106,7 @@ class InputStream:
             self._remaining -= len(chunk)
         return chunk
 
-    def _current(self) -> tuple[bytes, int]:
+    def _current(self) -> tuple[bytes | memoryview, int]:
         """The chunk being read and the offset of its first unread byte (b"" at EOF)."""
         chunk, pos = self._chunk, self._pos
         if pos >= len(chunk):
@@ -140,6 +142,10 @@ class InputStream:
             chunk, pos = self._current()
             if not chunk:
                 break
+            if type(chunk) is memoryview:
+                # find() is a bytes method: a view is copied once, here, as
+                # every chunk was before views came (read() needs no copy).
+                chunk = self._chunk = chunk.tobytes()
             end = len(chunk) if left < 0 else min(len(chunk), pos + left)
             nl = chunk.find(b"\n", pos, end)
             if nl >= 0:

@@ -246,6 +246,82 @@ def test_any_split_yields_the_same_events(session: Session, data: st.DataObject)
     assert run(session.data, cuts) == (whole_events, whole_out)
 
 
+def run_owned(data: bytes, pieces: list[int]) -> tuple[list[ev.Event], bytes, int]:
+    """As :func:`run`, through feed_owned; also counts the body events that came as views."""
+    conn = ServerConnection(Limits(max_active_ids=8))
+    events: list[ev.Event] = []
+    views = 0
+    prev = 0
+    for cut in [*pieces, len(data)]:
+        piece = data[prev:cut]
+        got = conn.feed_owned(piece)
+        for event in got:
+            if isinstance(event, (ev.StdinData, ev.DataChunk)):
+                chunk = event.data
+                if type(chunk) is memoryview:
+                    # A view of the very bytes fed, never of anything the
+                    # driver could change, and never writable.
+                    assert chunk.obj is piece and chunk.readonly
+                    views += 1
+                else:
+                    assert type(chunk) is bytes
+        events += got
+        prev = cut
+    conn.feed_eof()
+    return events, conn.data_to_send(), views
+
+
+def as_bytes(events: list[ev.Event]) -> list[ev.Event]:
+    """The events with every body piece as bytes, to compare feed with feed_owned."""
+    out: list[ev.Event] = []
+    for event in events:
+        if isinstance(event, ev.StdinData):
+            event = ev.StdinData(event.request_id, bytes(event.data))
+        elif isinstance(event, ev.DataChunk):
+            event = ev.DataChunk(event.request_id, bytes(event.data))
+        out.append(event)
+    return out
+
+
+@SETTINGS
+@given(sessions(), st.data())
+def test_feed_owned_yields_the_events_feed_does(session: Session, data: st.DataObject) -> None:
+    """One set of rules: handing bytes over changes what body pieces are, not the events."""
+    n = len(session.data)
+    cuts = sorted(data.draw(st.lists(st.integers(min_value=0, max_value=n), max_size=20)))
+    events, out = run(session.data, cuts)
+    owned, owned_out, _ = run_owned(session.data, cuts)
+    assert as_bytes(owned) == events
+    assert owned_out == out
+
+
+def test_feed_owned_passes_body_records_on_as_views() -> None:
+    """Not vacuous: a body record whole in one piece is a view of it, not a copy."""
+    body = bytes(range(256)) * 1172  # 300,032 bytes: five records (65,535 at most each)
+    params = {b"CONTENT_LENGTH": str(len(body)).encode(), b"REQUEST_METHOD": b"POST"}
+    head = r.encode_begin_request(1, r.Role.RESPONDER, True) + b"".join(
+        r.stream_buffers(r.PARAMS, 1, r.encode_pairs(list(params.items())))
+    )
+    wire = head + r.encode_record(r.PARAMS, 1, b"") + b"".join(r.stream_buffers(r.STDIN, 1, body))
+    wire += r.encode_record(r.STDIN, 1, b"")
+    cut = len(wire) // 2  # one record is split across the two pieces: joined into bytes
+    events, _, views = run_owned(wire, [len(head) + 8, cut])
+    stdin = [e for e in events if isinstance(e, ev.StdinData)]
+    assert b"".join(bytes(e.data) for e in stdin) == body
+    assert views == len(stdin) - 1 >= 3
+
+
+def test_feed_owned_copies_small_body_pieces() -> None:
+    """A peer sending one-byte records gets no view per byte: small pieces are copied."""
+    head = r.encode_begin_request(1, r.Role.RESPONDER, True)
+    head += r.encode_record(r.PARAMS, 1, r.encode_pairs([(b"REQUEST_METHOD", b"POST")]))
+    head += r.encode_record(r.PARAMS, 1, b"")
+    wire = head + b"".join(r.encode_record(r.STDIN, 1, b"%c" % (i % 256)) for i in range(5000))
+    events, _, views = run_owned(wire, [len(head)])
+    stdin = [e for e in events if isinstance(e, ev.StdinData)]
+    assert len(stdin) == 5000 and views == 0
+
+
 @settings(deadline=None, max_examples=20)
 @given(sessions())
 def test_byte_at_a_time_yields_the_same_events(session: Session) -> None:
