@@ -141,10 +141,13 @@ class PoolMaster:
         return doc
 
     def wait_ready(self, workers: int | None = None) -> dict[str, Any]:
+        last: list[dict[str, Any]] = []
+
         def ready() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"master exited early:\n{self.log()}")
             doc = self.status()
+            last[:] = [doc]
             if workers is not None and doc["idle processes"] + doc["active processes"] < workers:
                 return None
             return doc
@@ -152,7 +155,14 @@ class PoolMaster:
         try:
             doc: dict[str, Any] = wait_for(ready, what=f"{workers} workers up")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; the master's log:\n{self.log()}") from None
+            # What the scoreboard said last: which slot is not counted, and why.
+            shown = [
+                {k: p.get(k) for k in ("pid", "state", "generation", "requests", "start since")}
+                for p in (last[0]["processes"] if last else [])
+            ]
+            raise AssertionError(
+                f"{exc}; the last status listed {shown}; the master's log:\n{self.log()}"
+            ) from None
         return doc
 
     def worker_pids(self) -> set[int]:
