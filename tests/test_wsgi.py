@@ -179,6 +179,23 @@ def test_generator_chunks_flush_one_by_one_and_close_is_called() -> None:
     assert closed == [True]
 
 
+def test_a_list_subclass_with_close_is_closed() -> None:
+    """A plain list has no close() (not even looked for); a subclass may, and is closed."""
+    closed = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body([b"listed"])
+
+    status, sink = run(app)
+    assert status == 200 and sink.data.endswith(b"\r\n\r\nlisted")
+    assert closed == [True]
+
+
 def test_empty_body_still_sends_headers() -> None:
     def app(environ: Any, start_response: Any) -> Iterable[bytes]:
         start_response("204 No Content", [])
