@@ -33,6 +33,10 @@ from typing import Final, NoReturn
 #: stderr instead.
 STRAY_EXIT: Final = 0
 
+#: Bound once: compiled code calling ``os.getpid()`` would look it up in the
+#: module on every request first.
+_getpid: Final = os.getpid
+
 #: The pid of the process that serves; 0 until :func:`arm` (no check then).
 _serving_pid = 0
 #: Set in the child of every os.fork() once armed (see :func:`check`).
@@ -73,7 +77,7 @@ def verify() -> None:
     back from the app into fcgi (once per request).
     """
     serving = _serving_pid
-    if serving and os.getpid() != serving:
+    if serving and _getpid() != serving:
         _leave(serving)
 
 

@@ -160,7 +160,7 @@ class SlowRequestWatch:
       time): the thread waits for the gate meanwhile, so an idle worker has
       no thread waking up;
     * before it enters a request it sets :attr:`running` to a new number
-      (from :attr:`count`), and after it clears it to 0 holding :attr:`lock`.
+      (a count it keeps), and after it clears it to 0 holding :attr:`lock`.
 
     While the worker is awake the thread looks at ``running`` every
     SLOW_REQUEST: the same number seen twice means a request that has run at
@@ -176,7 +176,6 @@ class SlowRequestWatch:
         self.give_away = give_away
         self.lock = threading.Lock()
         self.running = 0
-        self.count = 0
         self.gate = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._watch, name="fcgi-handoff", daemon=True)

@@ -64,7 +64,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final
+from typing import Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -106,6 +106,14 @@ from fcgi.sockets import FASTCGI, defer_accept, describe_peer, peer_allowed
 from fcgi.wsgi import BodyCutOff, ClientGone, ErrorStream, error_response, respond
 
 log = logging.getLogger("fcgi.worker")
+
+#: Bound once: compiled code calling ``time.monotonic()`` looks it up in the
+#: module first, and a kept-alive request reads the clock several times.
+_monotonic: Final = time.monotonic
+
+def _no_lock() -> None:
+    """What the watch's lock methods are bound to while there is no watch (never called)."""
+
 
 #: One buffer of this size per worker takes every read (recv_into): a large
 #: request body arrives in few reads, and no read allocates.
@@ -239,9 +247,9 @@ def _wait_writable(sock: _socket.socket, timeout: float, budget: SendBudget | No
         if not wait_ready(sock, select.POLLOUT, timeout):
             raise TimeoutError
         return
-    start = time.monotonic()
+    start = _monotonic()
     ready = wait_ready(sock, select.POLLOUT, min(timeout, max(budget.left, 0.0)))
-    budget.left -= time.monotonic() - start
+    budget.left -= _monotonic() - start
     if budget.left <= 0:
         raise SendTimeout
     if not ready:
@@ -513,15 +521,17 @@ class _Exchange:
                 continue  # refused ids: already answered by the connection
             kind = type(event)
             if kind is StdinData:
+                # cast(): compiled, the field is read directly, not looked up
+                # by name as the base class's type would have it.
                 if self.stdin is None:
                     self.stdin = deque()
-                self.stdin.append(event.data)  # type: ignore[attr-defined]
+                self.stdin.append(cast(StdinData, event).data)
             elif kind is StdinEnd:
                 self.stdin_done = True
             elif kind is DataChunk:
                 if self.data is None:
                     self.data = deque()
-                self.data.append(event.data)  # type: ignore[attr-defined]
+                self.data.append(cast(DataChunk, event).data)
             elif kind is DataEnd:
                 self.data_done = True
             elif kind is AbortRequest:
@@ -639,6 +649,14 @@ class SyncWorker(WorkerBase):
         #: sends them (fcgi.handoff).
         self._channel = self.options.handoff
         self._watch: SlowRequestWatch | None = None
+        #: The watch's lock, its methods bound once (a ``with`` statement
+        #: would look up ``__enter__`` and ``__exit__`` on every request),
+        #: and the number the next request shows it (see SlowRequestWatch).
+        self._watch_acquire: Callable[[], object] = _no_lock
+        self._watch_release: Callable[[], object] = _no_lock
+        self._watch_count = 0
+        #: Read once: the options are a plain-Python object, each attribute a lookup.
+        self._send_timeout = self.options.send_timeout
         #: A descriptor held for the next connection taken from the channel
         #: (-1: none; see _adopt).
         self._spare = -1
@@ -681,6 +699,8 @@ class SyncWorker(WorkerBase):
             # Like a listener: one idle worker wakes per connection passed on.
             poller.register(self._channel.receive_end.fileno(), select.EPOLLIN | exclusive)
             self._watch = SlowRequestWatch(self._give_away)
+            self._watch_acquire = self._watch.lock.acquire
+            self._watch_release = self._watch.lock.release
             self._watch.start()
             self._reserve_fd()
         previous_wakeup: int | None = None
@@ -918,7 +938,7 @@ class SyncWorker(WorkerBase):
             sock.close()
             return True
         c = _Connection(sock, peer, self.limits, self.options.read_timeout, self._buffer, core)
-        c.head_deadline = time.monotonic() + self.options.request_header_timeout
+        c.head_deadline = _monotonic() + self.options.request_header_timeout
         self._wake(c, new=True)
         return True
 
@@ -1065,7 +1085,7 @@ class SyncWorker(WorkerBase):
         try:
             arrived = c.read_now()
             if new and not arrived:
-                now = time.monotonic()
+                now = _monotonic()
                 if now >= self._impatient_until:
                     if wait_ready(c.sock, select.POLLIN, _FIRST_BYTES_WAIT):
                         arrived = c.read_now()
@@ -1108,7 +1128,7 @@ class SyncWorker(WorkerBase):
     def _start_head(self, c: _Connection) -> None:
         """``c`` begins a request head now (not idle between requests any more)."""
         c.idle = False
-        c.head_deadline = time.monotonic() + self.options.request_header_timeout
+        c.head_deadline = _monotonic() + self.options.request_header_timeout
 
     def _deadline_of(self, c: _Connection) -> float:
         """When ``c`` is closed if nothing more arrives from now on.
@@ -1117,13 +1137,13 @@ class SyncWorker(WorkerBase):
         after its last bytes (a stalled record), but never past its head
         deadline (a peer trickling bytes restarts read_timeout forever).
         """
-        silence = time.monotonic() + self.options.read_timeout
+        silence = _monotonic() + self.options.read_timeout
         return silence if c.idle else min(silence, c.head_deadline)
 
     def _park(self, c: _Connection) -> None:
         """Wait for ``c`` in epoll instead of here, until its deadline from now."""
         if c.idle:  # _deadline_of's common case, without the call
-            c.deadline = time.monotonic() + self.options.read_timeout
+            c.deadline = _monotonic() + self.options.read_timeout
         else:
             c.deadline = self._deadline_of(c)
         fd = c.fd
@@ -1177,11 +1197,11 @@ class SyncWorker(WorkerBase):
             heapq.heappop(heap)  # the connection moved on since
         if soonest == math.inf:
             return -1.0
-        return max(0.0, soonest - time.monotonic())
+        return max(0.0, soonest - _monotonic())
 
     def _expire(self) -> None:
         """Close the parked and draining connections whose deadline has passed."""
-        now = time.monotonic()
+        now = _monotonic()
         draining = self._draining
         while draining:
             c = next(iter(draining.values()))
@@ -1344,7 +1364,7 @@ class SyncWorker(WorkerBase):
         token = hooks.request_started(params)
         exchange = _Exchange(c, rid, role)
         # The connection is its own request's budget: no object per request.
-        c.left = options.send_timeout
+        c.left = self._send_timeout
         c.budget = c
         status = 0
         head: bytes | None = None
@@ -1352,7 +1372,8 @@ class SyncWorker(WorkerBase):
         if watch is not None:
             # From here until running is 0 again this thread touches no
             # connection but c: the watch may pass the parked ones on meanwhile.
-            watch.running = watch.count = watch.count + 1
+            self._watch_count = number = self._watch_count + 1
+            watch.running = number
         try:
             answer = hooks.intercept(params)
             if answer is None:
@@ -1381,8 +1402,9 @@ class SyncWorker(WorkerBase):
         finally:
             if watch is not None:
                 forkguard.check()  # a child the app forked has no watch thread to wait for
-                with watch.lock:  # once a hand-off under way is over
-                    watch.running = 0
+                self._watch_acquire()  # once a hand-off under way is over
+                watch.running = 0  # (cannot raise: the lock is released below)
+                self._watch_release()
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)
@@ -1442,7 +1464,7 @@ class SyncWorker(WorkerBase):
             except OSError:
                 return False
             c.registered = True
-        c.deadline = time.monotonic() + DRAIN_SECONDS
+        c.deadline = _monotonic() + DRAIN_SECONDS
         draining[c.fd] = c
         return True
 

@@ -93,9 +93,25 @@ def request_uri(params: Mapping[str, str]) -> str:
     return f"{path}?{query}" if query else path
 
 
-#: A request running now: (params, wall-clock start, monotonic start). A plain
-#: tuple: one is made per request.
-_Running = tuple[Mapping[str, str], float, float]
+class _Running:
+    """A request running now: its params and when it started (wall clock, monotonic).
+
+    A class rather than a tuple: compiled, its floats are read as floats,
+    where a tuple's items would be unpacked through an iterator and unboxed.
+    """
+
+    __slots__ = ("params", "start", "start_mono")
+
+    def __init__(self, params: Mapping[str, str], start: float, start_mono: float) -> None:
+        self.params = params
+        self.start = start
+        self.start_mono = start_mono
+
+
+#: The clocks, bound once: compiled code that calls ``time.monotonic()``
+#: looks the function up in the module first, on every request.
+_monotonic: Final = time.monotonic
+_wall_clock: Final = time.time
 
 #: CPU time and peak memory come from getrusage(), a system call whose cost
 #: shows in a request that takes 20 us. Without an access log (which needs
@@ -206,10 +222,10 @@ class ScoreboardHooks:
 
     def request_started(self, params: Mapping[str, str]) -> object:
         self._next_token = token = self._next_token + 1
-        start = time.time()
-        start_mono = time.monotonic()
+        start = _wall_clock()
+        start_mono = _monotonic()
         requests = self._running
-        requests[token] = (params, start, start_mono)
+        requests[token] = _Running(params, start, start_mono)
         slot = self._slot
         slot.request_seq = request_seq = slot.request_seq + 1
         slot.state = _BUSY
@@ -265,12 +281,18 @@ class ScoreboardHooks:
 
     def request_finished(self, token: object, status: int, head: bytes | None = None) -> None:
         forkguard.check()
-        running = self._running.pop(token, None)  # type: ignore[call-overload]
+        requests = self._running
+        # Annotated: the token is an object to the driver, and an untyped
+        # value here would make every attribute read below a lookup by name.
+        running: _Running | None = requests.get(token)  # type: ignore[call-overload]
         if running is None:
             return
+        del requests[token]  # type: ignore[arg-type]
         slot = self._slot
-        params, start, start_mono = running
-        end_mono = time.monotonic()
+        params = running.params
+        start = running.start
+        start_mono = running.start_mono
+        end_mono = _monotonic()
         if end_mono >= self._next_master_check:
             self._next_master_check = end_mono + MASTER_CHECK_INTERVAL
             self._check_master()
@@ -288,10 +310,10 @@ class ScoreboardHooks:
             self._cpu_mark_at = end_mono
             self._busy_since_mark = 0.0
         slot.requests += 1
-        slot.active = active = len(self._running)
+        slot.active = active = len(requests)
         if active:
-            oldest = next(iter(self._running.values()))
-            route = self._show(oldest[0], oldest[1], oldest[2])
+            oldest = next(iter(requests.values()))
+            route = self._show(oldest.params, oldest.start, oldest.start_mono)
             slot.state = _BUSY
         else:
             slot.state = _IDLE
@@ -412,10 +434,11 @@ class ScoreboardHooks:
         terminate = cfg.request_terminate_timeout
         limits = [t for t in (cfg.request_slowlog_timeout, terminate) if t > 0]
         threshold = min(limits) if limits else 0.0
-        chosen = [item for item in running if now - item[1][2] >= threshold] or running
+        chosen = [item for item in running if now - item[1].start_mono >= threshold] or running
         terminating = False
-        for token, (params, _start, start_mono) in chosen:
-            elapsed = now - start_mono
+        for token, request in chosen:
+            params = request.params
+            elapsed = now - request.start_mono
             over = terminate > 0 and elapsed >= terminate
             terminating = terminating or over
             frames = stacks.request_frames(stacks.runner_of(token), frame)
