@@ -544,12 +544,16 @@ class ASGIResponder:
             if self._checkpoints:
                 await self.waits.checkpoint()
             raise ClientDisconnected(self.gone)
-        kind = message.get("type")
+        # As a dict: compiled, a dict's get() is a direct call where a
+        # mapping's is a method looked up by name (six per response). Apps
+        # send dicts, the type the ASGI spec gives; another mapping is copied.
+        msg: dict[str, Any] = message if type(message) is dict else dict(message)
+        kind = msg.get("type")
         if kind == "http.response.start":
             if self._head is not None:
                 raise RuntimeError("http.response.start sent twice")
-            status: Any = message.get("status")
-            self._head, self._head_has_length = _encode_head(status, message.get("headers", ()))
+            status: Any = msg.get("status")
+            self._head, self._head_has_length = _encode_head(status, msg.get("headers", ()))
             # The value _encode_head checked (an int), not message["status"]
             # read again: a mapping may answer otherwise the second time,
             # and compiled (setup.py) the attribute's int type is enforced.
@@ -561,11 +565,14 @@ class ASGIResponder:
                 raise RuntimeError("http.response.body sent before http.response.start")
             if self._complete:
                 raise RuntimeError("http.response.body sent after the response was complete")
-            body = message.get("body", b"")
-            more = bool(message.get("more_body", False))
-            if not isinstance(body, bytes | bytearray | memoryview):
+            body = msg.get("body", b"")
+            more = bool(msg.get("more_body", False))
+            if type(body) is bytes:
+                data: bytes = body
+            elif isinstance(body, bytearray | memoryview):
+                data = bytes(body)
+            else:
                 raise TypeError(f"http.response.body body must be bytes, not {type(body).__name__}")
-            data = bytes(body)
             head_apart: bytes | None = None
             write_head = self.write_head
             if not self._head_sent:

@@ -28,7 +28,7 @@ import resource
 import select
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -416,16 +416,20 @@ class MultiplexConnection(Generic[R]):
         kind = type(event)
         rid = event.request_id
         req = self.requests.get(rid)
+        # cast(): compiled, a checked cast reads the field directly, where
+        # the base class's type would make it a lookup by name. Body pieces
+        # are bytes here (views come only from feed_owned, which these
+        # drivers do not use): checked too, when compiled.
         if kind is StdinData:
             if req is not None:
-                self._push(req, req.body, event.data)  # type: ignore[attr-defined]
+                self._push(req, req.body, cast(bytes, cast(StdinData, event).data))
         elif kind is StdinEnd:
             if req is not None:
                 req.input_done = True
                 req.body.end()
         elif kind is DataChunk:
             if req is not None and req.data is not None:
-                self._push(req, req.data, event.data)  # type: ignore[attr-defined]
+                self._push(req, req.data, cast(bytes, cast(DataChunk, event).data))
         elif kind is DataEnd:
             if req is not None and req.data is not None:
                 req.data.end()
@@ -433,7 +437,7 @@ class MultiplexConnection(Generic[R]):
             self._begin(event)  # type: ignore[arg-type]
         elif kind is Params:
             if req is not None:
-                req.params = event.params  # type: ignore[attr-defined]
+                req.params = cast(Params, event).params
                 req.started = True
                 self.running += 1
                 self._start(req)
@@ -495,7 +499,7 @@ class MultiplexConnection(Generic[R]):
     def _begin(self, event: ev.BeginRequest) -> None:
         worker = self.worker
         rid = event.request_id
-        if worker.active_requests >= worker.options.max_reqs:
+        if worker.active_requests >= worker._max_reqs:
             self.refusals += 1
             log_refusal(
                 log,
@@ -611,6 +615,11 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
         self.live: set[C] = set()
         #: The ASGI lifespan state, once the app's startup said it has one.
         self._state: dict[str, Any] | None = None
+        # Settings read on every request, read once: the options are a
+        # plain-Python object, and compiled code looks each attribute up by name.
+        self._script_name = opts.script_name
+        self._read_timeout = opts.read_timeout
+        self._max_reqs = opts.max_reqs
 
     @property
     def connections(self) -> int:
@@ -737,7 +746,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
 
     def _responder(self, c: C, req: R) -> ASGIResponder:
         """The ASGI request cycle of ``req``, ready to run (see :meth:`ASGIResponder.run`)."""
-        scope = build_scope(req.params, mount=self.options.script_name, state=self._state)
+        scope = build_scope(req.params, mount=self._script_name, state=self._state)
         responder = ASGIResponder(
             self.app,
             scope,
@@ -747,7 +756,7 @@ class MultiplexWorker(WorkerBase, Generic[C, R]):
             write_last=self._last_writer(c, req),
             write_head=self._head_writer(c, req),
             stderr=_Stderr(c, req) if c.tracebacks else None,
-            body_timeout=self.options.read_timeout,
+            body_timeout=self._read_timeout,
             silence_timed=lambda: c.conn.mid_record,
         )
         req.responder = responder
