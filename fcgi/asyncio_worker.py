@@ -235,6 +235,11 @@ class _TaskView:
 # -- one connection --------------------------------------------------------------------------
 
 
+def _not_running() -> float:
+    """The worker's clock before its loop runs: there is no time to tell yet."""
+    raise RuntimeError("the worker is not running")
+
+
 class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     """One accepted connection: the core's state, its requests, its timer."""
 
@@ -247,6 +252,9 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         #: The worker as its own class (the base's ``worker`` has the base's type).
         self.aworker = worker
         self.loop = worker.loop
+        #: The loop's clock, bound once (compiled, ``loop.time()`` looks the
+        #: method up by name on each call, and a request reads it thrice).
+        self._clock: Callable[[], float] = self.loop.time
         self.transport: asyncio.Transport | None = None
         #: True once it is being closed (a drain may still run).
         self.closing = False
@@ -357,7 +365,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     def became_idle(self) -> None:
         """The last request ended: close if due, else let the idle timeout run."""
         self.head_since = None
-        now = self.loop.time()
+        now = self._clock()
         self.quiet_since = self.read_since = now
         if self.aworker.stopping or self.conn.should_close or self.conn.closed_by_peer:
             self.wake()
@@ -406,7 +414,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
     def _deadline(self) -> float:
         """When the timer must fire: the next deadline, and within read_timeout at most."""
         timeout = self.aworker.options.read_timeout
-        at = min(self._head_deadline(), self.loop.time() + timeout)
+        at = min(self._head_deadline(), self._clock() + timeout)
         if self.running == 0 or self.conn.mid_record:
             at = min(at, self.read_since + timeout)
         return at
@@ -436,7 +444,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
         if self.closing:
             return
         options = self.aworker.options
-        now = self.loop.time()
+        now = self._clock()
         if self._head_deadline() <= now:
             self._end(self._head_timed_out())
             return
@@ -455,7 +463,7 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             if self._drained > MAX_DRAIN and self.transport is not None:
                 self.transport.abort()
             return
-        self.read_since = self.loop.time()
+        self.read_since = self._clock()
         reason = self._feed(data)
         if reason is not None:
             self._end(reason)
@@ -571,13 +579,13 @@ class _Connection(MultiplexConnection[_Request], asyncio.Protocol):
             budget = self._send_budget(req)
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
-            start = self.loop.time()
+            start = self._clock()
             try:
                 await asyncio.wait_for(waiter, max(budget, 0.0))
             except TimeoutError:
                 self._send_timed_out(req, budget)
             finally:
-                req.send_waited += self.loop.time() - start
+                req.send_waited += self._clock() - start
         if self.broken is not None:
             raise ClientGone(self.broken)
 
@@ -640,6 +648,8 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         self._servers: list[asyncio.AbstractServer] = []
         self._done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The running loop's clock, bound once it runs (see _Connection._clock).
+        self._clock: Callable[[], float] = _not_running
         #: A look at whether the worker is idle is scheduled (see _maybe_idle).
         self._idle_check = False
         #: New connections whose first deadline the worker's one timer keeps
@@ -654,7 +664,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         return self._loop
 
     def now(self) -> float:
-        return self.loop.time()
+        return self._clock()
 
     # -- main ---------------------------------------------------------------------
 
@@ -675,6 +685,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
 
     async def _main(self, ready: Callable[[], None] | None) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        self._clock = loop.time
         self._done = loop.create_future()
         lifespan = _AsyncioLifespan(self.app, lambda: self._stopping)
         try:
@@ -748,7 +759,7 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
     def _on_watch(self) -> None:
         self._watch_timer = None
         self._watch_at = math.inf
-        now = self.loop.time()
+        now = self._clock()
         due: list[_Connection] = []
         for c in self._watching:
             if c._timer_at <= now:
@@ -812,8 +823,8 @@ class AsyncioWorker(MultiplexWorker[_Connection, _Request]):
         return None
 
     def _untrack(self, token: object) -> None:
-        if token is not None:
-            self._by_token.pop(token, None)
+        if token is not None and token in self._by_token:  # no pop(): a call by name
+            del self._by_token[token]
 
     def _runner_of(self, token: object) -> stacks.Runner | None:
         """The runner of a request of this worker's, for :func:`fcgi.stacks.runner_of`."""

@@ -687,9 +687,12 @@ class ServerConnection(OutputQueue):
         protocol_status: int = ProtocolStatus.REQUEST_COMPLETE,
     ) -> None:
         """Terminate the output streams, send END_REQUEST and retire the id."""
-        req = self._requests.pop(request_id, None)
+        # get and del: compiled, pop() with a default is a method call by name.
+        requests = self._requests
+        req = requests.get(request_id)
         if req is None:
             raise LocalProtocolError(f"request id {request_id} is not active")
+        del requests[request_id]
         out = self._out
         if not (app_status or protocol_status or req.stderr_used):
             out.append(_complete_tail(request_id))

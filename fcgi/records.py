@@ -67,6 +67,8 @@ GET_VALUES_RESULT: Final = 10
 UNKNOWN_TYPE: Final = 11
 
 HEADER: Final = struct.Struct("!BBHHBx")
+#: Bound once: compiled code calling ``HEADER.pack`` looks the method up each time.
+_pack_header: Final = HEADER.pack
 BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
 END_REQUEST_BODY: Final = struct.Struct("!LB3x")
 UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
@@ -83,7 +85,7 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     if length > MAX_CONTENT_LEN:
         raise ValueError(f"record content of {length} bytes exceeds {MAX_CONTENT_LEN}")
     pad = -length & 7
-    return HEADER.pack(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
+    return _pack_header(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
 
 
 def stream_buffers(record_type: int, request_id: int, data: bytes) -> list[bytes | memoryview]:
@@ -97,19 +99,19 @@ def stream_buffers(record_type: int, request_id: int, data: bytes) -> list[bytes
         if not length:
             return []
         pad = -length & 7
-        head = HEADER.pack(VERSION_1, record_type, request_id, length, pad)
+        head = _pack_header(VERSION_1, record_type, request_id, length, pad)
         return [head, data, _PADDING[:pad]] if pad else [head, data]
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     step = MAX_ALIGNED_CONTENT_LEN
-    header = HEADER.pack(VERSION_1, record_type, request_id, step, 0)
+    header = _pack_header(VERSION_1, record_type, request_id, step, 0)
     tail_start = (length - 1) // step * step
     for start in range(0, tail_start, step):
         parts.append(header)
         parts.append(view[start : start + step])
     tail = length - tail_start
     pad = -tail & 7
-    parts.append(HEADER.pack(VERSION_1, record_type, request_id, tail, pad))
+    parts.append(_pack_header(VERSION_1, record_type, request_id, tail, pad))
     parts.append(view[tail_start:])
     if pad:
         parts.append(_PADDING[:pad])

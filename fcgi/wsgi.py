@@ -310,7 +310,13 @@ def build_environ(
 
 
 def content_length(params: Mapping[str, str]) -> int | None:
-    value = params.get("CONTENT_LENGTH")
+    if type(params) is dict:
+        # Compiled, a dict's get() is a direct call; a mapping's, a method
+        # looked up by name. The params are a dict unless a caller made them.
+        plain: dict[str, str] = params
+        value = plain.get("CONTENT_LENGTH")
+    else:
+        value = params.get("CONTENT_LENGTH")
     if not value:
         return None
     try:

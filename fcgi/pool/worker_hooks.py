@@ -254,13 +254,18 @@ class ScoreboardHooks:
         slot = self._slot
         slot.request_start = start
         slot.request_start_mono = start_mono
-        length = params.get("CONTENT_LENGTH")
+        # As a dict (the drivers' params are one): compiled, a dict's get()
+        # is a direct call, a mapping's a method looked up by name.
+        if type(params) is not dict:
+            params = dict(params)
+        plain: dict[str, str] = params
+        length = plain.get("CONTENT_LENGTH")
         if length:
             slot.content_length = _content_length(length)
         else:
             slot.content_length = 0
-        method = params.get("REQUEST_METHOD", "")
-        uri = params.get("REQUEST_URI") or request_uri(params)
+        method = plain.get("REQUEST_METHOD", "")
+        uri = plain.get("REQUEST_URI") or request_uri(plain)
         # The scoreboard's bytes and the title follow the request shown, so
         # they are made again only when its route changes (most requests of a
         # busy site repeat one).
