@@ -111,6 +111,7 @@ log = logging.getLogger("fcgi.worker")
 #: module first, and a kept-alive request reads the clock several times.
 _monotonic: Final = time.monotonic
 
+
 def _no_lock() -> None:
     """What the watch's lock methods are bound to while there is no watch (never called)."""
 
