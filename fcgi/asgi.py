@@ -547,7 +547,7 @@ class ASGIResponder:
         # As a dict: compiled, a dict's get() is a direct call where a
         # mapping's is a method looked up by name (six per response). Apps
         # send dicts, the type the ASGI spec gives; another mapping is copied.
-        msg: dict[str, Any] = message if type(message) is dict else dict(message)
+        msg: dict[str, Any] = message if type(message) is dict else dict(message.items())
         kind = msg.get("type")
         if kind == "http.response.start":
             if self._head is not None:
@@ -569,7 +569,7 @@ class ASGIResponder:
             more = bool(msg.get("more_body", False))
             if type(body) is bytes:
                 data: bytes = body
-            elif isinstance(body, bytearray | memoryview):
+            elif isinstance(body, bytes | bytearray | memoryview):  # a subclass too
                 data = bytes(body)
             else:
                 raise TypeError(f"http.response.body body must be bytes, not {type(body).__name__}")

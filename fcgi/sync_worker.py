@@ -1404,8 +1404,10 @@ class SyncWorker(WorkerBase):
             if watch is not None:
                 forkguard.check()  # a child the app forked has no watch thread to wait for
                 self._watch_acquire()  # once a hand-off under way is over
-                watch.running = 0  # (cannot raise: the lock is released below)
-                self._watch_release()
+                try:
+                    watch.running = 0
+                finally:  # a signal handler may raise anywhere in plain Python
+                    self._watch_release()
             # Also when the web server went away mid-answer (status 0 then):
             # the scoreboard must not keep showing a request that is over.
             hooks.request_finished(token, status, head)

@@ -191,6 +191,28 @@ def test_hundred_interleaved_requests_on_one_connection_run_at_once(
         assert reply.protocol_status == r.ProtocolStatus.REQUEST_COMPLETE
 
 
+def test_message_and_body_types_are_checked_as_before(tmp_path: Path, kind: WorkerKind) -> None:
+    """A bytes subclass is a body; a list of pairs is not a message (hostile review)."""
+
+    class Marked(bytes):
+        pass
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        if scope["path"] == "/pairs":
+            await send(list(start.items()))  # type: ignore[arg-type]
+            return
+        await send(start)
+        await send({"type": "http.response.body", "body": Marked(b"marked")})
+
+    with kind.running(app, tmp_path) as w:
+        client = w.client()
+        assert client.request(1, params_for("/subclass")).body == b"marked"
+        assert client.request(2, params_for("/pairs")).status == 500
+
+
 def test_get_values_reports_multiplexing_and_the_limits(tmp_path: Path, kind: WorkerKind) -> None:
     with kind.running(hello, tmp_path, max_conns=7, max_reqs=9) as w:
         client = w.client()

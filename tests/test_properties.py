@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rawfcgi import split_records
@@ -13,6 +15,7 @@ from fcgi import events as ev
 from fcgi import records as r
 from fcgi.connection import Limits, ServerConnection
 from fcgi.errors import ProtocolError
+from fcgi.wsgi import InputStream
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -320,6 +323,80 @@ def test_feed_owned_copies_small_body_pieces() -> None:
     events, _, views = run_owned(wire, [len(head)])
     stdin = [e for e in events if isinstance(e, ev.StdinData)]
     assert len(stdin) == 5000 and views == 0
+
+
+def _sparse_read(i: int, read: int = 256 * 1024, body: int = 4096) -> bytes:
+    """One read as a hostile peer shapes it: 4 KiB of body, the rest for an inactive id."""
+    wire = r.encode_record(r.STDIN, 1, bytes([i % 256]) * body)
+    while read - len(wire) >= 16:
+        size = min(read - len(wire) - 8, r.MAX_ALIGNED_CONTENT_LEN) & ~7
+        wire += r.encode_record(r.STDIN, 2, b"j" * size)  # id 2 is not active: ignored
+    return wire
+
+
+def test_feed_owned_keeps_no_read_alive_for_a_sliver_of_body() -> None:
+    """Body views that are a small part of their read are copied: memory stays near the body.
+
+    Without this a peer sending 4 KiB of body per 256 KiB read made every
+    body byte hold 64 until the app's read() joined them (hostile review:
+    an 8 MiB body held 520 MiB).
+    """
+    size = 2 << 20
+    params = [(b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", str(size).encode())]
+    conn = ServerConnection(Limits())
+    conn.feed(
+        r.encode_begin_request(1, r.Role.RESPONDER, True)
+        + r.encode_record(r.PARAMS, 1, r.encode_pairs(params))
+        + r.encode_record(r.PARAMS, 1, b"")
+    )
+    reads = iter(range(size // 4096))
+    pending: list[bytes | memoryview] = []
+
+    def fill() -> bytes | memoryview:
+        while not pending:
+            i = next(reads, None)
+            if i is None:
+                return b""
+            got = conn.feed_owned(_sparse_read(i))
+            pending.extend(e.data for e in got if isinstance(e, ev.StdinData))
+            assert all(type(e.data) is bytes for e in got if isinstance(e, ev.StdinData))
+        return pending.pop(0)
+
+    tracemalloc.start()
+    try:
+        body = InputStream(fill, size).read()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) == size
+    assert peak < 4 * size, f"{peak / size:.1f}x the body held"
+
+
+def test_feed_owned_copies_a_partial_record_that_is_a_sliver_of_its_read() -> None:
+    """A record cut short at the end of a read does not keep the whole read alive."""
+    params = [(b"REQUEST_METHOD", b"POST"), (b"CONTENT_LENGTH", b"8192")]
+    conn = ServerConnection(Limits())
+    conn.feed(
+        r.encode_begin_request(1, r.Role.RESPONDER, True)
+        + r.encode_record(r.PARAMS, 1, r.encode_pairs(params))
+        + r.encode_record(r.PARAMS, 1, b"")
+    )
+    record = r.encode_record(r.STDIN, 1, b"b" * 8192)
+    junk = _sparse_read(0, read=200_000)[4104:]  # the inactive id's records only
+    data = junk + record[:5000]
+    conn.feed_owned(data)
+    assert conn.buffered == 5000
+    held = [p for p in conn._partial if type(p) is memoryview]
+    assert all(2 * len(p) >= len(p.obj) for p in held)  # type: ignore[arg-type]
+    events = conn.feed_owned(record[5000:])
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, ev.StdinData)) == b"b" * 8192
+
+
+def test_feed_owned_takes_bytes_only() -> None:
+    """Views of a buffer the caller reuses would change under the app: refused, in both builds."""
+    conn = ServerConnection(Limits())
+    with pytest.raises(TypeError):
+        conn.feed_owned(bytearray(b"x" * 16))  # type: ignore[arg-type]
 
 
 @settings(deadline=None, max_examples=20)
