@@ -79,6 +79,7 @@ from fcgi.records import (
     encode_pairs,
     encode_record,
     encode_unknown_type,
+    pack_header,
     scan_head,
     stream_buffers,
 )
@@ -86,7 +87,6 @@ from fcgi.records import (
 _unpack_header = HEADER.unpack_from
 #: The C head scanner (None on the pure-Python path): see ServerConnection._whole_head.
 _scan_head = scan_head
-_pack_header = HEADER.pack
 
 # A request's stages: what it waits for. Named after what they wait for, not
 # after the record types (PARAMS, STDIN, DATA), which are plain ints too.
@@ -105,7 +105,7 @@ _TAIL_CACHE_IDS: Final = 256
 def _complete_tail(request_id: int) -> bytes:
     tail = _COMPLETE_TAILS.get(request_id)
     if tail is None:
-        tail = _pack_header(VERSION_1, STDOUT, request_id, 0, 0) + encode_end_request(request_id)
+        tail = pack_header(VERSION_1, STDOUT, request_id, 0, 0) + encode_end_request(request_id)
         if request_id < _TAIL_CACHE_IDS:
             _COMPLETE_TAILS[request_id] = tail
     return tail
@@ -747,9 +747,9 @@ class ServerConnection(OutputQueue):
         if not (app_status or protocol_status or req.stderr_used):
             out.append(_complete_tail(request_id))
         else:
-            out.append(_pack_header(VERSION_1, STDOUT, request_id, 0, 0))
+            out.append(pack_header(VERSION_1, STDOUT, request_id, 0, 0))
             if req.stderr_used:
-                out.append(_pack_header(VERSION_1, STDERR, request_id, 0, 0))
+                out.append(pack_header(VERSION_1, STDERR, request_id, 0, 0))
             out.append(encode_end_request(request_id, app_status, protocol_status))
         if not req.keep_conn:
             self.should_close = True

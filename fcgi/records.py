@@ -67,8 +67,9 @@ GET_VALUES_RESULT: Final = 10
 UNKNOWN_TYPE: Final = 11
 
 HEADER: Final = struct.Struct("!BBHHBx")
-#: Bound once: compiled code calling ``HEADER.pack`` looks the method up each time.
-_pack_header: Final = HEADER.pack
+#: ``HEADER.pack``, bound once: compiled code calling ``HEADER.pack`` looks the
+#: method up each time. The record header's one packer, here and in the cores.
+pack_header: Final = HEADER.pack
 BEGIN_REQUEST_BODY: Final = struct.Struct("!HB5x")
 END_REQUEST_BODY: Final = struct.Struct("!LB3x")
 UNKNOWN_TYPE_BODY: Final = struct.Struct("!B7x")
@@ -85,7 +86,7 @@ def encode_record(record_type: int, request_id: int, content: bytes = b"") -> by
     if length > MAX_CONTENT_LEN:
         raise ValueError(f"record content of {length} bytes exceeds {MAX_CONTENT_LEN}")
     pad = -length & 7
-    return _pack_header(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
+    return pack_header(VERSION_1, record_type, request_id, length, pad) + content + _PADDING[:pad]
 
 
 def stream_buffers(record_type: int, request_id: int, data: bytes) -> list[bytes | memoryview]:
@@ -99,19 +100,19 @@ def stream_buffers(record_type: int, request_id: int, data: bytes) -> list[bytes
         if not length:
             return []
         pad = -length & 7
-        head = _pack_header(VERSION_1, record_type, request_id, length, pad)
+        head = pack_header(VERSION_1, record_type, request_id, length, pad)
         return [head, data, _PADDING[:pad]] if pad else [head, data]
     view = memoryview(data)
     parts: list[bytes | memoryview] = []
     step = MAX_ALIGNED_CONTENT_LEN
-    header = _pack_header(VERSION_1, record_type, request_id, step, 0)
+    header = pack_header(VERSION_1, record_type, request_id, step, 0)
     tail_start = (length - 1) // step * step
     for start in range(0, tail_start, step):
         parts.append(header)
         parts.append(view[start : start + step])
     tail = length - tail_start
     pad = -tail & 7
-    parts.append(_pack_header(VERSION_1, record_type, request_id, tail, pad))
+    parts.append(pack_header(VERSION_1, record_type, request_id, tail, pad))
     parts.append(view[tail_start:])
     if pad:
         parts.append(_PADDING[:pad])
