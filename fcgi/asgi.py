@@ -506,7 +506,10 @@ class ASGIResponder:
                 return dict(_DISCONNECT)
             if self._remaining is not None:
                 if len(chunk) >= self._remaining:
-                    chunk = chunk[: self._remaining]
+                    if len(chunk) > self._remaining:
+                        # Only then: compiled (setup.py), even a slice of
+                        # the whole of it copies the bytes.
+                        chunk = chunk[: self._remaining]
                     body.end()
                     self._body_done = True
                 self._remaining -= len(chunk)

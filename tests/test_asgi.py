@@ -13,6 +13,7 @@ test_trio_worker.py); apps record what they saw in plain lists and events.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import http
@@ -52,8 +53,45 @@ from fcgi.asgi import LifespanFailure, _encode_head, build_scope
 from fcgi.connection import Limits
 from fcgi.errors import ConfigError
 from fcgi.interface import choose_worker, detect_interface, resolve_interface
+from fcgi.spool import SpooledBody
 
 # -- scope and detection --------------------------------------------------------------------------
+
+
+def test_a_body_piece_that_ends_the_body_reaches_the_app_as_that_very_bytes_object() -> None:
+    # A body in one record, CONTENT_LENGTH its length: receive() hands the
+    # piece on uncut (compiled, even a slice of all of it copies the bytes).
+    piece = b"p" * 16384
+    params = {"REQUEST_METHOD": "POST", "PATH_INFO": "/", "CONTENT_LENGTH": str(len(piece))}
+    params |= {"REQUEST_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1"}
+
+    class Waits:
+        async def checkpoint(self) -> None:
+            pass
+
+        async def pause(self) -> None:
+            pass
+
+        async def next_piece(self, body: SpooledBody, timeout: float) -> bytes | None:
+            return body.receive_nowait()
+
+        def event(self) -> Any:
+            raise AssertionError("not needed here")
+
+    async def first(pieces: list[bytes], length: int) -> dict[str, Any]:
+        body = SpooledBody(threshold=1 << 20)
+        for p in pieces:
+            body.push(p)
+        body.end()
+        scope = build_scope(params | {"CONTENT_LENGTH": str(length)})
+        responder = fcgi.asgi.ASGIResponder(hello, scope, body, lambda data: None, waits=Waits())
+        return await responder.receive()
+
+    message = asyncio.run(first([piece], len(piece)))
+    assert message["body"] is piece and message["more_body"] is False
+    # Longer than CONTENT_LENGTH: cut there, and the body ends.
+    message = asyncio.run(first([piece + b"xy", b"more"], len(piece)))
+    assert message == {"type": "http.request", "body": piece, "more_body": False}
 
 
 def test_scope_from_nginx_style_params() -> None:

@@ -61,6 +61,20 @@ def test_read_sizes_across_chunk_boundaries() -> None:
     assert stream.read(5) == b""
 
 
+def test_a_read_of_a_whole_chunk_that_ends_the_body_gets_that_very_bytes_object() -> None:
+    # The last chunk ends at CONTENT_LENGTH, as a body sent in one record
+    # does: the app gets that chunk itself, not a copy (as the docstring says).
+    last = b"y" * 16384
+    stream = InputStream(chunks(b"x" * 100, last), 100 + len(last))
+    assert stream.read(100) == b"x" * 100
+    assert stream.read(len(last)) is last
+    assert stream.read() == b""
+    # One byte past the limit: cut there, and nothing more is read.
+    stream = InputStream(chunks(last + b"z", b"more"), len(last))
+    assert stream.read() == last
+    assert stream.read() == b""
+
+
 def test_readline_with_and_without_size() -> None:
     stream = InputStream(chunks(b"one\ntw", b"o\nthree"))
     assert stream.readline() == b"one\n"
