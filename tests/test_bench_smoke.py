@@ -340,3 +340,37 @@ def test_issue14_rows_in_the_report() -> None:
     missing = "| post16k: fcgi (uwsgi_pass) vs uWSGI (uwsgi_pass) | - | ≥ 1.2x | not measured |"
     assert missing in rows
     assert not any(row.startswith("| 64k") for row in rows)
+
+
+# -- bench.floor: the least a CPython responder spends per request --------------------
+
+
+def test_floor_times_each_step_and_sets_the_sum_against_the_c_responder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("fcgi._speedups", reason="the floor is measured with the C decoder")
+    from bench import app, floor
+
+    # Each step does its real work: the decoded block is the params, the app answers.
+    steps = floor.pieces()
+    assert steps["decode"]() == floor.PARAMS
+    environ = steps["environ"]()
+    assert isinstance(environ, dict) and environ["PATH_INFO"] == "/hello"
+    assert environ["wsgi.version"] == (1, 0)
+    assert steps["app"]() == [app.HELLO]
+    assert steps["all three"]() == [app.HELLO]
+
+    # The C row's median over rounds, as bench.report takes it: 0.004 s per 1,000 = 4 µs.
+    c_rows = [{"cpu_per_1k": x, "round": i} for i, x in enumerate((0.003, 0.004, 0.006))]
+    results = tmp_path / "results.json"
+    runs = {"hello": {"C responder (raw protocol) + keepalive": c_rows}}
+    results.write_text(json.dumps({"runs": runs}))
+    assert floor.main(["--number", "200", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    for name in ("decode", "environ", "app", "all three"):
+        assert f"{name}: " in out
+    assert "C responder, kept hello: 4.00 µs of CPU per request" in out
+
+    # No such row: said, and a failing exit status.
+    results.write_text(json.dumps({"runs": {}}))
+    assert floor.main(["--number", "10", "--results", str(results)]) == 1
